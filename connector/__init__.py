@@ -1,0 +1,1 @@
+"""commercetools payment connector: queue deliveries in, PSP operations out, outcomes written back."""

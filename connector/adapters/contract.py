@@ -1,0 +1,89 @@
+"""The contract between the connector and a PSP adapter.
+
+An adapter executes one operation per call and says what happened in an ``Outcome``. It knows
+nothing of queues or of commercetools updates: the processor claims the transaction before the call
+and writes the outcome after it.
+
+Duties of an adapter:
+- Send ``request.idempotency_key`` with every PSP call, so that a repeated call (after a crash, a
+  timeout or a redelivery) never executes twice. The key is the same every time for a transaction.
+- Raise ``connector.errors.PspUnavailable`` for faults worth retrying (network errors, PSP 5xx): the
+  processor retries with the same key. Return a ``Failure`` outcome for refusals (declines, 4xx).
+- Never put secrets (API keys, full payment method tokens, card data) into an ``Outcome``: its
+  ``request`` and ``response`` summaries are stored on the Payment as interface interactions.
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+from connector.models.payment import Payment, Transaction, TransactionState, TransactionType
+
+
+class Operation(StrEnum):
+    AUTHORIZE = "authorize"
+    CHARGE = "charge"
+    REFUND = "refund"
+    CANCEL_AUTHORIZATION = "cancel_authorization"
+
+
+OPERATION_FOR = {
+    TransactionType.AUTHORIZATION: Operation.AUTHORIZE,
+    TransactionType.CHARGE: Operation.CHARGE,
+    TransactionType.REFUND: Operation.REFUND,
+    TransactionType.CANCEL_AUTHORIZATION: Operation.CANCEL_AUTHORIZATION,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class OperationRequest:
+    """One transaction to execute, with the payment it belongs to as the connector last saw it."""
+
+    payment: Payment
+    transaction: Transaction
+    idempotency_key: str
+    project_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What the PSP did. ``state`` is Success, Failure or Pending (an asynchronous PSP flow)."""
+
+    state: TransactionState
+    psp_reference: str | None
+    code: str
+    text: str
+    request: Mapping[str, Any] = field(default_factory=dict)
+    response: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.state is TransactionState.INITIAL:
+            raise ValueError("an outcome moves a transaction out of Initial")
+
+
+class PaymentAdapter(Protocol):
+    async def authorize(self, request: OperationRequest) -> Outcome: ...
+
+    async def charge(self, request: OperationRequest) -> Outcome: ...
+
+    async def refund(self, request: OperationRequest) -> Outcome: ...
+
+    async def cancel_authorization(self, request: OperationRequest) -> Outcome: ...
+
+    async def aclose(self) -> None: ...
+
+
+class AdapterFactory(Protocol):
+    """What the ``connector.adapters`` entry point names: builds an adapter from its settings.
+
+    It validates ``settings`` (a pydantic model is the natural tool) and raises ``ValueError`` (or
+    pydantic's ``ValidationError``) naming what is wrong; the worker does this at start-up.
+    """
+
+    def __call__(self, settings: Mapping[str, Any]) -> PaymentAdapter: ...
+
+
+def masked(value: str, keep: int = 4) -> str:
+    """Shows only the last ``keep`` characters of a sensitive value, for interaction logs."""
+    return "***" + value[-keep:] if len(value) > 2 * keep else "***"

@@ -1,0 +1,1 @@
+"""The commercetools API: OAuth2 tokens, payments, types."""

@@ -1,0 +1,28 @@
+"""The custom Type of the interface interactions the connector writes to a Payment."""
+
+from typing import Any
+
+STRING_FIELDS = ("type", "transactionId", "operation", "idempotencyKey", "interactionId", "request", "response")
+
+
+def interaction_type_draft(key: str) -> dict[str, Any]:
+    """A TypeDraft for ``payment-interface-interaction``; ``createdAt`` orders claims and leases."""
+    fields = [_field(name, "String", multi_line=name in ("request", "response")) for name in STRING_FIELDS]
+    fields.append(_field("createdAt", "DateTime", multi_line=False))
+    return {
+        "key": key,
+        "name": {"en": "Payment connector interaction"},
+        "description": {"en": "Requests sent to and responses received from a PSP by the payment connector."},
+        "resourceTypeIds": ["payment-interface-interaction"],
+        "fieldDefinitions": fields,
+    }
+
+
+def _field(name: str, type_name: str, *, multi_line: bool) -> dict[str, Any]:
+    return {
+        "name": name,
+        "label": {"en": name},
+        "required": False,
+        "type": {"name": type_name},
+        "inputHint": "MultiLine" if multi_line else "SingleLine",
+    }

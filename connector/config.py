@@ -1,0 +1,106 @@
+"""Settings, from environment variables, a ``.env`` file and a secrets directory (pydantic-settings).
+
+Each group has its own prefix: ``CTP_`` for commercetools (the names commercetools' own tools use),
+``KAFKA_`` for the Kafka source, ``CONNECTOR_`` for the worker. Environment variables win over the
+``.env`` file, which wins over files in the secrets directory (one file per setting, named like the
+variable, as Docker and Kubernetes mount secrets). Errors name the variable and never its value.
+"""
+
+import os
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from connector.adapters.registry import AdapterRoute
+from connector.errors import ConfigurationError
+
+DEFAULT_SECRETS_DIR = "/run/secrets"
+
+
+class CommercetoolsSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CTP_", extra="ignore")
+
+    project_key: str = Field(min_length=1)
+    client_id: str = Field(min_length=1)
+    client_secret: SecretStr
+    auth_url: str = "https://auth.europe-west1.gcp.commercetools.com"
+    api_url: str = "https://api.europe-west1.gcp.commercetools.com"
+    scopes: str = Field(default="", description="space-separated; empty: the API client's own scopes")
+    timeout_s: float = Field(default=10.0, gt=0)
+    max_connections: int = Field(default=64, ge=1)
+
+
+class KafkaSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KAFKA_", extra="ignore")
+
+    bootstrap_servers: str = Field(min_length=1)
+    topic: str = Field(min_length=1)
+    group_id: str = "commercetools-payment-connector"
+    dead_letter_topic: str = Field(default="", description="empty: the topic's name with '.dlq' appended")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    commit_interval_s: float = Field(default=1.0, gt=0)
+
+
+class WorkerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CONNECTOR_", extra="ignore")
+
+    source: Literal["kafka"] = "kafka"
+    adapters: list[AdapterRoute] = Field(min_length=1, description="JSON list of adapter routes")
+    interaction_type_key: str = "connector-payment-interaction"
+    max_in_flight: int = Field(default=64, ge=1)
+    delivery_timeout_s: float = Field(default=60.0, gt=0)
+    shutdown_timeout_s: float = Field(default=20.0, gt=0)
+    max_attempts: int = Field(default=5, ge=1)
+    claim_lease_s: float = Field(default=30.0, gt=0)
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Settings:
+    """All the settings one worker needs, validated together."""
+
+    def __init__(self, commercetools: CommercetoolsSettings, worker: WorkerSettings, kafka: KafkaSettings) -> None:
+        self.commercetools = commercetools
+        self.worker = worker
+        self.kafka = kafka
+
+
+G = TypeVar("G", bound=BaseSettings)
+
+
+def load_settings(env_file: str | Path | None = ".env", secrets_dir: str | Path | None = None) -> Settings:
+    """Reads and validates every group; raises ConfigurationError listing each bad variable."""
+    secrets = secrets_dir or os.environ.get("CONNECTOR_SECRETS_DIR") or DEFAULT_SECRETS_DIR
+    sources: dict[str, Any] = {
+        "_env_file": env_file,
+        "_secrets_dir": secrets if Path(secrets).is_dir() else None,
+    }
+    problems: list[str] = []
+
+    def load(group: type[G]) -> G | None:
+        try:
+            return group(**sources)
+        except ValidationError as exc:
+            prefix = group.model_config.get("env_prefix", "")
+            problems.extend(_describe(prefix, error) for error in exc.errors())
+            return None
+
+    commercetools = load(CommercetoolsSettings)
+    worker = load(WorkerSettings)
+    kafka = load(KafkaSettings)
+    if problems:
+        raise ConfigurationError("invalid settings:\n" + "\n".join(f"  {p}" for p in problems))
+    assert commercetools is not None and worker is not None and kafka is not None
+    return Settings(commercetools, worker, kafka)
+
+
+def _describe(prefix: str, error: Any) -> str:
+    """``CTP_CLIENT_SECRET: Field required``; the offending value is never shown."""
+    field, *inner = error["loc"]
+    where = f"{prefix}{str(field).upper()}" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in inner)
+    return f"{where}: {error['msg']}"

@@ -1,0 +1,141 @@
+"""Subscription deliveries: what commercetools puts on the queue, in both of its formats.
+
+``parse_delivery`` turns the bytes of one delivery into a ``PaymentTrigger`` (reconcile this payment),
+an ``Ignored`` (a message that is not ours to handle, acknowledged and skipped), or raises
+``BadDelivery`` naming what is wrong (dead-lettered). It is pure: no I/O, no clock.
+"""
+
+import json
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from connector.errors import BadDelivery
+from connector.models.payment import Payment
+
+M = TypeVar("M", bound=BaseModel)
+
+HANDLED_MESSAGE_TYPES = frozenset({"PaymentCreated", "PaymentTransactionAdded"})
+CLOUDEVENTS_TYPE_PREFIX = "com.commercetools.payment.message."
+
+# Resource ids go into request paths: accept only what commercetools ids look like.
+ResourceId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,256}$")]
+
+
+class _Envelope(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+
+class ResourceReference(_Envelope):
+    type_id: str = Field(alias="typeId")
+    id: ResourceId
+
+
+class PayloadNotIncluded(_Envelope):
+    reason: str
+    payload_type: str = Field(alias="payloadType")
+
+
+class PlatformMessage(_Envelope):
+    """The Platform format: one flat JSON object (also the ``data`` of a CloudEvent)."""
+
+    notification_type: str = Field(alias="notificationType")
+    project_key: str | None = Field(default=None, alias="projectKey")
+    id: str | None = None
+    type: str | None = None
+    resource: ResourceReference
+    resource_version: int | None = Field(default=None, alias="resourceVersion")
+    sequence_number: int | None = Field(default=None, alias="sequenceNumber")
+    payment: dict[str, Any] | None = None
+    transaction: dict[str, Any] | None = None
+    payload_not_included: PayloadNotIncluded | None = Field(default=None, alias="payloadNotIncluded")
+
+
+class CloudEvent(_Envelope):
+    """CloudEvents 1.0 in structured mode; ``data`` is the Platform payload."""
+
+    specversion: str
+    id: str
+    type: str
+    source: str
+    subject: str | None = None
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentTrigger:
+    """Reconcile this payment. ``payment`` is the copy embedded in the message, if it came whole."""
+
+    message_id: str | None
+    message_type: str
+    payment_id: str
+    resource_version: int | None
+    payment: Payment | None
+
+
+@dataclass(frozen=True, slots=True)
+class Ignored:
+    """A valid delivery that asks nothing of us: acknowledge it and go on."""
+
+    message_id: str | None
+    reason: str
+
+
+def parse_delivery(body: bytes) -> PaymentTrigger | Ignored:
+    try:
+        document = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadDelivery(f"delivery is not valid JSON: {exc.__class__.__name__} at position {_position(exc)}") from None
+    if not isinstance(document, dict):
+        raise BadDelivery(f"delivery is JSON {type(document).__name__}, expected an object")
+    if "specversion" in document:
+        event = _validate(CloudEvent, document, "CloudEvent")
+        return _from_platform(_validate(PlatformMessage, event.data, "CloudEvent data"), fallback_id=event.id)
+    return _from_platform(_validate(PlatformMessage, document, "message"), fallback_id=None)
+
+
+def _from_platform(message: PlatformMessage, fallback_id: str | None) -> PaymentTrigger | Ignored:
+    message_id = message.id or fallback_id
+    if message.notification_type != "Message":
+        return Ignored(message_id, f"notification type {message.notification_type!r} is not a message")
+    if message.resource.type_id != "payment":
+        return Ignored(message_id, f"resource type {message.resource.type_id!r} is not a payment")
+    if message.type not in HANDLED_MESSAGE_TYPES:
+        return Ignored(message_id, f"message type {message.type!r} is not handled")
+    return PaymentTrigger(
+        message_id=message_id,
+        message_type=message.type,
+        payment_id=message.resource.id,
+        resource_version=message.resource_version,
+        payment=_embedded_payment(message),
+    )
+
+
+def _embedded_payment(message: PlatformMessage) -> Payment | None:
+    """The payment carried by a PaymentCreated message; None when absent or not usable."""
+    if message.payment is None or message.payload_not_included is not None:
+        return None
+    try:
+        payment = Payment.model_validate(message.payment)
+    except ValidationError:
+        return None  # only an optimisation: the payment is fetched instead
+    return payment if payment.id == message.resource.id else None
+
+
+def _validate(model: type[M], document: Any, what: str) -> M:
+    try:
+        return model.model_validate(document)
+    except ValidationError as exc:
+        raise BadDelivery(f"invalid {what}: {describe_validation_error(exc)}") from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """Names each bad field and what is wrong with it, never the value it held."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in error['loc']) or '(root)'}: {error['msg']}" for error in exc.errors()
+    )
+
+
+def _position(exc: UnicodeDecodeError | json.JSONDecodeError) -> int:
+    return exc.pos if isinstance(exc, json.JSONDecodeError) else exc.start

@@ -1,0 +1,123 @@
+"""A single-node Apache Kafka broker (KRaft, combined mode) on 127.0.0.1, from Maven Central jars."""
+
+import base64
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from types import TracebackType
+
+from connector.peers import cache_dir, free_port
+
+POM = Path(__file__).parent / "kafka" / "pom.xml"
+READY_LINE = "Kafka Server started"
+LOG4J = """log4j.rootLogger=WARN, stdout
+log4j.appender.stdout=org.apache.log4j.ConsoleAppender
+log4j.appender.stdout.layout=org.apache.log4j.PatternLayout
+log4j.appender.stdout.layout.ConversionPattern=[%d] %p %m (%c)%n
+log4j.logger.kafka.server.KafkaRaftServer=INFO
+"""
+
+
+def ensure_jars() -> Path:
+    """Resolves the broker's jars with Maven once; later calls reuse the cache."""
+    jars = cache_dir() / "kafka-jars"
+    if not (jars / ".complete").exists():
+        subprocess.run(
+            ["mvn", "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
+             "-DincludeScope=runtime", f"-DoutputDirectory={jars}"],
+            check=True,
+        )  # fmt: skip
+        (jars / ".complete").touch()
+    return jars
+
+
+class LocalKafka:
+    """``with LocalKafka() as kafka: kafka.bootstrap_servers``; stops the broker and deletes its data on exit."""
+
+    def __init__(self, port: int | None = None, start_timeout_s: float = 90.0, partitions: int = 4) -> None:
+        self.port = port or free_port()
+        self._controller_port = free_port()
+        self._start_timeout_s = start_timeout_s
+        self._partitions = partitions
+        self._workdir = Path(tempfile.mkdtemp(prefix="connector-kafka-"))
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def log_file(self) -> Path:
+        return self._workdir / "broker.log"
+
+    def start(self) -> "LocalKafka":
+        classpath = f"{ensure_jars()}/*"
+        properties = self._write_config()
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        java = ["java", "-Xms256m", "-Xmx768m", f"-Dlog4j.configuration=file:{self._workdir / 'log4j.properties'}"]
+        subprocess.run(
+            [*java, "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(properties)],
+            check=True,
+            capture_output=True,
+        )
+        with self.log_file.open("wb") as log:
+            self._process = subprocess.Popen([*java, "-cp", classpath, "kafka.Kafka", str(properties)], stdout=log, stderr=subprocess.STDOUT)
+        self._wait_ready()
+        return self
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait(timeout=10)
+        shutil.rmtree(self._workdir, ignore_errors=True)
+
+    def __enter__(self) -> "LocalKafka":
+        return self.start()
+
+    def __exit__(self, *_: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.stop()
+
+    def _write_config(self) -> Path:
+        (self._workdir / "log4j.properties").write_text(LOG4J)
+        properties = self._workdir / "server.properties"
+        properties.write_text(
+            "\n".join([
+                "process.roles=broker,controller",
+                "node.id=1",
+                f"controller.quorum.voters=1@127.0.0.1:{self._controller_port}",
+                f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self._controller_port}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                "controller.listener.names=CONTROLLER",
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                "inter.broker.listener.name=PLAINTEXT",
+                f"log.dirs={self._workdir / 'data'}",
+                f"num.partitions={self._partitions}",
+                "offsets.topic.replication.factor=1",
+                "offsets.topic.num.partitions=4",
+                "transaction.state.log.replication.factor=1",
+                "transaction.state.log.min.isr=1",
+                "group.initial.rebalance.delay.ms=0",
+                "auto.create.topics.enable=true",
+            ])
+            + "\n"
+        )  # fmt: skip
+        return properties
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self._start_timeout_s
+        assert self._process is not None
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"Kafka broker exited with {self._process.returncode}; see {self.log_file}")
+            if READY_LINE in self.log_file.read_text(errors="replace"):
+                return
+            time.sleep(0.2)
+        self.stop()
+        raise TimeoutError(f"Kafka broker not ready after {self._start_timeout_s}s")

@@ -1,0 +1,1 @@
+"""Reconciling one payment: pure decisions (``decisions``) and the protocol that acts on them (``reconcile``)."""

@@ -1,0 +1,270 @@
+"""What to do with a payment, decided from data alone: no I/O, no clock (``now`` is passed in).
+
+The protocol (DESIGN.md section 3) in terms of these functions:
+1. ``plan_work``: the Initial transactions to execute, unless another worker's claim is still fresh.
+2. ``claim_actions``: one update that adds a ``request`` interaction per transaction (the claim).
+3. For each claimed transaction, in payment order: ``refusal_for`` (money rules checked before any
+   PSP call) or the PSP call; ``apply_outcome`` lets later transactions see earlier outcomes.
+4. ``outcome_actions``: one update with every outcome. On a 409 it is recomputed from the refetched
+   payment, and states only ever move forward.
+"""
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from connector.adapters.contract import OPERATION_FOR, Operation, Outcome
+from connector.models.payment import Payment, Transaction, TransactionState, TransactionType
+
+MAX_INTERACTION_TEXT = 4000
+
+Action = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Work:
+    """A transaction the connector owes an outcome to."""
+
+    transaction: Transaction
+    operation: Operation | None  # None: a Chargeback, which is never executed
+    idempotency_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    work: tuple[Work, ...]
+    held_until: datetime | None  # a transaction is claimed by someone else until then
+
+    @property
+    def needs_payment_method(self) -> bool:
+        """Authorizations and direct charges need the token, which messages carry masked."""
+        return any(w.operation in (Operation.AUTHORIZE, Operation.CHARGE) for w in self.work)
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    code: str
+    text: str
+
+    def as_outcome(self) -> Outcome:
+        return Outcome(TransactionState.FAILURE, None, self.code, self.text, {}, {"refusedBy": "connector"})
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    work: Work
+    outcome: Outcome
+
+
+def idempotency_key(transaction_id: str, transaction_type: TransactionType) -> str:
+    """The same for every attempt at a transaction, by any worker: the PSP executes it once."""
+    return f"{transaction_id}-{transaction_type.value}"
+
+
+def plan_work(payment: Payment, *, now: datetime, lease: timedelta) -> Plan:
+    claimed_at = _latest_claims(payment)
+    work: list[Work] = []
+    held_until: datetime | None = None
+    for transaction in payment.transactions:
+        if transaction.state is not TransactionState.INITIAL:
+            continue
+        key = idempotency_key(transaction.id, transaction.type)
+        claim = claimed_at.get(key)
+        if claim is not None and claim + lease > now:
+            held_until = max(held_until or claim + lease, claim + lease)
+        work.append(Work(transaction, OPERATION_FOR.get(transaction.type), key))
+    if held_until is not None:
+        return Plan((), held_until)
+    return Plan(tuple(work), None)
+
+
+def refusal_for(payment: Payment, transaction: Transaction) -> Refusal | None:
+    """Why this transaction must fail without a PSP call, or None when it may be executed."""
+    amount = transaction.amount.cent_amount
+    currency = transaction.amount.currency_code
+    if transaction.type is TransactionType.CHARGEBACK:
+        return Refusal("not_executable", "Chargebacks are initiated by the card issuer; the connector never executes them")
+    if amount <= 0:
+        return Refusal("invalid_amount", f"Amount must be positive, got {amount} minor units")
+    if currency != payment.amount_planned.currency_code:
+        return Refusal(
+            "currency_mismatch",
+            f"Transaction currency {currency} differs from the payment's {payment.amount_planned.currency_code}",
+        )
+    totals = _Totals.of(payment)
+    planned = payment.amount_planned.cent_amount
+    match transaction.type:
+        case TransactionType.AUTHORIZATION if amount > planned:
+            return Refusal("amount_exceeds_planned", f"Authorization of {amount} exceeds the planned {planned}")
+        case TransactionType.CHARGE if totals.has_authorization:
+            if totals.cancelled:
+                return Refusal("authorization_cancelled", "The authorization was cancelled; nothing to capture")
+            capturable = totals.authorized - totals.charged
+            if amount > capturable:
+                return Refusal(
+                    "amount_exceeds_authorized", f"Capture of {amount} exceeds the {capturable} still authorized"
+                )
+        case TransactionType.CHARGE if amount > planned:
+            return Refusal("amount_exceeds_planned", f"Charge of {amount} exceeds the planned {planned}")
+        case TransactionType.REFUND if amount > totals.charged - totals.refunded:
+            refundable = totals.charged - totals.refunded
+            return Refusal("amount_exceeds_charged", f"Refund of {amount} exceeds the {refundable} still refundable")
+        case TransactionType.CANCEL_AUTHORIZATION if totals.authorized == 0:
+            return Refusal("no_authorization", "There is no successful authorization to cancel")
+        case TransactionType.CANCEL_AUTHORIZATION if totals.charged > 0:
+            return Refusal("already_captured", "An authorization cannot be cancelled after a capture")
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Totals:
+    has_authorization: bool
+    authorized: int
+    charged: int  # Success and Pending: money that is, or is being, captured
+    refunded: int  # Success and Pending likewise
+    cancelled: bool
+
+    @classmethod
+    def of(cls, payment: Payment) -> "_Totals":
+        def total(kind: TransactionType, *states: TransactionState) -> int:
+            return sum(t.amount.cent_amount for t in payment.transactions if t.type is kind and t.state in states)
+
+        live = (TransactionState.SUCCESS, TransactionState.PENDING)
+        return cls(
+            has_authorization=any(t.type is TransactionType.AUTHORIZATION for t in payment.transactions),
+            authorized=total(TransactionType.AUTHORIZATION, TransactionState.SUCCESS),
+            charged=total(TransactionType.CHARGE, *live),
+            refunded=total(TransactionType.REFUND, *live),
+            cancelled=total(TransactionType.CANCEL_AUTHORIZATION, TransactionState.SUCCESS) > 0,
+        )
+
+
+def claim_actions(work: Iterable[Work], *, type_key: str, now: datetime) -> list[Action]:
+    return [
+        _interaction(
+            type_key,
+            kind="request",
+            work=w,
+            now=now,
+            request={
+                "operation": w.operation.value if w.operation else None,
+                "amount": w.transaction.amount.cent_amount,
+                "currency": w.transaction.amount.currency_code,
+            },
+        )
+        for w in work
+    ]
+
+
+def apply_outcome(payment: Payment, transaction_id: str, outcome: Outcome) -> Payment:
+    """The payment as it will be once ``outcome`` is stored (for the next transaction's checks)."""
+    transactions = tuple(
+        t.model_copy(update={"state": outcome.state, "interaction_id": outcome.psp_reference or t.interaction_id})
+        if t.id == transaction_id
+        else t
+        for t in payment.transactions
+    )
+    return payment.model_copy(update={"transactions": transactions})
+
+
+def outcome_actions(payment: Payment, results: Sequence[Result], *, type_key: str, now: datetime) -> list[Action]:
+    """One update that stores every outcome the payment does not already show.
+
+    A transaction that someone else moved to a final state meanwhile keeps it (states move
+    forward only); the same PSP call under the same key cannot have said anything else.
+    """
+    actions: list[Action] = []
+    stored = payment
+    last: Outcome | None = None
+    for result in results:
+        current = payment.transaction(result.work.transaction.id)
+        if current is None or current.state.rank >= result.outcome.state.rank:
+            continue
+        transaction_id = current.id
+        outcome = result.outcome
+        actions.append({"action": "changeTransactionState", "transactionId": transaction_id, "state": outcome.state.value})
+        if outcome.psp_reference:
+            actions.append(
+                {"action": "changeTransactionInteractionId", "transactionId": transaction_id, "interactionId": outcome.psp_reference}
+            )
+        actions.append(
+            _interaction(
+                type_key, kind="response", work=result.work, now=now, request=dict(outcome.request),
+                response={"state": outcome.state.value, "code": outcome.code, "text": outcome.text, **outcome.response},
+                interaction_id=outcome.psp_reference,
+            )
+        )  # fmt: skip
+        stored = apply_outcome(stored, transaction_id, outcome)
+        last = outcome
+    if last is not None:
+        actions.append({"action": "setStatusInterfaceCode", "interfaceCode": payment_status_code(stored)})
+        actions.append({"action": "setStatusInterfaceText", "interfaceText": _clip(f"{last.code}: {last.text}")})
+    return actions
+
+
+def payment_status_code(payment: Payment) -> str:
+    """The PSP's view of the whole payment, in the generic payments vocabulary."""
+    totals = _Totals.of(payment)
+    states = [t.state for t in payment.transactions]
+    succeeded = {t.type for t in payment.transactions if t.state is TransactionState.SUCCESS}
+    if TransactionType.REFUND in succeeded:
+        return "refunded" if totals.refunded >= totals.charged else "partial_refund"
+    if TransactionType.CHARGE in succeeded:
+        return "captured"
+    if TransactionType.CANCEL_AUTHORIZATION in succeeded:
+        return "cancelled"
+    if TransactionType.AUTHORIZATION in succeeded:
+        return "reserved"
+    if TransactionState.PENDING in states:
+        return "processing"
+    if states and all(s is TransactionState.FAILURE for s in states):
+        return "failed"
+    return "created"
+
+
+def _latest_claims(payment: Payment) -> dict[str, datetime]:
+    """When each idempotency key was last claimed, from the payment's request interactions."""
+    claims: dict[str, datetime] = {}
+    for interaction in payment.interface_interactions:
+        fields = interaction.fields
+        key, created_at = fields.get("idempotencyKey"), fields.get("createdAt")
+        if fields.get("type") != "request" or not isinstance(key, str) or not isinstance(created_at, str):
+            continue
+        try:
+            at = datetime.fromisoformat(created_at)
+        except ValueError:
+            continue
+        claims[key] = max(claims.get(key, at), at)
+    return claims
+
+
+def _interaction(
+    type_key: str,
+    *,
+    kind: str,
+    work: Work,
+    now: datetime,
+    request: dict[str, Any],
+    response: dict[str, Any] | None = None,
+    interaction_id: str | None = None,
+) -> Action:
+    fields: dict[str, Any] = {
+        "type": kind,
+        "transactionId": work.transaction.id,
+        "idempotencyKey": work.idempotency_key,
+        "createdAt": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "request": _clip(json.dumps(request, sort_keys=True)),
+    }
+    if work.operation is not None:
+        fields["operation"] = work.operation.value
+    if response is not None:
+        fields["response"] = _clip(json.dumps(response, sort_keys=True))
+    if interaction_id:
+        fields["interactionId"] = interaction_id
+    return {"action": "addInterfaceInteraction", "type": {"typeId": "type", "key": type_key}, "fields": fields}
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_INTERACTION_TEXT else text[: MAX_INTERACTION_TEXT - 1] + "…"

@@ -1,0 +1,159 @@
+"""The reconcile protocol: load, claim, execute at the PSP, store the outcome (DESIGN.md section 3).
+
+Every decision comes from ``connector.processor.decisions``; this module only does the I/O around
+them, and answers each 409 by refetching the payment and deciding again.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import stamina
+import structlog
+
+from connector.adapters.contract import Operation, OperationRequest, Outcome, PaymentAdapter
+from connector.adapters.registry import AdapterRegistry, Route, UnknownAccount
+from connector.errors import ClaimHeld, ConcurrentModification, NotFound, PspUnavailable, RetryableError
+from connector.models.delivery import PaymentTrigger
+from connector.models.payment import Payment
+from connector.processor import decisions
+from connector.processor.decisions import Plan, Refusal, Result, Work
+
+log = structlog.get_logger("connector.processor")
+
+
+class PaymentStore(Protocol):
+    """The part of the commercetools client the processor needs."""
+
+    async def get_payment(self, payment_id: str) -> Payment: ...
+
+    async def update_payment(self, payment_id: str, version: int, actions: list[dict[str, Any]]) -> Payment: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessorSettings:
+    project_key: str
+    interaction_type_key: str
+    claim_lease_s: float = 30.0
+    max_conflicts: int = 10  # 409s answered per write before the delivery is retried later
+    psp_attempts: int = 3
+    psp_retry_budget_s: float = 20.0
+
+
+@dataclass(frozen=True, slots=True)
+class Reconciled:
+    """What one delivery did to its payment, for the log line and the tests."""
+
+    payment_id: str
+    outcome: str  # "done", "nothing_to_do", "not_ours", "payment_not_found"
+    results: tuple[Result, ...] = ()
+
+
+class Processor:
+    def __init__(
+        self,
+        store: PaymentStore,
+        registry: AdapterRegistry,
+        settings: ProcessorSettings,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._store = store
+        self._registry = registry
+        self._settings = settings
+        self._clock = clock
+        self._lease = timedelta(seconds=settings.claim_lease_s)
+
+    async def reconcile(self, trigger: PaymentTrigger) -> Reconciled:
+        payment = trigger.payment
+        try:
+            if payment is None:
+                payment = await self._store.get_payment(trigger.payment_id)
+            route = self._registry.find(payment.payment_method_info)
+            if route is None:
+                return Reconciled(payment.id, "not_ours")
+            structlog.contextvars.bind_contextvars(interface=route.interface)
+            payment, plan = await self._claim(payment)
+        except NotFound:
+            return Reconciled(trigger.payment_id, "payment_not_found")
+        if not plan.work:
+            return Reconciled(payment.id, "nothing_to_do")
+        results = await self._execute(payment, plan, route)
+        await self._store_outcomes(payment, results)
+        return Reconciled(payment.id, "done", tuple(results))
+
+    async def _claim(self, payment: Payment) -> tuple[Payment, Plan]:
+        """Claims the payment's Initial transactions; returns the claimed payment and its plan."""
+        fetched = False  # an embedded payment may be stale or carry a masked token
+        for _ in range(self._settings.max_conflicts):
+            now = self._clock()
+            plan = decisions.plan_work(payment, now=now, lease=self._lease)
+            if plan.held_until is not None:
+                wait_s = (plan.held_until - now).total_seconds()
+                raise ClaimHeld(f"a transaction is claimed by another worker for {wait_s:.1f}s more", wait_s)
+            if not plan.work:
+                return payment, plan
+            if plan.needs_payment_method and not fetched:
+                payment, fetched = await self._store.get_payment(payment.id), True
+                continue
+            actions = decisions.claim_actions(plan.work, type_key=self._settings.interaction_type_key, now=now)
+            try:
+                return await self._store.update_payment(payment.id, payment.version, actions), plan
+            except ConcurrentModification:
+                log.info("claim.conflict", version=payment.version)
+                payment, fetched = await self._store.get_payment(payment.id), True
+        raise RetryableError(f"claim kept conflicting after {self._settings.max_conflicts} attempts")
+
+    async def _execute(self, payment: Payment, plan: Plan, route: Route | UnknownAccount) -> list[Result]:
+        results: list[Result] = []
+        current = payment
+        for work in plan.work:
+            structlog.contextvars.bind_contextvars(transaction_id=work.transaction.id)
+            if isinstance(route, UnknownAccount):
+                outcome = _unknown_account(route).as_outcome()
+            elif (refusal := decisions.refusal_for(current, work.transaction)) is not None:
+                outcome = refusal.as_outcome()
+            else:
+                assert work.operation is not None  # refusal_for refuses what has no operation
+                outcome = await self._call_psp(route.adapter, work.operation, OperationRequest(
+                    current, work.transaction, work.idempotency_key, self._settings.project_key
+                ))  # fmt: skip
+            log.info("transaction.executed", state=outcome.state.value, code=outcome.code, psp_reference=outcome.psp_reference)
+            current = decisions.apply_outcome(current, work.transaction.id, outcome)
+            results.append(Result(work, outcome))
+        structlog.contextvars.unbind_contextvars("transaction_id")
+        return results
+
+    async def _call_psp(self, adapter: PaymentAdapter, operation: Operation, request: OperationRequest) -> Outcome:
+        method = {
+            Operation.AUTHORIZE: adapter.authorize,
+            Operation.CHARGE: adapter.charge,
+            Operation.REFUND: adapter.refund,
+            Operation.CANCEL_AUTHORIZATION: adapter.cancel_authorization,
+        }[operation]
+        async for attempt in stamina.retry_context(
+            on=PspUnavailable, attempts=self._settings.psp_attempts, timeout=self._settings.psp_retry_budget_s
+        ):
+            with attempt:
+                return await method(request)  # the same idempotency key on every attempt
+        raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
+
+    async def _store_outcomes(self, payment: Payment, results: list[Result]) -> None:
+        for _ in range(self._settings.max_conflicts):
+            actions = decisions.outcome_actions(
+                payment, results, type_key=self._settings.interaction_type_key, now=self._clock()
+            )
+            if not actions:
+                return
+            try:
+                await self._store.update_payment(payment.id, payment.version, actions)
+                return
+            except ConcurrentModification:
+                # Someone else wrote meanwhile: decide again from what is there now, never call the PSP again.
+                log.info("outcome.conflict", version=payment.version)
+                payment = await self._store.get_payment(payment.id)
+        raise RetryableError(f"outcome write kept conflicting after {self._settings.max_conflicts} attempts")
+
+
+def _unknown_account(route: UnknownAccount) -> Refusal:
+    return Refusal("unknown_account", f"No PSP account {route.account!r} is configured for {route.interface}")

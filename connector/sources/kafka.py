@@ -1,0 +1,221 @@
+"""Kafka source on aiokafka: a consumer group with offsets committed only behind finished work.
+
+Deliveries of one partition finish out of order (they belong to different payments), so each
+partition commits only up to its lowest unfinished offset: a crash then re-reads unfinished work,
+and finished work that comes again is harmless because processing is idempotent.
+"""
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Literal, TypeVar
+
+import stamina
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
+from pydantic import SecretStr
+
+log = structlog.get_logger("connector.sources.kafka")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaConfig:
+    bootstrap_servers: str
+    topic: str
+    group_id: str
+    dead_letter_topic: str
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str = "PLAIN"
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    max_batch: int = 500
+    poll_timeout_s: float = 0.5
+    commit_interval_s: float = 1.0
+    start_timeout_s: float = 60.0
+    revoke_wait_s: float = 10.0
+
+    def client_options(self) -> dict[str, object]:
+        options: dict[str, object] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "security_protocol": self.security_protocol,
+        }
+        if self.security_protocol.endswith("SSL"):
+            options["ssl_context"] = ssl.create_default_context()
+        if self.security_protocol.startswith("SASL"):
+            options["sasl_mechanism"] = self.sasl_mechanism
+            options["sasl_plain_username"] = self.sasl_username
+            options["sasl_plain_password"] = self.sasl_password.get_secret_value() if self.sasl_password else None
+        return options
+
+
+@dataclass(slots=True)
+class PartitionOffsets:
+    """Offsets of one partition's deliveries: which are in flight, and what may be committed."""
+
+    in_flight: set[int] = field(default_factory=set)
+    next_offset: int | None = None  # one past the highest offset handed out
+    committed: int | None = None
+
+    def started(self, offset: int) -> None:
+        self.in_flight.add(offset)
+        self.next_offset = max(self.next_offset or 0, offset + 1)
+
+    def finished(self, offset: int) -> None:
+        self.in_flight.discard(offset)
+
+    def committable(self) -> int | None:
+        """The offset to commit now (the next to read), or None when nothing moved."""
+        if self.next_offset is None:
+            return None
+        offset = min(self.in_flight) if self.in_flight else self.next_offset
+        return offset if self.committed is None or offset > self.committed else None
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaDelivery:
+    record: ConsumerRecord[bytes, bytes]
+    offsets: PartitionOffsets
+    source: "KafkaSource"
+
+    @property
+    def body(self) -> bytes:
+        return self.record.value or b""
+
+    @property
+    def position(self) -> str:
+        return f"{self.record.topic}/{self.record.partition}@{self.record.offset}"
+
+    async def ack(self) -> None:
+        self.offsets.finished(self.record.offset)
+
+    async def dead_letter(self, reason: str, attempts: int) -> None:
+        await self.source.publish_dead_letter(self.record, reason, attempts)
+        self.offsets.finished(self.record.offset)
+
+
+class KafkaSource:
+    def __init__(self, config: KafkaConfig) -> None:
+        self._config = config
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._partitions: dict[TopicPartition, PartitionOffsets] = {}
+        self._last_commit = 0.0
+        self.subscribed = False
+
+    async def start(self) -> None:
+        async for attempt in stamina.retry_context(
+            on=KafkaError, attempts=None, timeout=self._config.start_timeout_s, wait_max=5.0
+        ):
+            with attempt:
+                await self._connect()
+        self.subscribed = True
+
+    async def _connect(self) -> None:
+        options = self._config.client_options()
+        consumer = AIOKafkaConsumer(
+            group_id=self._config.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self._config.max_batch,
+            **options,
+        )
+        producer = AIOKafkaProducer(acks="all", enable_idempotence=True, **options)
+        try:
+            await consumer.start()
+            consumer.subscribe([self._config.topic], listener=_Rebalance(self))
+            await producer.start()
+        except BaseException:
+            await consumer.stop()
+            await producer.stop()
+            raise
+        self._consumer, self._producer = consumer, producer
+
+    async def deliveries(self, stop: asyncio.Event) -> AsyncIterator[KafkaDelivery]:
+        consumer = self._require(self._consumer)
+        while not stop.is_set():
+            try:
+                batches = await consumer.getmany(
+                    timeout_ms=int(self._config.poll_timeout_s * 1000), max_records=self._config.max_batch
+                )
+            except KafkaError as exc:  # the broker went away: aiokafka reconnects, we wait and poll again
+                log.warning("kafka.fetch_failed", error=exc.__class__.__name__)
+                await asyncio.sleep(1.0)
+                continue
+            for partition, records in batches.items():
+                offsets = self._partitions.setdefault(partition, PartitionOffsets())
+                for record in records:
+                    offsets.started(record.offset)
+                    yield KafkaDelivery(record, offsets, self)
+            await self.commit(force=False)
+
+    async def commit(self, *, force: bool = True) -> None:
+        """Commits each partition up to its lowest unfinished offset; a failed commit comes again."""
+        loop = asyncio.get_running_loop()
+        if self._consumer is None or (not force and loop.time() - self._last_commit < self._config.commit_interval_s):
+            return
+        self._last_commit = loop.time()
+        offsets = {p: o for p, tracker in self._partitions.items() if (o := tracker.committable()) is not None}
+        if not offsets:
+            return
+        try:
+            await self._consumer.commit(offsets)
+        except KafkaError as exc:
+            log.warning("kafka.commit_failed", error=exc.__class__.__name__, partitions=len(offsets))
+            return
+        for partition, offset in offsets.items():
+            self._partitions[partition].committed = offset
+
+    async def publish_dead_letter(self, record: ConsumerRecord[bytes, bytes], reason: str, attempts: int) -> None:
+        headers = [
+            ("dlq.reason", reason.encode()),
+            ("dlq.attempts", str(attempts).encode()),
+            ("dlq.original.topic", record.topic.encode()),
+            ("dlq.original.partition", str(record.partition).encode()),
+            ("dlq.original.offset", str(record.offset).encode()),
+        ]
+        producer = self._require(self._producer)
+        async for attempt in stamina.retry_context(on=KafkaError, attempts=5, timeout=30.0):
+            with attempt:
+                await producer.send_and_wait(
+                    self._config.dead_letter_topic, value=record.value, key=record.key, headers=headers
+                )
+
+    async def close(self) -> None:
+        await self.commit()
+        self.subscribed = False
+        if self._consumer is not None:
+            await self._consumer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+
+    async def partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        """Gives in-flight work of the revoked partitions a bounded time to finish, then commits it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._config.revoke_wait_s
+        while loop.time() < deadline and any(self._partitions.get(p, PartitionOffsets()).in_flight for p in revoked):
+            await asyncio.sleep(0.05)
+        await self.commit()
+        for partition in revoked:
+            self._partitions.pop(partition, None)  # late acks land on the detached tracker
+
+    @staticmethod
+    def _require(client: T | None) -> T:
+        if client is None:
+            raise RuntimeError("KafkaSource.start() was not awaited")
+        return client
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, source: KafkaSource) -> None:
+        self._source = source
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._source.partitions_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        log.info("kafka.partitions_assigned", partitions=sorted(p.partition for p in assigned))

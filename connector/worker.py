@@ -1,0 +1,96 @@
+"""The worker loop: source -> dispatcher -> processor, and the acknowledgement after the effect.
+
+Read top to bottom: ``run`` pulls deliveries until told to stop, ``_route`` sorts each one (bad,
+ignored, or a payment to reconcile), ``_handle`` reconciles with bounded retries, and only then acks
+or dead-letters. Shutdown is three steps: stop fetching, let in-flight work finish within a bound,
+cancel the rest (it comes again, unacknowledged) and commit what is done.
+"""
+
+import asyncio
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from connector import failure_policy
+from connector.dispatch import KeyedDispatcher
+from connector.errors import BadDelivery
+from connector.failure_policy import DeadLetter, RetryPolicy
+from connector.models.delivery import Ignored, PaymentTrigger, parse_delivery
+from connector.processor.reconcile import Processor
+from connector.sources.contract import Delivery, Source
+
+log = structlog.get_logger("connector.worker")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerLimits:
+    max_in_flight: int = 64
+    delivery_timeout_s: float = 60.0
+    shutdown_timeout_s: float = 20.0
+    retry: RetryPolicy = RetryPolicy()
+
+
+class Worker:
+    def __init__(
+        self,
+        source: Source,
+        processor: Processor,
+        limits: WorkerLimits,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self._source = source
+        self._processor = processor
+        self._limits = limits
+        self._jitter = jitter
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self._source.start()
+        log.info("worker.started", max_in_flight=self._limits.max_in_flight)
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                dispatcher = KeyedDispatcher(tasks, self._limits.max_in_flight)
+                async for delivery in self._source.deliveries(stop):
+                    await self._route(delivery, dispatcher)
+                log.info("worker.stopping", in_flight=dispatcher.in_flight)
+                cancelled = await dispatcher.drain(self._limits.shutdown_timeout_s)
+            log.info("worker.stopped", cancelled=cancelled)
+        finally:
+            await asyncio.shield(self._source.close())  # commit what is done, even when cancelled
+
+    async def _route(self, delivery: Delivery, dispatcher: KeyedDispatcher) -> None:
+        try:
+            parsed = parse_delivery(delivery.body)
+        except BadDelivery as exc:
+            log.warning("delivery.dead_lettered", position=delivery.position, reason=str(exc), attempts=1)
+            await delivery.dead_letter(str(exc), attempts=1)
+            return
+        if isinstance(parsed, Ignored):
+            log.debug("delivery.ignored", position=delivery.position, message_id=parsed.message_id, reason=parsed.reason)
+            await delivery.ack()
+            return
+        await dispatcher.submit(parsed.payment_id, lambda: self._handle(delivery, parsed))
+
+    async def _handle(self, delivery: Delivery, trigger: PaymentTrigger) -> None:
+        structlog.contextvars.bind_contextvars(
+            message_id=trigger.message_id, payment_id=trigger.payment_id, position=delivery.position
+        )
+        attempt = 1
+        while True:
+            try:
+                async with asyncio.timeout(self._limits.delivery_timeout_s):
+                    result = await self._processor.reconcile(trigger)
+            except Exception as exc:  # every failure is judged below; none may stop the worker
+                decision = failure_policy.decide(exc, attempt, self._limits.retry, self._jitter())
+                if isinstance(decision, DeadLetter):
+                    log.error("delivery.dead_lettered", reason=decision.reason, attempts=attempt)
+                    await delivery.dead_letter(decision.reason, attempts=attempt)
+                    return
+                log.warning("delivery.retrying", error=failure_policy.describe(exc), attempt=attempt, delay_s=round(decision.delay_s, 3))
+                await asyncio.sleep(decision.delay_s)
+                attempt += 1
+                continue
+            await delivery.ack()
+            log.info("delivery.processed", outcome=result.outcome, transactions=len(result.results))
+            return
