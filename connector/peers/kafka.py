@@ -9,6 +9,8 @@ import uuid
 from pathlib import Path
 from types import TracebackType
 
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
 from connector.peers import cache_dir, free_port
 
 POM = Path(__file__).parent / "kafka" / "pom.xml"
@@ -121,3 +123,16 @@ class LocalKafka:
             time.sleep(0.2)
         self.stop()
         raise TimeoutError(f"Kafka broker not ready after {self._start_timeout_s}s")
+
+
+async def create_topics(bootstrap_servers: str, *names: str, partitions: int = 4) -> None:
+    """Creates topics that do not exist yet."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        new = [NewTopic(name, partitions, 1) for name in names if name not in existing]
+        if new:
+            await admin.create_topics(new)
+    finally:
+        await admin.close()

@@ -1,0 +1,72 @@
+"""Builds a worker from settings and runs it until told to stop."""
+
+import asyncio
+
+from connector.adapters.registry import AdapterRegistry
+from connector.commercetools.client import CommercetoolsClient
+from connector.commercetools.interaction_type import interaction_type_draft
+from connector.config import Settings
+from connector.failure_policy import RetryPolicy
+from connector.processor.reconcile import Processor, ProcessorSettings
+from connector.sources.kafka import KafkaConfig, KafkaSource
+from connector.worker import Worker, WorkerLimits
+
+
+def build_commercetools(settings: Settings) -> CommercetoolsClient:
+    ct = settings.commercetools
+    return CommercetoolsClient.create(
+        api_url=ct.api_url,
+        auth_url=ct.auth_url,
+        project_key=ct.project_key,
+        client_id=ct.client_id,
+        client_secret=ct.client_secret,
+        scopes=ct.scopes,
+        timeout_s=ct.timeout_s,
+        max_connections=ct.max_connections,
+    )
+
+
+def build_source(settings: Settings) -> KafkaSource:
+    kafka = settings.kafka
+    return KafkaSource(
+        KafkaConfig(
+            bootstrap_servers=kafka.bootstrap_servers,
+            topic=kafka.topic,
+            group_id=kafka.group_id,
+            dead_letter_topic=kafka.dead_letter_topic or f"{kafka.topic}.dlq",
+            security_protocol=kafka.security_protocol,
+            sasl_mechanism=kafka.sasl_mechanism,
+            sasl_username=kafka.sasl_username,
+            sasl_password=kafka.sasl_password,
+            commit_interval_s=kafka.commit_interval_s,
+        )
+    )
+
+
+async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
+    """Checks plugins, credentials and the interaction Type, then runs the worker until ``stop``."""
+    worker_settings = settings.worker
+    registry = AdapterRegistry.load(worker_settings.adapters)  # a bad plugin fails here, before any delivery
+    ct = build_commercetools(settings)
+    try:
+        await ct.check_credentials()
+        await ct.ensure_type(interaction_type_draft(worker_settings.interaction_type_key))
+        processor = Processor(
+            ct,
+            registry,
+            ProcessorSettings(
+                project_key=settings.commercetools.project_key,
+                interaction_type_key=worker_settings.interaction_type_key,
+                claim_lease_s=worker_settings.claim_lease_s,
+            ),
+        )
+        limits = WorkerLimits(
+            max_in_flight=worker_settings.max_in_flight,
+            delivery_timeout_s=worker_settings.delivery_timeout_s,
+            shutdown_timeout_s=worker_settings.shutdown_timeout_s,
+            retry=RetryPolicy(max_attempts=worker_settings.max_attempts),
+        )
+        await Worker(build_source(settings), processor, limits).run(stop)
+    finally:
+        await registry.aclose()
+        await ct.aclose()

@@ -1,0 +1,169 @@
+"""``connector demo``: the whole product on one machine, with the sandbox PSP.
+
+Starts a local Kafka broker (or uses ``KAFKA_BOOTSTRAP_SERVERS``) and the commercetools emulator,
+creates payments with every transaction type, publishes their deliveries in both formats (with a
+duplicate, the subscription's test delivery and a malformed one), runs the worker until every
+transaction has left Initial, and prints each transaction's final state and PSP reference.
+"""
+
+import asyncio
+import contextlib
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from pydantic import SecretStr
+
+from connector.adapters.registry import AdapterRoute
+from connector.app import build_commercetools, run_worker
+from connector.commercetools.client import CommercetoolsClient
+from connector.config import CommercetoolsSettings, KafkaSettings, Settings, WorkerSettings
+from connector.models.payment import Payment
+from connector.peers import messages
+from connector.peers.ctmock import LocalCommercetools
+from connector.peers.kafka import LocalKafka, create_topics
+
+PROJECT_KEY = "demo"
+INTERFACE = "sandbox"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    planned: int
+    done: tuple[tuple[str, int], ...]  # transactions that already succeeded before the demo
+    initial: tuple[tuple[str, int], ...]  # transactions for the connector
+    expected: tuple[str, ...]  # final state of each initial transaction
+
+
+SCENARIOS = (
+    Scenario("authorize", 1000, (), (("Authorization", 1000),), ("Success",)),
+    Scenario("capture in full", 2000, (("Authorization", 2000),), (("Charge", 2000),), ("Success",)),
+    Scenario("capture in part", 3000, (("Authorization", 3000),), (("Charge", 1200),), ("Success",)),
+    Scenario("direct charge", 4500, (), (("Charge", 4500),), ("Success",)),
+    Scenario("two refunds", 5000, (("Charge", 5000),), (("Refund", 2000), ("Refund", 1000)), ("Success", "Success")),
+    Scenario("refund above charged", 1000, (("Charge", 1000),), (("Refund", 1500),), ("Failure",)),
+    Scenario("cancel authorization", 6000, (("Authorization", 6000),), (("CancelAuthorization", 6000),), ("Success",)),
+    Scenario("declined card", 7013, (), (("Authorization", 7013),), ("Failure",)),
+    Scenario("asynchronous PSP", 8042, (), (("Charge", 8042),), ("Pending",)),
+    Scenario("chargeback", 2500, (("Charge", 2500),), (("Chargeback", 2500),), ("Failure",)),
+    Scenario("authorize, then capture", 9000, (), (("Authorization", 9000), ("Charge", 9000)), ("Success", "Success")),
+)
+
+
+def payment_draft(planned: int, done: tuple[tuple[str, int], ...], initial: tuple[tuple[str, int], ...]) -> dict[str, Any]:
+    def transaction(kind: str, amount: int, state: str) -> dict[str, Any]:
+        draft = {"type": kind, "amount": {"currencyCode": "EUR", "centAmount": amount}, "state": state}
+        return draft | ({"interactionId": f"earlier-{uuid.uuid4().hex[:8]}"} if state == "Success" else {})
+
+    return {
+        "amountPlanned": {"currencyCode": "EUR", "centAmount": planned},
+        "paymentMethodInfo": {"paymentInterface": INTERFACE, "method": "card", "token": {"value": "pm_demo_visa_4242"}},
+        "transactions": [transaction(k, a, "Success") for k, a in done] + [transaction(k, a, "Initial") for k, a in initial],
+    }
+
+
+def as_json(payment: Payment) -> dict[str, Any]:
+    return payment.model_dump(by_alias=True, mode="json", exclude_none=True)
+
+
+@contextlib.contextmanager
+def local_peers() -> Iterator[tuple[str, str]]:
+    """(Kafka bootstrap servers, commercetools URL), starting what the environment does not give."""
+    with contextlib.ExitStack() as stack:
+        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or stack.enter_context(LocalKafka()).bootstrap_servers
+        yield bootstrap, stack.enter_context(LocalCommercetools()).url
+
+
+async def publish(bootstrap: str, topic: str, deliveries: list[bytes]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for body in deliveries:
+            await producer.send_and_wait(topic, body, key=b"commercetools")  # a fixed key, as Confluent sinks use
+    finally:
+        await producer.stop()
+
+
+async def create_payments(ct: CommercetoolsClient) -> list[Payment]:
+    payments = [await ct.create_payment(payment_draft(s.planned, s.done, s.initial)) for s in SCENARIOS]
+    return payments
+
+
+def deliveries_for(payments: list[Payment]) -> list[bytes]:
+    """Each payment's PaymentCreated, alternating formats, plus a duplicate, a test and a malformed delivery."""
+    bodies = [messages.resource_created(PROJECT_KEY)]
+    for index, payment in enumerate(payments):
+        fmt: messages.Format = "platform" if index % 2 == 0 else "cloudevents"
+        bodies.append(messages.payment_created(PROJECT_KEY, as_json(payment), fmt))
+    bodies.append(bodies[1])  # subscriptions deliver at least once
+    bodies.append(b'{"notificationType": "Message", "resource": ')  # cut short: dead-lettered
+    return bodies
+
+
+async def wait_until_settled(ct: CommercetoolsClient, payment_ids: list[str], timeout_s: float) -> list[Payment]:
+    async with asyncio.timeout(timeout_s):
+        while True:
+            payments = [await ct.get_payment(pid) for pid in payment_ids]
+            if all(t.state.value != "Initial" for p in payments for t in p.transactions):
+                return payments
+            await asyncio.sleep(0.2)
+
+
+def report(payments: list[Payment]) -> tuple[str, bool]:
+    lines = [f"{'scenario':<24} {'transaction':<20} {'amount':>8}  {'expected':<8} {'state':<8} PSP reference"]
+    all_right = True
+    for scenario, payment in zip(SCENARIOS, payments, strict=True):
+        executed = payment.transactions[len(scenario.done) :]
+        for transaction, expected in zip(executed, scenario.expected, strict=True):
+            right = transaction.state.value == expected
+            all_right &= right
+            lines.append(
+                f"{scenario.name:<24} {transaction.type.value:<20} {transaction.amount.cent_amount:>8}  "
+                f"{expected:<8} {transaction.state.value:<8} {transaction.interaction_id or '-'}{'' if right else '  <-- WRONG'}"
+            )
+    return "\n".join(lines), all_right
+
+
+async def run_demo(bootstrap: str, ct_url: str, timeout_s: float = 60.0) -> bool:
+    topic = f"demo-payments-{uuid.uuid4().hex[:8]}"
+    ledger = os.path.join(tempfile.mkdtemp(prefix="connector-demo-"), "sandbox-ledger.sqlite")
+    settings = Settings(
+        CommercetoolsSettings(
+            project_key=PROJECT_KEY, client_id="demo-client", client_secret=SecretStr("demo-secret"),
+            auth_url=ct_url, api_url=ct_url, _env_file=None,
+        ),
+        WorkerSettings(
+            adapters=[AdapterRoute(interface=INTERFACE, adapter="sandbox", settings={"ledger_path": ledger, "latency_ms": 50})],
+            _env_file=None,
+        ),
+        KafkaSettings(bootstrap_servers=bootstrap, topic=topic, group_id=f"demo-{topic}", _env_file=None),
+    )  # fmt: skip
+    await create_topics(bootstrap, topic, f"{topic}.dlq")
+    ct = build_commercetools(settings)
+    stop = asyncio.Event()
+    try:
+        payments = await create_payments(ct)
+        await publish(bootstrap, topic, deliveries_for(payments))
+        async with asyncio.TaskGroup() as tasks:
+            worker = tasks.create_task(run_worker(settings, stop))
+            try:
+                settled = await wait_until_settled(ct, [p.id for p in payments], timeout_s)
+            finally:
+                stop.set()
+            await worker
+    finally:
+        await ct.aclose()
+    table, all_right = report(settled)
+    print(table)
+    print(f"\n{len(SCENARIOS)} payments, all transactions as expected" if all_right else "\nsome transactions ended WRONG")
+    return all_right
+
+
+def main() -> int:
+    with local_peers() as (bootstrap, ct_url):
+        return 0 if asyncio.run(run_demo(bootstrap, ct_url)) else 1
