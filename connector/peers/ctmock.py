@@ -59,13 +59,17 @@ class LocalCommercetools:
         return self
 
     def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
+        if self._process is None:
+            return
+        if self._process.poll() is None:
             self._process.terminate()
             try:
                 self._process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait(timeout=10)
+        if self._process.stdout is not None:
+            self._process.stdout.close()
 
     def __enter__(self) -> "LocalCommercetools":
         return self.start()

@@ -1,0 +1,70 @@
+"""Real peers for the suite, started once per session on 127.0.0.1 and stopped at its end.
+
+Kafka: ``KAFKA_BOOTSTRAP_SERVERS`` when set; else testcontainers' Kafka container when a Docker
+engine answers; else a real broker from Maven Central jars. commercetools: the npm emulator.
+A peer that cannot start fails the tests that need it; nothing is skipped.
+"""
+
+import contextlib
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from pydantic import SecretStr
+
+from connector.commercetools.client import CommercetoolsClient, RetryPolicy
+from connector.commercetools.interaction_type import interaction_type_draft
+from connector.peers.ctmock import LocalCommercetools
+from connector.peers.kafka import LocalKafka
+from tests.support import INTERACTION_TYPE_KEY
+
+
+def _docker_answers() -> bool:
+    with contextlib.suppress(Exception):
+        import docker
+
+        return bool(docker.from_env(timeout=3).ping())
+    return False
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    if servers := os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        yield servers
+    elif _docker_answers():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer() as container:
+            yield container.get_bootstrap_server()
+    else:
+        with LocalKafka() as broker:
+            yield broker.bootstrap_servers
+
+
+@pytest.fixture(scope="session")
+def ct_url() -> Iterator[str]:
+    with LocalCommercetools() as emulator:
+        yield emulator.url
+
+
+@pytest.fixture
+def project_key() -> str:
+    """A project of its own for each test: the emulator keeps projects apart."""
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def ct(ct_url: str, project_key: str) -> AsyncIterator[CommercetoolsClient]:
+    client = CommercetoolsClient.create(
+        api_url=ct_url,
+        auth_url=ct_url,
+        project_key=project_key,
+        client_id="test-client",
+        client_secret=SecretStr("test-client-secret-s3cr3t"),
+        scopes=f"manage_project:{project_key}",
+        retry=RetryPolicy(attempts=3, wait_initial_s=0.01, wait_max_s=0.05),
+    )
+    await client.ensure_type(interaction_type_draft(INTERACTION_TYPE_KEY))
+    yield client
+    await client.aclose()

@@ -1,0 +1,46 @@
+"""Helpers shared by the tests: settings for a worker against the session's peers, and running it."""
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr
+
+from connector.adapters.registry import AdapterRoute
+from connector.app import run_worker
+from connector.config import CommercetoolsSettings, KafkaSettings, Settings, WorkerSettings
+
+INTERACTION_TYPE_KEY = "connector-payment-interaction"
+CLIENT_SECRET = "test-client-secret-s3cr3t"
+
+
+def settings_for(
+    *, ct_url: str, project_key: str, bootstrap: str, topic: str, ledger: Path, latency_ms: int = 0, **worker: Any
+) -> Settings:
+    return Settings(
+        CommercetoolsSettings(
+            project_key=project_key, client_id="test-client", client_secret=SecretStr(CLIENT_SECRET),
+            auth_url=ct_url, api_url=ct_url, _env_file=None,
+        ),
+        WorkerSettings(
+            adapters=[AdapterRoute(interface="sandbox", adapter="sandbox", settings={"ledger_path": str(ledger), "latency_ms": latency_ms})],
+            _env_file=None,
+            **worker,
+        ),
+        KafkaSettings(bootstrap_servers=bootstrap, topic=topic, group_id=f"group-{topic}", commit_interval_s=0.2, _env_file=None),
+    )  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def running_worker(settings: Settings, stop_timeout_s: float = 30.0) -> AsyncIterator[asyncio.Task[None]]:
+    """Runs the worker in this event loop; stops it (and surfaces its errors) on exit."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_worker(settings, stop))
+    try:
+        yield task
+    finally:
+        stop.set()
+        async with asyncio.timeout(stop_timeout_s):
+            await task

@@ -1,0 +1,192 @@
+"""The pure decisions of the reconcile protocol: what to claim, refuse and write."""
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from connector.adapters.contract import Operation, Outcome
+from connector.models.payment import Payment, TransactionState
+from connector.processor import decisions
+from connector.processor.decisions import Result
+
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+LEASE = timedelta(seconds=30)
+
+
+def payment(*transactions: tuple[str, int, str], planned: int = 1000, currency: str = "EUR", interactions: list[dict[str, Any]] | None = None) -> Payment:
+    return Payment.model_validate({
+        "id": "pay-1", "version": 7,
+        "amountPlanned": {"centAmount": planned, "currencyCode": "EUR"},
+        "paymentMethodInfo": {"paymentInterface": "sandbox"},
+        "transactions": [
+            {"id": f"tx-{i}", "type": kind, "amount": {"centAmount": amount, "currencyCode": currency}, "state": state}
+            for i, (kind, amount, state) in enumerate(transactions)
+        ],
+        "interfaceInteractions": interactions or [],
+    })  # fmt: skip
+
+
+def claim(key: str, at: datetime) -> dict[str, Any]:
+    return {"type": {"typeId": "type", "id": "t"}, "fields": {"type": "request", "idempotencyKey": key, "createdAt": at.isoformat()}}
+
+
+def test_plan_takes_initial_transactions_in_order() -> None:
+    """Only Initial transactions are work, in the payment's order, each with a stable key."""
+    plan = decisions.plan_work(
+        payment(("Authorization", 1000, "Success"), ("Charge", 600, "Initial"), ("Refund", 100, "Initial")),
+        now=NOW, lease=LEASE,
+    )  # fmt: skip
+    assert [(w.transaction.id, w.operation) for w in plan.work] == [("tx-1", Operation.CHARGE), ("tx-2", Operation.REFUND)]
+    assert plan.work[0].idempotency_key == decisions.idempotency_key("tx-1", plan.work[0].transaction.type)
+    assert plan.held_until is None
+
+
+def test_fresh_claim_of_another_worker_holds_the_payment() -> None:
+    """A claim younger than the lease means someone is executing: come back when it expires."""
+    key = decisions.idempotency_key("tx-0", payment(("Charge", 1, "Initial")).transactions[0].type)
+    p = payment(("Charge", 500, "Initial"), interactions=[claim(key, NOW - timedelta(seconds=10))])
+    plan = decisions.plan_work(p, now=NOW, lease=LEASE)
+    assert plan.work == () and plan.held_until == NOW + timedelta(seconds=20)
+
+
+def test_stale_claim_is_taken_over_with_the_same_key() -> None:
+    """A claim older than the lease is taken over; the idempotency key stays the same."""
+    key = decisions.idempotency_key("tx-0", payment(("Charge", 1, "Initial")).transactions[0].type)
+    p = payment(("Charge", 500, "Initial"), interactions=[claim(key, NOW - timedelta(seconds=31))])
+    plan = decisions.plan_work(p, now=NOW, lease=LEASE)
+    assert [w.idempotency_key for w in plan.work] == [key]
+
+
+def test_payment_method_needed_only_for_authorizations_and_charges() -> None:
+    """Refunds and cancels run on the embedded payment; authorizations and charges need the token."""
+    refund = decisions.plan_work(payment(("Charge", 500, "Success"), ("Refund", 100, "Initial")), now=NOW, lease=LEASE)
+    charge = decisions.plan_work(payment(("Charge", 500, "Initial")), now=NOW, lease=LEASE)
+    assert not refund.needs_payment_method and charge.needs_payment_method
+
+
+@pytest.mark.parametrize(
+    ("transactions", "code"),
+    [
+        ((("Chargeback", 100, "Initial"),), "not_executable"),
+        ((("Charge", 0, "Initial"),), "invalid_amount"),
+        ((("Charge", -5, "Initial"),), "invalid_amount"),
+        ((("Authorization", 1001, "Initial"),), "amount_exceeds_planned"),
+        ((("Charge", 1001, "Initial"),), "amount_exceeds_planned"),
+        ((("Authorization", 1000, "Success"), ("Charge", 700, "Success"), ("Charge", 301, "Initial")), "amount_exceeds_authorized"),
+        ((("Authorization", 1000, "Failure"), ("Charge", 100, "Initial")), "amount_exceeds_authorized"),
+        ((("Authorization", 1000, "Success"), ("CancelAuthorization", 1000, "Success"), ("Charge", 10, "Initial")), "authorization_cancelled"),
+        ((("Charge", 1000, "Success"), ("Refund", 600, "Success"), ("Refund", 401, "Initial")), "amount_exceeds_charged"),
+        ((("Refund", 1, "Initial"),), "amount_exceeds_charged"),
+        ((("Authorization", 1000, "Success"), ("Charge", 1000, "Success"), ("CancelAuthorization", 1000, "Initial")), "already_captured"),
+        ((("CancelAuthorization", 1000, "Initial"),), "no_authorization"),
+    ],
+)
+def test_money_rules_refuse_before_the_psp(transactions: tuple[tuple[str, int, str], ...], code: str) -> None:
+    """Transactions that break the money rules fail with a readable reason, no PSP call."""
+    p = payment(*transactions)
+    refusal = decisions.refusal_for(p, p.transactions[-1])
+    assert refusal is not None and refusal.code == code and refusal.text
+
+
+def test_currency_must_match_the_payment() -> None:
+    """A transaction in another currency than amountPlanned is refused."""
+    p = payment(("Charge", 100, "Initial"), currency="USD")
+    refusal = decisions.refusal_for(p, p.transactions[0])
+    assert refusal is not None and refusal.code == "currency_mismatch"
+
+
+@pytest.mark.parametrize(
+    "transactions",
+    [
+        (("Authorization", 1000, "Initial"),),
+        (("Authorization", 1000, "Success"), ("Charge", 400, "Success"), ("Charge", 600, "Initial")),
+        (("Charge", 1000, "Initial"),),
+        (("Charge", 1000, "Success"), ("Refund", 500, "Success"), ("Refund", 500, "Initial")),
+        (("Authorization", 1000, "Success"), ("CancelAuthorization", 1000, "Initial")),
+    ],
+)
+def test_money_rules_allow_what_is_covered(transactions: tuple[tuple[str, int, str], ...]) -> None:
+    """Amounts within what is planned, authorized or charged are executed."""
+    p = payment(*transactions)
+    assert decisions.refusal_for(p, p.transactions[-1]) is None
+
+
+def test_earlier_outcomes_count_for_later_transactions() -> None:
+    """An authorization executed in the same round covers the capture after it."""
+    p = payment(("Authorization", 1000, "Initial"), ("Charge", 1000, "Initial"))
+    assert decisions.refusal_for(p, p.transactions[1]) is not None
+    authorized = decisions.apply_outcome(p, "tx-0", Outcome(TransactionState.SUCCESS, "psp-1", "ok", "ok"))
+    assert decisions.refusal_for(authorized, authorized.transactions[1]) is None
+    assert authorized.transactions[0].interaction_id == "psp-1"
+
+
+def test_claim_adds_one_request_interaction_per_transaction() -> None:
+    """The claim names each transaction, its operation and its idempotency key."""
+    plan = decisions.plan_work(payment(("Charge", 500, "Initial"), ("Refund", 1, "Initial")), now=NOW, lease=LEASE)
+    actions = decisions.claim_actions(plan.work, type_key="itype", now=NOW)
+    assert [a["action"] for a in actions] == ["addInterfaceInteraction"] * 2
+    fields = actions[0]["fields"]
+    assert fields["type"] == "request" and fields["transactionId"] == "tx-0" and fields["operation"] == "charge"
+    assert fields["idempotencyKey"] == plan.work[0].idempotency_key and fields["createdAt"] == "2026-11-22T12:00:00.000Z"
+    assert actions[0]["type"] == {"typeId": "type", "key": "itype"}
+
+
+def test_outcome_actions_store_state_reference_interaction_and_status() -> None:
+    """One update carries state, PSP reference, the response interaction and the payment status."""
+    p = payment(("Charge", 1000, "Initial"))
+    work = decisions.plan_work(p, now=NOW, lease=LEASE).work[0]
+    outcome = Outcome(TransactionState.SUCCESS, "psp-9", "captured", "Amount charged", {"amount": 1000}, {"id": "psp-9"})
+    actions = decisions.outcome_actions(p, [Result(work, outcome)], type_key="itype", now=NOW)
+    by_name = {a["action"]: a for a in actions}
+    assert by_name["changeTransactionState"] == {"action": "changeTransactionState", "transactionId": "tx-0", "state": "Success"}
+    assert by_name["changeTransactionInteractionId"]["interactionId"] == "psp-9"
+    response = by_name["addInterfaceInteraction"]["fields"]
+    assert response["type"] == "response" and response["interactionId"] == "psp-9"
+    assert json.loads(response["response"])["code"] == "captured"
+    assert by_name["setStatusInterfaceCode"]["interfaceCode"] == "captured"
+    assert by_name["setStatusInterfaceText"]["interfaceText"] == "captured: Amount charged"
+
+
+def test_outcome_never_moves_a_state_backwards() -> None:
+    """A transaction someone else already finished keeps its state: nothing is written for it."""
+    p = payment(("Charge", 1000, "Success"))
+    work = decisions.Work(p.transactions[0], Operation.CHARGE, "k")
+    outcome = Outcome(TransactionState.PENDING, "psp-1", "pending", "later")
+    assert decisions.outcome_actions(p, [Result(work, outcome)], type_key="t", now=NOW) == []
+
+
+def test_pending_moves_forward_to_success() -> None:
+    """Pending may become Success."""
+    p = payment(("Charge", 1000, "Pending"))
+    work = decisions.Work(p.transactions[0], Operation.CHARGE, "k")
+    actions = decisions.outcome_actions(p, [Result(work, Outcome(TransactionState.SUCCESS, None, "ok", "ok"))], type_key="t", now=NOW)
+    assert actions[0] == {"action": "changeTransactionState", "transactionId": "tx-0", "state": "Success"}
+
+
+@pytest.mark.parametrize(
+    ("transactions", "code"),
+    [
+        ((("Authorization", 1000, "Success"),), "reserved"),
+        ((("Authorization", 1000, "Success"), ("Charge", 1000, "Success")), "captured"),
+        ((("Charge", 1000, "Success"), ("Refund", 400, "Success")), "partial_refund"),
+        ((("Charge", 1000, "Success"), ("Refund", 1000, "Success")), "refunded"),
+        ((("Authorization", 1000, "Success"), ("CancelAuthorization", 1000, "Success")), "cancelled"),
+        ((("Authorization", 1000, "Failure"),), "failed"),
+        ((("Charge", 1000, "Pending"),), "processing"),
+        ((("Charge", 1000, "Initial"),), "created"),
+    ],
+)
+def test_payment_status_code(transactions: tuple[tuple[str, int, str], ...], code: str) -> None:
+    """The payment-level status follows the generic payments vocabulary."""
+    assert decisions.payment_status_code(payment(*transactions)) == code
+
+
+def test_interaction_text_is_clipped() -> None:
+    """Very long PSP texts are clipped so that the update stays within limits."""
+    p = payment(("Charge", 1000, "Initial"))
+    work = decisions.plan_work(p, now=NOW, lease=LEASE).work[0]
+    outcome = Outcome(TransactionState.FAILURE, None, "x", "y" * 10_000)
+    actions = decisions.outcome_actions(p, [Result(work, outcome)], type_key="t", now=NOW)
+    assert all(len(v) <= decisions.MAX_INTERACTION_TEXT for a in actions for v in a.get("fields", {}).values() if isinstance(v, str))

@@ -1,0 +1,70 @@
+"""The sandbox PSP simulator: outcome rules and idempotency keys, shared through its ledger."""
+
+from pathlib import Path
+
+import pytest
+
+from connector.adapters.contract import Operation, OperationRequest
+from connector.adapters.sandbox import SandboxAdapter, SandboxLedger, create_adapter, simulate
+from connector.models.payment import Payment, TransactionState
+
+
+def request(amount: int, key: str = "key-1", kind: str = "Charge") -> OperationRequest:
+    payment = Payment.model_validate({
+        "id": "pay-1", "version": 1, "amountPlanned": {"centAmount": amount, "currencyCode": "EUR"},
+        "paymentMethodInfo": {"paymentInterface": "sandbox", "token": {"value": "pm_card_visa_4242424242"}},
+        "transactions": [{"id": "tx-1", "type": kind, "amount": {"centAmount": amount, "currencyCode": "EUR"}, "state": "Initial"}],
+    })  # fmt: skip
+    return OperationRequest(payment, payment.transactions[0], key, "proj")
+
+
+@pytest.mark.parametrize(
+    ("operation", "amount", "state", "code"),
+    [
+        (Operation.AUTHORIZE, 1000, TransactionState.SUCCESS, "authorized"),
+        (Operation.AUTHORIZE, 1013, TransactionState.FAILURE, "card_declined"),
+        (Operation.CHARGE, 2013, TransactionState.FAILURE, "card_declined"),
+        (Operation.REFUND, 2013, TransactionState.SUCCESS, "refunded"),
+        (Operation.CHARGE, 1042, TransactionState.PENDING, "pending"),
+        (Operation.CANCEL_AUTHORIZATION, 500, TransactionState.SUCCESS, "cancelled"),
+    ],
+)
+def test_outcome_rules(operation: Operation, amount: int, state: TransactionState, code: str) -> None:
+    """Amounts ending in 13 decline authorizations and charges; ending in 42 stay pending."""
+    assert simulate(operation, amount)[:2] == (state, code)
+
+
+async def test_a_repeated_key_executes_once(tmp_path: Path) -> None:
+    """The same idempotency key returns the first outcome and only counts the call."""
+    adapter = create_adapter({"ledger_path": str(tmp_path / "ledger.sqlite")})
+    first = await adapter.charge(request(1000))
+    second = await adapter.charge(request(1000))
+    await adapter.aclose()
+    assert first == second and first.psp_reference
+    [execution] = SandboxLedger(tmp_path / "ledger.sqlite").executions()
+    assert (execution.calls, execution.idempotency_key, execution.transaction_id) == (2, "key-1", "tx-1")
+
+
+async def test_a_reused_key_with_other_terms_is_refused(tmp_path: Path) -> None:
+    """A key reused for another amount is refused, as real PSPs do, and executes nothing new."""
+    adapter = SandboxAdapter(SandboxLedger(tmp_path / "l.sqlite"))
+    await adapter.charge(request(1000))
+    refused = await adapter.charge(request(999))
+    assert refused.state is TransactionState.FAILURE and refused.code == "idempotency_key_reused"
+    assert len(SandboxLedger(tmp_path / "l.sqlite").executions()) == 1
+
+
+async def test_the_payment_method_is_masked_in_summaries(tmp_path: Path) -> None:
+    """The request summary shows only the last characters of the payment method token."""
+    adapter = SandboxAdapter(SandboxLedger(tmp_path / "l.sqlite"))
+    outcome = await adapter.authorize(request(1000, kind="Authorization"))
+    assert outcome.request["paymentMethod"] == "***4242"
+    assert "pm_card_visa" not in repr(outcome)
+
+
+def test_settings_are_validated() -> None:
+    """Unknown or invalid sandbox settings are refused when the adapter is built."""
+    with pytest.raises(ValueError, match="latency_ms"):
+        create_adapter({"latency_ms": -1})
+    with pytest.raises(ValueError, match="colour"):
+        create_adapter({"colour": "blue"})
