@@ -22,6 +22,8 @@ from connector.models.payment import Payment, Transaction, TransactionState, Tra
 
 
 class Operation(StrEnum):
+    """One per PaymentAdapter method; the value is the method's name."""
+
     AUTHORIZE = "authorize"
     CHARGE = "charge"
     REFUND = "refund"

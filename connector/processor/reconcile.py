@@ -125,12 +125,7 @@ class Processor:
         return results
 
     async def _call_psp(self, adapter: PaymentAdapter, operation: Operation, request: OperationRequest) -> Outcome:
-        method = {
-            Operation.AUTHORIZE: adapter.authorize,
-            Operation.CHARGE: adapter.charge,
-            Operation.REFUND: adapter.refund,
-            Operation.CANCEL_AUTHORIZATION: adapter.cancel_authorization,
-        }[operation]
+        method = getattr(adapter, operation.value)  # each Operation names its PaymentAdapter method
         async for attempt in stamina.retry_context(
             on=PspUnavailable, attempts=self._settings.psp_attempts, timeout=self._settings.psp_retry_budget_s
         ):
