@@ -7,11 +7,12 @@ variable, as Docker and Kubernetes mount secrets). Errors name the variable and 
 """
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from connector.adapters.registry import AdapterRoute
 from connector.errors import ConfigurationError
@@ -83,12 +84,15 @@ def load_settings(env_file: str | Path | None = ".env", secrets_dir: str | Path 
     problems: list[str] = []
 
     def load(group: type[G]) -> G | None:
+        prefix = group.model_config.get("env_prefix", "")
         try:
             return group(**sources)
         except ValidationError as exc:
-            prefix = group.model_config.get("env_prefix", "")
             problems.extend(_describe(prefix, error) for error in exc.errors())
-            return None
+        except SettingsError as exc:  # a complex value (a JSON list, say) that does not parse
+            field = match.group(1) if (match := re.search(r'field "(\w+)"', str(exc))) else "?"
+            problems.append(f"{prefix}{field.upper()}: not valid JSON")
+        return None
 
     commercetools = load(CommercetoolsSettings)
     worker = load(WorkerSettings)

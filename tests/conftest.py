@@ -21,10 +21,16 @@ from tests.support import INTERACTION_TYPE_KEY
 
 
 def _docker_answers() -> bool:
-    with contextlib.suppress(Exception):
-        import docker
+    if not (os.environ.get("DOCKER_HOST") or os.path.exists("/var/run/docker.sock")):
+        return False
+    import docker
 
-        return bool(docker.from_env(timeout=3).ping())
+    with contextlib.suppress(Exception):
+        client = docker.from_env(timeout=3)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
     return False
 
 
