@@ -8,7 +8,10 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from connector.adapters.contract import OperationRequest, Outcome
 from connector.adapters.registry import AdapterRoute
+from connector.adapters.sandbox import SandboxAdapter
+from connector.commercetools.client import CommercetoolsClient
 from connector.app import run_worker
 from connector.config import CommercetoolsSettings, KafkaSettings, Settings, WorkerSettings
 
@@ -44,3 +47,21 @@ async def running_worker(settings: Settings, stop_timeout_s: float = 30.0) -> As
         stop.set()
         async with asyncio.timeout(stop_timeout_s):
             await task
+
+
+class ConcurrentWriter:
+    """The sandbox, with another writer changing the payment while the PSP call is in flight.
+
+    A fake for timing only: it makes the 409 between claim and outcome happen every time.
+    """
+
+    def __init__(self, inner: SandboxAdapter, ct: CommercetoolsClient) -> None:
+        self._inner, self._ct = inner, ct
+
+    async def charge(self, request: OperationRequest) -> Outcome:
+        current = await self._ct.get_payment(request.payment.id)
+        await self._ct.update_payment(current.id, current.version, [{"action": "setKey", "key": "other-writer"}])
+        return await self._inner.charge(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()

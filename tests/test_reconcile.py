@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from connector.adapters.contract import OperationRequest, Outcome
 from connector.adapters.registry import AdapterRegistry
 from connector.adapters.sandbox import SandboxAdapter, SandboxLedger
 from connector.commercetools.client import CommercetoolsClient
@@ -19,7 +18,7 @@ from connector.models.delivery import PaymentTrigger
 from connector.models.payment import Payment
 from connector.processor.decisions import idempotency_key
 from connector.processor.reconcile import Processor, ProcessorSettings
-from tests.support import INTERACTION_TYPE_KEY
+from tests.support import INTERACTION_TYPE_KEY, ConcurrentWriter
 
 
 @pytest.fixture
@@ -84,24 +83,6 @@ async def test_stale_embedded_payment_is_refetched_on_conflict(ct: Commercetools
     stored = await ct.get_payment(payment.id)
     assert stored.key == "changed-meanwhile" and stored.transactions[1].state.value == "Success"
     assert len(ledger.executions()) == 1
-
-
-class ConcurrentWriter:
-    """The sandbox, with another writer changing the payment while the PSP call is in flight.
-
-    A fake for timing only: it makes the 409 between claim and outcome happen every time.
-    """
-
-    def __init__(self, inner: SandboxAdapter, ct: CommercetoolsClient) -> None:
-        self._inner, self._ct = inner, ct
-
-    async def charge(self, request: OperationRequest) -> Outcome:
-        current = await self._ct.get_payment(request.payment.id)
-        await self._ct.update_payment(current.id, current.version, [{"action": "setKey", "key": "other-writer"}])
-        return await self._inner.charge(request)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
 
 
 async def test_conflict_between_claim_and_outcome_is_recomputed(ct: CommercetoolsClient, sandbox: SandboxAdapter, ledger: SandboxLedger, project_key: str) -> None:

@@ -13,15 +13,20 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from connector.adapters.sandbox import SandboxLedger
+from connector.adapters.registry import AdapterRegistry
+from connector.adapters.sandbox import SandboxAdapter, SandboxLedger
+from connector.app import build_source
 from connector.commercetools.client import CommercetoolsClient
 from connector.demo import SCENARIOS, as_json, payment_draft, wait_until_settled
 from connector.models.payment import Payment
 from connector.peers import messages
 from connector.peers.kafka import create_topics
-from tests.support import CLIENT_SECRET, running_worker, settings_for
+from connector.processor.reconcile import Processor, ProcessorSettings
+from connector.worker import Worker, WorkerLimits
+from tests.support import CLIENT_SECRET, INTERACTION_TYPE_KEY, ConcurrentWriter, running_worker, settings_for
 
 pytestmark = pytest.mark.e2e
 
@@ -200,3 +205,24 @@ def test_bad_settings_exit_2_naming_the_setting(change: dict[str, str | None], n
     assert done.returncode == 2, done.stderr
     assert named in done.stderr
     assert CLIENT_SECRET not in done.stderr + done.stdout
+
+
+async def test_another_writer_between_claim_and_outcome(
+    kafka_bootstrap: str, ct_url: str, project_key: str, ct: CommercetoolsClient, topic: str, tmp_path: Path
+) -> None:
+    """Through Kafka: a concurrent writer makes every outcome write conflict; each ends right with one PSP call."""
+    payments = [await ct.create_payment(payment_draft(1000 + i, (), (("Charge", 1000 + i),))) for i in range(10)]
+    await publish(kafka_bootstrap, topic, [messages.payment_created(project_key, as_json(p), "cloudevents") for p in payments] * 2)
+    settings = settings_for(ct_url=ct_url, project_key=project_key, bootstrap=kafka_bootstrap, topic=topic, ledger=tmp_path / "l.sqlite")
+    ledger = SandboxLedger(tmp_path / "l.sqlite")
+    registry = AdapterRegistry({("sandbox", None): ConcurrentWriter(SandboxAdapter(ledger), ct)})
+    processor = Processor(ct, registry, ProcessorSettings(project_key=project_key, interaction_type_key=INTERACTION_TYPE_KEY))
+    stop = asyncio.Event()
+    with structlog.testing.capture_logs() as logs:
+        worker = asyncio.create_task(Worker(build_source(settings), processor, WorkerLimits()).run(stop))
+        settled = await wait_until_settled(ct, [p.id for p in payments], timeout_s=60)
+        stop.set()
+        await asyncio.wait_for(worker, timeout=30)
+    assert all(p.key == "other-writer" and p.transactions[0].state.value == "Success" for p in settled)
+    assert sum(1 for line in logs if line["event"] == "outcome.conflict") == len(payments)
+    assert sorted(e.calls for e in ledger.executions()) == [1] * len(payments)
