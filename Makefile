@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test clean
+.PHONY: install demo test lint clean
 
 install: $(VENV)/.installed
 
@@ -18,8 +18,13 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(BIN)/connector demo
 
-test: install
+test: install lint
 	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check connector tests
+	$(BIN)/ruff format --check connector tests
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

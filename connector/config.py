@@ -103,6 +103,11 @@ def load_settings(env_file: str | Path | None = ".env", secrets_dir: str | Path 
     return Settings(commercetools, worker, kafka)
 
 
+def without_files(group: type[G], **values: Any) -> G:
+    """A settings group from ``values`` (and the environment), ignoring any ``.env`` file or secrets directory."""
+    return group(_env_file=None, _secrets_dir=None, **values)
+
+
 def _describe(prefix: str, error: Any) -> str:
     """``CTP_CLIENT_SECRET: Field required``; the offending value is never shown."""
     field, *inner = error["loc"]

@@ -21,7 +21,7 @@ from pydantic import SecretStr
 from connector.adapters.registry import AdapterRoute
 from connector.app import build_commercetools, run_worker
 from connector.commercetools.client import CommercetoolsClient
-from connector.config import CommercetoolsSettings, KafkaSettings, Settings, WorkerSettings
+from connector.config import CommercetoolsSettings, KafkaSettings, Settings, WorkerSettings, without_files
 from connector.models.payment import Payment
 from connector.peers import messages
 from connector.peers.ctmock import LocalCommercetools
@@ -133,15 +133,15 @@ async def run_demo(bootstrap: str, ct_url: str, timeout_s: float = 60.0) -> bool
     topic = f"demo-payments-{uuid.uuid4().hex[:8]}"
     ledger = os.path.join(tempfile.mkdtemp(prefix="connector-demo-"), "sandbox-ledger.sqlite")
     settings = Settings(
-        CommercetoolsSettings(
-            project_key=PROJECT_KEY, client_id="demo-client", client_secret=SecretStr("demo-secret"),
-            auth_url=ct_url, api_url=ct_url, _env_file=None,
+        without_files(
+            CommercetoolsSettings, project_key=PROJECT_KEY, client_id="demo-client",
+            client_secret=SecretStr("demo-secret"), auth_url=ct_url, api_url=ct_url,
         ),
-        WorkerSettings(
+        without_files(
+            WorkerSettings,
             adapters=[AdapterRoute(interface=INTERFACE, adapter="sandbox", settings={"ledger_path": ledger, "latency_ms": 50})],
-            _env_file=None,
         ),
-        KafkaSettings(bootstrap_servers=bootstrap, topic=topic, group_id=f"demo-{topic}", _env_file=None),
+        without_files(KafkaSettings, bootstrap_servers=bootstrap, topic=topic, group_id=f"demo-{topic}"),
     )  # fmt: skip
     await create_topics(bootstrap, topic, f"{topic}.dlq")
     ct = build_commercetools(settings)

@@ -9,7 +9,7 @@ cancel the rest (it comes again, unacknowledged) and commit what is done.
 import asyncio
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -29,7 +29,7 @@ class WorkerLimits:
     max_in_flight: int = 64
     delivery_timeout_s: float = 60.0
     shutdown_timeout_s: float = 20.0
-    retry: RetryPolicy = RetryPolicy()
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
 
 
 class Worker:
@@ -87,7 +87,9 @@ class Worker:
                     log.error("delivery.dead_lettered", reason=decision.reason, attempts=attempt)
                     await delivery.dead_letter(decision.reason, attempts=attempt)
                     return
-                log.warning("delivery.retrying", error=failure_policy.describe(exc), attempt=attempt, delay_s=round(decision.delay_s, 3))
+                log.warning(
+                    "delivery.retrying", error=failure_policy.describe(exc), attempt=attempt, delay_s=round(decision.delay_s, 3)
+                )
                 await asyncio.sleep(decision.delay_s)
                 attempt += 1
                 continue

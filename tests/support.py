@@ -11,9 +11,9 @@ from pydantic import SecretStr
 from connector.adapters.contract import OperationRequest, Outcome
 from connector.adapters.registry import AdapterRoute
 from connector.adapters.sandbox import SandboxAdapter
-from connector.commercetools.client import CommercetoolsClient
 from connector.app import run_worker
-from connector.config import CommercetoolsSettings, KafkaSettings, Settings, WorkerSettings
+from connector.commercetools.client import CommercetoolsClient
+from connector.config import CommercetoolsSettings, KafkaSettings, Settings, WorkerSettings, without_files
 
 INTERACTION_TYPE_KEY = "connector-payment-interaction"
 CLIENT_SECRET = "test-client-secret-s3cr3t"
@@ -22,17 +22,14 @@ CLIENT_SECRET = "test-client-secret-s3cr3t"
 def settings_for(
     *, ct_url: str, project_key: str, bootstrap: str, topic: str, ledger: Path, latency_ms: int = 0, **worker: Any
 ) -> Settings:
+    route = AdapterRoute(interface="sandbox", adapter="sandbox", settings={"ledger_path": str(ledger), "latency_ms": latency_ms})
     return Settings(
-        CommercetoolsSettings(
-            project_key=project_key, client_id="test-client", client_secret=SecretStr(CLIENT_SECRET),
-            auth_url=ct_url, api_url=ct_url, _env_file=None,
+        without_files(
+            CommercetoolsSettings, project_key=project_key, client_id="test-client",
+            client_secret=SecretStr(CLIENT_SECRET), auth_url=ct_url, api_url=ct_url,
         ),
-        WorkerSettings(
-            adapters=[AdapterRoute(interface="sandbox", adapter="sandbox", settings={"ledger_path": str(ledger), "latency_ms": latency_ms})],
-            _env_file=None,
-            **worker,
-        ),
-        KafkaSettings(bootstrap_servers=bootstrap, topic=topic, group_id=f"group-{topic}", commit_interval_s=0.2, _env_file=None),
+        without_files(WorkerSettings, adapters=[route], **worker),
+        without_files(KafkaSettings, bootstrap_servers=bootstrap, topic=topic, group_id=f"group-{topic}", commit_interval_s=0.2),
     )  # fmt: skip
 
 

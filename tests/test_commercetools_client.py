@@ -39,7 +39,9 @@ class FaultTransport(httpx.AsyncBaseTransport):
         await self.inner.aclose()
 
 
-def client_with(ct_url: str, project_key: str, transport: FaultTransport, clock: Callable[[], float] | None = None) -> CommercetoolsClient:
+def client_with(
+    ct_url: str, project_key: str, transport: FaultTransport, clock: Callable[[], float] | None = None
+) -> CommercetoolsClient:
     http = httpx.AsyncClient(transport=transport)
     tokens = TokenSource(
         http, auth_url=ct_url, client_id="c", client_secret=SecretStr("s"), scopes="", **({"clock": clock} if clock else {})

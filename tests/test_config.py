@@ -23,7 +23,9 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_sources_combine_with_the_environment_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The environment wins over .env, which wins over the secrets directory."""
     env_file = tmp_path / ".env"
-    env_file.write_text(f"CTP_PROJECT_KEY=from-dotenv\nCTP_CLIENT_ID=dotenv-id\nKAFKA_TOPIC=payments\nCONNECTOR_ADAPTERS='{ROUTES}'\n")
+    env_file.write_text(
+        f"CTP_PROJECT_KEY=from-dotenv\nCTP_CLIENT_ID=dotenv-id\nKAFKA_TOPIC=payments\nCONNECTOR_ADAPTERS='{ROUTES}'\n"
+    )
     secrets = tmp_path / "secrets"
     secrets.mkdir()
     (secrets / "CTP_CLIENT_SECRET").write_text("mounted-secret")
@@ -45,6 +47,13 @@ def test_every_problem_is_named_at_once(tmp_path: Path, monkeypatch: pytest.Monk
     with pytest.raises(ConfigurationError) as caught:
         load_settings(env_file=None, secrets_dir=tmp_path)
     message = str(caught.value)
-    for name in ("CTP_PROJECT_KEY", "CTP_CLIENT_ID", "KAFKA_BOOTSTRAP_SERVERS", "KAFKA_TOPIC", "CONNECTOR_ADAPTERS", "CONNECTOR_MAX_IN_FLIGHT"):
+    for name in (
+        "CTP_PROJECT_KEY",
+        "CTP_CLIENT_ID",
+        "KAFKA_BOOTSTRAP_SERVERS",
+        "KAFKA_TOPIC",
+        "CONNECTOR_ADAPTERS",
+        "CONNECTOR_MAX_IN_FLIGHT",
+    ):
         assert name in message
     assert "CTP_CLIENT_SECRET" not in message and "do-not-print-me" not in message

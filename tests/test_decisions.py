@@ -15,7 +15,12 @@ NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 LEASE = timedelta(seconds=30)
 
 
-def payment(*transactions: tuple[str, int, str], planned: int = 1000, currency: str = "EUR", interactions: list[dict[str, Any]] | None = None) -> Payment:
+def payment(
+    *transactions: tuple[str, int, str],
+    planned: int = 1000,
+    currency: str = "EUR",
+    interactions: list[dict[str, Any]] | None = None,
+) -> Payment:
     return Payment.model_validate({
         "id": "pay-1", "version": 7,
         "amountPlanned": {"centAmount": planned, "currencyCode": "EUR"},
@@ -29,7 +34,10 @@ def payment(*transactions: tuple[str, int, str], planned: int = 1000, currency: 
 
 
 def claim(key: str, at: datetime) -> dict[str, Any]:
-    return {"type": {"typeId": "type", "id": "t"}, "fields": {"type": "request", "idempotencyKey": key, "createdAt": at.isoformat()}}
+    return {
+        "type": {"typeId": "type", "id": "t"},
+        "fields": {"type": "request", "idempotencyKey": key, "createdAt": at.isoformat()},
+    }
 
 
 def test_plan_takes_initial_transactions_in_order() -> None:
@@ -74,12 +82,21 @@ def test_payment_method_needed_only_for_authorizations_and_charges() -> None:
         ((("Charge", -5, "Initial"),), "invalid_amount"),
         ((("Authorization", 1001, "Initial"),), "amount_exceeds_planned"),
         ((("Charge", 1001, "Initial"),), "amount_exceeds_planned"),
-        ((("Authorization", 1000, "Success"), ("Charge", 700, "Success"), ("Charge", 301, "Initial")), "amount_exceeds_authorized"),
+        (
+            (("Authorization", 1000, "Success"), ("Charge", 700, "Success"), ("Charge", 301, "Initial")),
+            "amount_exceeds_authorized",
+        ),
         ((("Authorization", 1000, "Failure"), ("Charge", 100, "Initial")), "amount_exceeds_authorized"),
-        ((("Authorization", 1000, "Success"), ("CancelAuthorization", 1000, "Success"), ("Charge", 10, "Initial")), "authorization_cancelled"),
+        (
+            (("Authorization", 1000, "Success"), ("CancelAuthorization", 1000, "Success"), ("Charge", 10, "Initial")),
+            "authorization_cancelled",
+        ),
         ((("Charge", 1000, "Success"), ("Refund", 600, "Success"), ("Refund", 401, "Initial")), "amount_exceeds_charged"),
         ((("Refund", 1, "Initial"),), "amount_exceeds_charged"),
-        ((("Authorization", 1000, "Success"), ("Charge", 1000, "Success"), ("CancelAuthorization", 1000, "Initial")), "already_captured"),
+        (
+            (("Authorization", 1000, "Success"), ("Charge", 1000, "Success"), ("CancelAuthorization", 1000, "Initial")),
+            "already_captured",
+        ),
         ((("CancelAuthorization", 1000, "Initial"),), "no_authorization"),
     ],
 )
@@ -161,7 +178,9 @@ def test_pending_moves_forward_to_success() -> None:
     """Pending may become Success."""
     p = payment(("Charge", 1000, "Pending"))
     work = decisions.Work(p.transactions[0], Operation.CHARGE, "k")
-    actions = decisions.outcome_actions(p, [Result(work, Outcome(TransactionState.SUCCESS, None, "ok", "ok"))], type_key="t", now=NOW)
+    actions = decisions.outcome_actions(
+        p, [Result(work, Outcome(TransactionState.SUCCESS, None, "ok", "ok"))], type_key="t", now=NOW
+    )
     assert actions[0] == {"action": "changeTransactionState", "transactionId": "tx-0", "state": "Success"}
 
 
@@ -189,4 +208,6 @@ def test_interaction_text_is_clipped() -> None:
     work = decisions.plan_work(p, now=NOW, lease=LEASE).work[0]
     outcome = Outcome(TransactionState.FAILURE, None, "x", "y" * 10_000)
     actions = decisions.outcome_actions(p, [Result(work, outcome)], type_key="t", now=NOW)
-    assert all(len(v) <= decisions.MAX_INTERACTION_TEXT for a in actions for v in a.get("fields", {}).values() if isinstance(v, str))
+    assert all(
+        len(v) <= decisions.MAX_INTERACTION_TEXT for a in actions for v in a.get("fields", {}).values() if isinstance(v, str)
+    )

@@ -45,7 +45,9 @@ def interactions(payment: Payment, kind: str) -> list[dict[str, Any]]:
     return [i.fields for i in payment.interface_interactions if i.fields.get("type") == kind]
 
 
-async def test_authorization_is_executed_and_recorded(ct: CommercetoolsClient, sandbox: SandboxAdapter, ledger: SandboxLedger, project_key: str) -> None:
+async def test_authorization_is_executed_and_recorded(
+    ct: CommercetoolsClient, sandbox: SandboxAdapter, ledger: SandboxLedger, project_key: str
+) -> None:
     """Claim, PSP call and outcome: state, PSP reference, both interactions and the payment status."""
     payment = await ct.create_payment(payment_draft(1000, (), (("Authorization", 1000),)))
     result = await processor_for(ct, sandbox, project_key).reconcile(trigger(payment))
@@ -63,7 +65,9 @@ async def test_authorization_is_executed_and_recorded(ct: CommercetoolsClient, s
     assert stored.payment_status.interface_code == "reserved"
 
 
-async def test_redelivery_executes_nothing(ct: CommercetoolsClient, sandbox: SandboxAdapter, ledger: SandboxLedger, project_key: str) -> None:
+async def test_redelivery_executes_nothing(
+    ct: CommercetoolsClient, sandbox: SandboxAdapter, ledger: SandboxLedger, project_key: str
+) -> None:
     """A second delivery for a finished payment calls no PSP and writes nothing."""
     payment = await ct.create_payment(payment_draft(1000, (), (("Charge", 1000),)))
     processor = processor_for(ct, sandbox, project_key)
@@ -75,7 +79,9 @@ async def test_redelivery_executes_nothing(ct: CommercetoolsClient, sandbox: San
     assert [e.calls for e in ledger.executions()] == [1]
 
 
-async def test_stale_embedded_payment_is_refetched_on_conflict(ct: CommercetoolsClient, sandbox: SandboxAdapter, ledger: SandboxLedger, project_key: str) -> None:
+async def test_stale_embedded_payment_is_refetched_on_conflict(
+    ct: CommercetoolsClient, sandbox: SandboxAdapter, ledger: SandboxLedger, project_key: str
+) -> None:
     """A refund claimed on an outdated embedded copy gets a 409, refetches and still ends right."""
     payment = await ct.create_payment(payment_draft(5000, (("Charge", 5000),), (("Refund", 2000),)))
     await ct.update_payment(payment.id, payment.version, [{"action": "setKey", "key": "changed-meanwhile"}])
@@ -85,7 +91,9 @@ async def test_stale_embedded_payment_is_refetched_on_conflict(ct: Commercetools
     assert len(ledger.executions()) == 1
 
 
-async def test_conflict_between_claim_and_outcome_is_recomputed(ct: CommercetoolsClient, sandbox: SandboxAdapter, ledger: SandboxLedger, project_key: str) -> None:
+async def test_conflict_between_claim_and_outcome_is_recomputed(
+    ct: CommercetoolsClient, sandbox: SandboxAdapter, ledger: SandboxLedger, project_key: str
+) -> None:
     """Another writer between claim and outcome: 409, refetch, recompute, and no second PSP call."""
     payment = await ct.create_payment(payment_draft(3000, (), (("Charge", 3000),)))
     await processor_for(ct, ConcurrentWriter(sandbox, ct), project_key).reconcile(trigger(payment))
@@ -96,13 +104,16 @@ async def test_conflict_between_claim_and_outcome_is_recomputed(ct: Commercetool
     assert [e.calls for e in ledger.executions()] == [1]
 
 
-async def test_fresh_claim_holds_and_stale_claim_is_taken_over(ct: CommercetoolsClient, sandbox: SandboxAdapter, ledger: SandboxLedger, project_key: str) -> None:
+async def test_fresh_claim_holds_and_stale_claim_is_taken_over(
+    ct: CommercetoolsClient, sandbox: SandboxAdapter, ledger: SandboxLedger, project_key: str
+) -> None:
     """Another worker's fresh claim makes us wait; once its lease ran out we take over with the same key."""
     payment = await ct.create_payment(payment_draft(1000, (), (("Charge", 1000),)))
     transaction = payment.transactions[0]
     claim = {
         "action": "addInterfaceInteraction", "type": {"typeId": "type", "key": INTERACTION_TYPE_KEY},
-        "fields": {"type": "request", "transactionId": transaction.id, "idempotencyKey": idempotency_key(transaction.id, transaction.type),
+        "fields": {"type": "request", "transactionId": transaction.id,
+                   "idempotencyKey": idempotency_key(transaction.id, transaction.type),
                    "createdAt": datetime.now(UTC).isoformat()},
     }  # fmt: skip
     await ct.update_payment(payment.id, payment.version, [claim])
@@ -116,7 +127,9 @@ async def test_fresh_claim_holds_and_stale_claim_is_taken_over(ct: Commercetools
     assert execution.idempotency_key == idempotency_key(transaction.id, transaction.type)
 
 
-async def test_unknown_account_fails_readably(ct: CommercetoolsClient, sandbox: SandboxAdapter, ledger: SandboxLedger, project_key: str) -> None:
+async def test_unknown_account_fails_readably(
+    ct: CommercetoolsClient, sandbox: SandboxAdapter, ledger: SandboxLedger, project_key: str
+) -> None:
     """A payment on an account with no route fails with a readable text and no PSP call."""
     draft = payment_draft(1000, (), (("Charge", 1000),))
     draft["paymentMethodInfo"]["interfaceAccount"] = "mars"
@@ -128,7 +141,9 @@ async def test_unknown_account_fails_readably(ct: CommercetoolsClient, sandbox: 
     assert ledger.executions() == []
 
 
-async def test_payments_of_other_interfaces_are_left_alone(ct: CommercetoolsClient, sandbox: SandboxAdapter, project_key: str) -> None:
+async def test_payments_of_other_interfaces_are_left_alone(
+    ct: CommercetoolsClient, sandbox: SandboxAdapter, project_key: str
+) -> None:
     """A payment for an interface we do not serve is not touched."""
     draft = payment_draft(1000, (), (("Charge", 1000),))
     draft["paymentMethodInfo"]["paymentInterface"] = "someone-else"

@@ -35,14 +35,16 @@ def test_installed_sandbox_plugin_is_found_through_the_entry_point() -> None:
 
 def test_unknown_plugin_is_a_startup_error() -> None:
     """A route naming a plugin that is not installed fails at start-up, listing what is installed."""
-    with pytest.raises(ConfigurationError, match="no adapter plugin named 'nope'.*sandbox"):
+    with pytest.raises(ConfigurationError, match=r"no adapter plugin named 'nope'.*sandbox"):
         AdapterRegistry.load([AdapterRoute(interface="x", adapter="nope")])
 
 
 def test_bad_plugin_settings_are_a_startup_error() -> None:
     """Invalid adapter settings name the route and the field."""
-    with pytest.raises(ConfigurationError, match="sandbox/eu.*latency_ms"):
-        AdapterRegistry.load([AdapterRoute(interface="sandbox", account="eu", adapter="sandbox", settings={"latency_ms": "slow"})])
+    with pytest.raises(ConfigurationError, match=r"sandbox/eu.*latency_ms"):
+        AdapterRegistry.load(
+            [AdapterRoute(interface="sandbox", account="eu", adapter="sandbox", settings={"latency_ms": "slow"})]
+        )
 
 
 def test_duplicate_routes_are_refused() -> None:

@@ -13,7 +13,9 @@ def request(amount: int, key: str = "key-1", kind: str = "Charge") -> OperationR
     payment = Payment.model_validate({
         "id": "pay-1", "version": 1, "amountPlanned": {"centAmount": amount, "currencyCode": "EUR"},
         "paymentMethodInfo": {"paymentInterface": "sandbox", "token": {"value": "pm_card_visa_4242424242"}},
-        "transactions": [{"id": "tx-1", "type": kind, "amount": {"centAmount": amount, "currencyCode": "EUR"}, "state": "Initial"}],
+        "transactions": [
+            {"id": "tx-1", "type": kind, "amount": {"centAmount": amount, "currencyCode": "EUR"}, "state": "Initial"}
+        ],
     })  # fmt: skip
     return OperationRequest(payment, payment.transactions[0], key, "proj")
 

@@ -85,14 +85,19 @@ async def test_many_payments_each_delivered_twice_shuffled_in_both_formats(
     bodies = []
     for payment in payments:
         body = as_json(payment)
-        bodies += [messages.payment_created(project_key, body, "platform"), messages.payment_created(project_key, body, "cloudevents")]
+        bodies += [
+            messages.payment_created(project_key, body, "platform"),
+            messages.payment_created(project_key, body, "cloudevents"),
+        ]
         last = body["transactions"][-1]
         bodies.append(messages.transaction_added(project_key, body, last, random.choice(["platform", "cloudevents"])))
     bodies.append(messages.resource_created(project_key))
     random.Random(7).shuffle(bodies)
     await publish(kafka_bootstrap, topic, bodies)
 
-    settings = settings_for(ct_url=ct_url, project_key=project_key, bootstrap=kafka_bootstrap, topic=topic, ledger=tmp_path / "l.sqlite")
+    settings = settings_for(
+        ct_url=ct_url, project_key=project_key, bootstrap=kafka_bootstrap, topic=topic, ledger=tmp_path / "l.sqlite"
+    )
     cpu_before, wall_before = time.process_time(), time.perf_counter()
     async with running_worker(settings):
         settled = await wait_until_settled(ct, [p.id for p in payments], timeout_s=180)
@@ -121,8 +126,12 @@ async def test_poison_delivery_is_dead_lettered_and_the_worker_goes_on(
 ) -> None:
     """A malformed delivery lands in the dead-letter topic with its reason and origin; later ones are processed."""
     payment = await ct.create_payment(payment_draft(1000, (), (("Charge", 1000),)))
-    await publish(kafka_bootstrap, topic, [b'{"truncated": ', messages.payment_created(project_key, as_json(payment), "platform")])
-    settings = settings_for(ct_url=ct_url, project_key=project_key, bootstrap=kafka_bootstrap, topic=topic, ledger=tmp_path / "l.sqlite")
+    await publish(
+        kafka_bootstrap, topic, [b'{"truncated": ', messages.payment_created(project_key, as_json(payment), "platform")]
+    )
+    settings = settings_for(
+        ct_url=ct_url, project_key=project_key, bootstrap=kafka_bootstrap, topic=topic, ledger=tmp_path / "l.sqlite"
+    )
     async with running_worker(settings):
         [settled] = await wait_until_settled(ct, [payment.id], timeout_s=60)
         dead = AIOKafkaConsumer(f"{topic}.dlq", bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest")
@@ -201,7 +210,9 @@ def test_bad_settings_exit_2_naming_the_setting(change: dict[str, str | None], n
     env = worker_env("http://127.0.0.1:9", "p", "127.0.0.1:9", "t", tmp_path / "l.sqlite", 0)
     for key, value in change.items():
         env.pop(key) if value is None else env.__setitem__(key, value)
-    done = subprocess.run([sys.executable, "-m", "connector", "run"], env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "connector", "run"], env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
     assert done.returncode == 2, done.stderr
     assert named in done.stderr
     assert CLIENT_SECRET not in done.stderr + done.stdout
@@ -212,8 +223,12 @@ async def test_another_writer_between_claim_and_outcome(
 ) -> None:
     """Through Kafka: a concurrent writer makes every outcome write conflict; each ends right with one PSP call."""
     payments = [await ct.create_payment(payment_draft(1000 + i, (), (("Charge", 1000 + i),))) for i in range(10)]
-    await publish(kafka_bootstrap, topic, [messages.payment_created(project_key, as_json(p), "cloudevents") for p in payments] * 2)
-    settings = settings_for(ct_url=ct_url, project_key=project_key, bootstrap=kafka_bootstrap, topic=topic, ledger=tmp_path / "l.sqlite")
+    await publish(
+        kafka_bootstrap, topic, [messages.payment_created(project_key, as_json(p), "cloudevents") for p in payments] * 2
+    )
+    settings = settings_for(
+        ct_url=ct_url, project_key=project_key, bootstrap=kafka_bootstrap, topic=topic, ledger=tmp_path / "l.sqlite"
+    )
     ledger = SandboxLedger(tmp_path / "l.sqlite")
     registry = AdapterRegistry({("sandbox", None): ConcurrentWriter(SandboxAdapter(ledger), ct)})
     processor = Processor(ct, registry, ProcessorSettings(project_key=project_key, interaction_type_key=INTERACTION_TYPE_KEY))

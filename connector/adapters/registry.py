@@ -52,9 +52,7 @@ class AdapterRegistry:
         self._routes = {(interface.casefold(), _fold(account)): a for (interface, account), a in routes.items()}
 
     @classmethod
-    def load(
-        cls, routes: Iterable[AdapterRoute], plugins: Iterable[EntryPoint] | None = None
-    ) -> "AdapterRegistry":
+    def load(cls, routes: Iterable[AdapterRoute], plugins: Iterable[EntryPoint] | None = None) -> "AdapterRegistry":
         """Builds every routed adapter, so that a bad plugin or setting fails at start-up."""
         factories = {ep.name: ep for ep in (plugins if plugins is not None else entry_points(group=ENTRY_POINT_GROUP))}
         adapters: dict[tuple[str, str | None], PaymentAdapter] = {}

@@ -63,12 +63,8 @@ class CommercetoolsClient:
         retry: RetryPolicy = RetryPolicy(),
     ) -> "CommercetoolsClient":
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        http = httpx.AsyncClient(
-            transport=AiohttpTransport(limits=limits), timeout=httpx.Timeout(timeout_s), limits=limits
-        )
-        tokens = TokenSource(
-            http, auth_url=auth_url, client_id=client_id, client_secret=client_secret, scopes=scopes
-        )
+        http = httpx.AsyncClient(transport=AiohttpTransport(limits=limits), timeout=httpx.Timeout(timeout_s), limits=limits)
+        tokens = TokenSource(http, auth_url=auth_url, client_id=client_id, client_secret=client_secret, scopes=scopes)
         return cls(api_url=api_url, project_key=project_key, tokens=tokens, http=http, retry=retry)
 
     async def aclose(self) -> None:
@@ -91,9 +87,10 @@ class CommercetoolsClient:
     async def ensure_type(self, draft: dict[str, Any]) -> dict[str, Any]:
         """Returns the Type with the draft's key, creating it when the project has none."""
         try:
-            return await self._request("GET", f"/types/key={draft['key']}")
+            found: dict[str, Any] = await self._request("GET", f"/types/key={draft['key']}")
         except NotFound:
-            return await self._request("POST", "/types", draft)
+            found = await self._request("POST", "/types", draft)
+        return found
 
     async def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         async for attempt in stamina.retry_context(

@@ -132,9 +132,7 @@ def _validate(model: type[M], document: Any, what: str) -> M:
 
 def describe_validation_error(exc: ValidationError) -> str:
     """Names each bad field and what is wrong with it, never the value it held."""
-    return "; ".join(
-        f"{'.'.join(str(part) for part in error['loc']) or '(root)'}: {error['msg']}" for error in exc.errors()
-    )
+    return "; ".join(f"{'.'.join(str(part) for part in error['loc']) or '(root)'}: {error['msg']}" for error in exc.errors())
 
 
 def _position(exc: UnicodeDecodeError | json.JSONDecodeError) -> int:

@@ -4,13 +4,13 @@ It accepts any client credentials, emits no messages, and checks versions only f
 change something (DESIGN.md section 5).
 """
 
-import shutil
 import select
+import shutil
 import subprocess
 from pathlib import Path
 from types import TracebackType
 
-from connector.peers import cache_dir
+from connector.peers import cache_dir, terminate
 
 PACKAGE = Path(__file__).parent / "ctmock"
 
@@ -59,16 +59,8 @@ class LocalCommercetools:
         return self
 
     def stop(self) -> None:
-        if self._process is None:
-            return
-        if self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait(timeout=10)
-        if self._process.stdout is not None:
+        terminate(self._process)
+        if self._process is not None and self._process.stdout is not None:
             self._process.stdout.close()
 
     def __enter__(self) -> "LocalCommercetools":

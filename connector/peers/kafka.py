@@ -11,7 +11,7 @@ from types import TracebackType
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from connector.peers import cache_dir, free_port
+from connector.peers import cache_dir, free_port, terminate
 
 POM = Path(__file__).parent / "kafka" / "pom.xml"
 READY_LINE = "Kafka Server started"
@@ -66,18 +66,14 @@ class LocalKafka:
             capture_output=True,
         )
         with self.log_file.open("wb") as log:
-            self._process = subprocess.Popen([*java, "-cp", classpath, "kafka.Kafka", str(properties)], stdout=log, stderr=subprocess.STDOUT)
+            self._process = subprocess.Popen(
+                [*java, "-cp", classpath, "kafka.Kafka", str(properties)], stdout=log, stderr=subprocess.STDOUT
+            )
         self._wait_ready()
         return self
 
     def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait(timeout=10)
+        terminate(self._process)
         shutil.rmtree(self._workdir, ignore_errors=True)
 
     def __enter__(self) -> "LocalKafka":

@@ -103,9 +103,7 @@ def refusal_for(payment: Payment, transaction: Transaction) -> Refusal | None:
                 return Refusal("authorization_cancelled", "The authorization was cancelled; nothing to capture")
             capturable = totals.authorized - totals.charged
             if amount > capturable:
-                return Refusal(
-                    "amount_exceeds_authorized", f"Capture of {amount} exceeds the {capturable} still authorized"
-                )
+                return Refusal("amount_exceeds_authorized", f"Capture of {amount} exceeds the {capturable} still authorized")
         case TransactionType.CHARGE if amount > planned:
             return Refusal("amount_exceeds_planned", f"Charge of {amount} exceeds the planned {planned}")
         case TransactionType.REFUND if amount > totals.charged - totals.refunded:
@@ -187,7 +185,11 @@ def outcome_actions(payment: Payment, results: Sequence[Result], *, type_key: st
         actions.append({"action": "changeTransactionState", "transactionId": transaction_id, "state": outcome.state.value})
         if outcome.psp_reference:
             actions.append(
-                {"action": "changeTransactionInteractionId", "transactionId": transaction_id, "interactionId": outcome.psp_reference}
+                {
+                    "action": "changeTransactionInteractionId",
+                    "transactionId": transaction_id,
+                    "interactionId": outcome.psp_reference,
+                }
             )
         actions.append(
             _interaction(

@@ -18,7 +18,7 @@ from connector.errors import ClaimHeld, ConcurrentModification, NotFound, PspUna
 from connector.models.delivery import PaymentTrigger
 from connector.models.payment import Payment
 from connector.processor import decisions
-from connector.processor.decisions import Plan, Refusal, Result, Work
+from connector.processor.decisions import Plan, Refusal, Result
 
 log = structlog.get_logger("connector.processor")
 
@@ -130,14 +130,13 @@ class Processor:
             on=PspUnavailable, attempts=self._settings.psp_attempts, timeout=self._settings.psp_retry_budget_s
         ):
             with attempt:
-                return await method(request)  # the same idempotency key on every attempt
+                outcome: Outcome = await method(request)  # the same idempotency key on every attempt
+                return outcome
         raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
 
     async def _store_outcomes(self, payment: Payment, results: list[Result]) -> None:
         for _ in range(self._settings.max_conflicts):
-            actions = decisions.outcome_actions(
-                payment, results, type_key=self._settings.interaction_type_key, now=self._clock()
-            )
+            actions = decisions.outcome_actions(payment, results, type_key=self._settings.interaction_type_key, now=self._clock())
             if not actions:
                 return
             try:

@@ -181,9 +181,7 @@ class KafkaSource:
         producer = self._require(self._producer)
         async for attempt in stamina.retry_context(on=KafkaError, attempts=5, timeout=30.0):
             with attempt:
-                await producer.send_and_wait(
-                    self._config.dead_letter_topic, value=record.value, key=record.key, headers=headers
-                )
+                await producer.send_and_wait(self._config.dead_letter_topic, value=record.value, key=record.key, headers=headers)
 
     async def close(self) -> None:
         await self.commit()
@@ -197,7 +195,8 @@ class KafkaSource:
         """Gives in-flight work of the revoked partitions a bounded time to finish, then commits it."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._config.revoke_wait_s
-        while loop.time() < deadline and any(self._partitions.get(p, PartitionOffsets()).in_flight for p in revoked):
+        # Acks are plain method calls; polling them keeps the hot path free of events.
+        while loop.time() < deadline and any(self._partitions.get(p, PartitionOffsets()).in_flight for p in revoked):  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         await self.commit()
         for partition in revoked:
