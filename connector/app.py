@@ -1,15 +1,15 @@
 """Builds a worker from settings and runs it until told to stop."""
 
 import asyncio
+from dataclasses import replace
 
 from connector.adapters.registry import AdapterRegistry
 from connector.commercetools.client import CommercetoolsClient
 from connector.commercetools.interaction_type import interaction_type_draft
 from connector.config import Settings
-from connector.failure_policy import RetryPolicy
 from connector.processor.reconcile import Processor, ProcessorSettings
 from connector.sources.kafka import KafkaConfig, KafkaSource
-from connector.worker import Worker, WorkerLimits
+from connector.worker import DELIVERY_BACKOFF, Worker, WorkerLimits
 
 
 def build_commercetools(settings: Settings) -> CommercetoolsClient:
@@ -64,7 +64,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
             max_in_flight=worker_settings.max_in_flight,
             delivery_timeout_s=worker_settings.delivery_timeout_s,
             shutdown_timeout_s=worker_settings.shutdown_timeout_s,
-            retry=RetryPolicy(max_attempts=worker_settings.max_attempts),
+            retry=replace(DELIVERY_BACKOFF, attempts=worker_settings.max_attempts),
         )
         await Worker(build_source(settings), processor, limits).run(stop)
     finally:

@@ -6,13 +6,7 @@ from pydantic import ValidationError
 
 from connector.errors import ClaimHeld, ConnectorError, PermanentError, RetryableError
 from connector.models.delivery import describe_validation_error
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    max_attempts: int = 5
-    wait_initial_s: float = 0.5
-    wait_max_s: float = 30.0
+from connector.retrying import Backoff
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,12 +19,12 @@ class DeadLetter:
     reason: str
 
 
-def decide(error: BaseException, attempt: int, policy: RetryPolicy, jitter: float) -> RetryLater | DeadLetter:
+def decide(error: BaseException, attempt: int, policy: Backoff, jitter: float) -> RetryLater | DeadLetter:
     """``attempt`` counts from 1; ``jitter`` in [0, 1) spreads retries of many workers apart."""
     reason = describe(error)
     if isinstance(error, PermanentError) or not _is_transient(error):
         return DeadLetter(reason)
-    if attempt >= policy.max_attempts:
+    if attempt >= policy.attempts:
         return DeadLetter(f"gave up after {attempt} attempts: {reason}")
     if isinstance(error, ClaimHeld):
         return RetryLater(error.retry_after_s + jitter)

@@ -9,19 +9,24 @@ cancel the rest (it comes again, unacknowledged) and commit what is done.
 import asyncio
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import structlog
 
 from connector import failure_policy
 from connector.dispatch import KeyedDispatcher
 from connector.errors import BadDelivery
-from connector.failure_policy import DeadLetter, RetryPolicy
+from connector.failure_policy import DeadLetter
 from connector.models.delivery import Ignored, PaymentTrigger, parse_delivery
 from connector.processor.reconcile import Processor
+from connector.retrying import Backoff
 from connector.sources.contract import Delivery, Source
 
 log = structlog.get_logger("connector.worker")
+
+
+# Retries of a whole delivery: its calls have retried their own transient faults already.
+DELIVERY_BACKOFF = Backoff(attempts=5, budget_s=300.0, wait_initial_s=0.5, wait_max_s=30.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +34,7 @@ class WorkerLimits:
     max_in_flight: int = 64
     delivery_timeout_s: float = 60.0
     shutdown_timeout_s: float = 20.0
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    retry: Backoff = DELIVERY_BACKOFF
 
 
 class Worker:

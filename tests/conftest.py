@@ -13,10 +13,11 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from pydantic import SecretStr
 
-from connector.commercetools.client import CommercetoolsClient, RetryPolicy
+from connector.commercetools.client import CommercetoolsClient
 from connector.commercetools.interaction_type import interaction_type_draft
 from connector.peers.ctmock import LocalCommercetools
 from connector.peers.kafka import LocalKafka
+from connector.retrying import Backoff
 from tests.support import INTERACTION_TYPE_KEY
 
 
@@ -69,7 +70,7 @@ async def ct(ct_url: str, project_key: str) -> AsyncIterator[CommercetoolsClient
         client_id="test-client",
         client_secret=SecretStr("test-client-secret-s3cr3t"),
         scopes=f"manage_project:{project_key}",
-        retry=RetryPolicy(attempts=3, wait_initial_s=0.01, wait_max_s=0.05),
+        retry=Backoff(attempts=3, wait_initial_s=0.01, wait_max_s=0.05),
     )
     await client.ensure_type(interaction_type_draft(INTERACTION_TYPE_KEY))
     yield client

@@ -6,12 +6,13 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from connector.commercetools.auth import TokenSource
-from connector.commercetools.client import CommercetoolsClient, RetryPolicy
+from connector.commercetools.auth import AuthenticationFailed, TokenSource
+from connector.commercetools.client import CommercetoolsClient
 from connector.demo import payment_draft
 from connector.errors import ConcurrentModification, NotFound, RateLimited, Rejected, ServerError
+from connector.retrying import Backoff
 
-FAST = RetryPolicy(attempts=3, budget_s=5.0, wait_initial_s=0.01, wait_max_s=0.02)
+FAST = Backoff(attempts=3, budget_s=5.0, wait_initial_s=0.01, wait_max_s=0.02)
 
 
 class FaultTransport(httpx.AsyncBaseTransport):
@@ -136,6 +137,16 @@ async def test_token_is_refreshed_before_expiry(ct_url: str, project_key: str) -
         await client.get_payment("missing")
     now[0] = 172800 - 60  # the emulator's tokens live 48 h; a minute before the end is too late
     with pytest.raises(NotFound):
+        await client.get_payment("missing")
+    assert transport.token_requests == 2
+    await client.aclose()
+
+
+async def test_a_refused_fresh_token_is_an_authentication_failure(ct_url: str, project_key: str) -> None:
+    """When the API refuses a fresh token too, the error says so (retryable, as credentials get rotated)."""
+    transport = FaultTransport([status(401), status(401)])
+    client = client_with(ct_url, project_key, transport)
+    with pytest.raises(AuthenticationFailed, match="fresh token"):
         await client.get_payment("missing")
     assert transport.token_requests == 2
     await client.aclose()

@@ -5,9 +5,10 @@ from pydantic import BaseModel, ValidationError
 
 from connector import failure_policy
 from connector.errors import BadDelivery, ClaimHeld, NotFound, ServerError
-from connector.failure_policy import DeadLetter, RetryLater, RetryPolicy
+from connector.failure_policy import DeadLetter, RetryLater
+from connector.retrying import Backoff
 
-POLICY = RetryPolicy(max_attempts=4, wait_initial_s=1.0, wait_max_s=5.0)
+POLICY = Backoff(attempts=4, wait_initial_s=1.0, wait_max_s=5.0)
 
 
 def test_transient_errors_back_off_exponentially_with_a_cap() -> None:
@@ -15,7 +16,7 @@ def test_transient_errors_back_off_exponentially_with_a_cap() -> None:
     delays = [failure_policy.decide(ServerError("503"), attempt, POLICY, jitter=0.999) for attempt in (1, 2, 3)]
     assert all(isinstance(d, RetryLater) for d in delays)
     assert [round(d.delay_s, 2) for d in delays if isinstance(d, RetryLater)] == [1.0, 2.0, 4.0]
-    low = failure_policy.decide(ServerError("503"), 3, RetryPolicy(10, 1.0, 3.0), jitter=0.0)
+    low = failure_policy.decide(ServerError("503"), 3, Backoff(attempts=10, wait_initial_s=1.0, wait_max_s=3.0), jitter=0.0)
     assert isinstance(low, RetryLater) and low.delay_s == 1.5
 
 

@@ -4,29 +4,19 @@ httpx's API over the aiohttp transport: httpx's default transport gets slower pe
 concurrency rises (DESIGN.md section 6); the measured figures are in the README.
 """
 
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import stamina
 from httpx_aiohttp import AiohttpTransport
 from pydantic import SecretStr
 
-from connector.commercetools.auth import TokenSource
+from connector.commercetools.auth import AuthenticationFailed, TokenSource
 from connector.errors import ConcurrentModification, NotFound, RateLimited, Rejected, ServerError, Unreachable
 from connector.models.payment import Payment
+from connector.retrying import Backoff, retry
 
 TRANSIENT = (RateLimited, ServerError, Unreachable)
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """Capped exponential backoff with jitter, bounded both in attempts and in total time."""
-
-    attempts: int = 5
-    budget_s: float = 30.0
-    wait_initial_s: float = 0.1
-    wait_max_s: float = 5.0
+COMMERCETOOLS_BACKOFF = Backoff(attempts=5, budget_s=30.0, wait_initial_s=0.1, wait_max_s=5.0)
 
 
 class _Unauthorized(Exception):
@@ -41,7 +31,7 @@ class CommercetoolsClient:
         project_key: str,
         tokens: TokenSource,
         http: httpx.AsyncClient,
-        retry: RetryPolicy = RetryPolicy(),
+        retry: Backoff = COMMERCETOOLS_BACKOFF,
     ) -> None:
         self._base = f"{api_url.rstrip('/')}/{project_key}"
         self._tokens = tokens
@@ -60,7 +50,7 @@ class CommercetoolsClient:
         scopes: str,
         timeout_s: float = 10.0,
         max_connections: int = 64,
-        retry: RetryPolicy = RetryPolicy(),
+        retry: Backoff = COMMERCETOOLS_BACKOFF,
     ) -> "CommercetoolsClient":
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         http = httpx.AsyncClient(transport=AiohttpTransport(limits=limits), timeout=httpx.Timeout(timeout_s), limits=limits)
@@ -93,20 +83,17 @@ class CommercetoolsClient:
         return found
 
     async def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        async for attempt in stamina.retry_context(
-            on=TRANSIENT,
-            attempts=self._retry.attempts,
-            timeout=self._retry.budget_s,
-            wait_initial=self._retry.wait_initial_s,
-            wait_max=self._retry.wait_max_s,
-        ):
-            with attempt:
-                try:
-                    return await self._send(method, path, body)
-                except _Unauthorized:
-                    # The token was revoked or expired early: one more try with a fresh one.
-                    return await self._send(method, path, body)
-        raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
+        return await retry(lambda: self._send_authorized(method, path, body), on=TRANSIENT, backoff=self._retry)
+
+    async def _send_authorized(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
+        try:
+            return await self._send(method, path, body)
+        except _Unauthorized:
+            # The token was revoked or expired early: one more try with a fresh one.
+            try:
+                return await self._send(method, path, body)
+            except _Unauthorized:
+                raise AuthenticationFailed(f"{method} {path}: a fresh token was refused too") from None
 
     async def _send(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
         token = await self._tokens.get()

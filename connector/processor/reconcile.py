@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-import stamina
 import structlog
 
 from connector.adapters.contract import Operation, OperationRequest, Outcome, PaymentAdapter
@@ -19,6 +18,7 @@ from connector.models.delivery import PaymentTrigger
 from connector.models.payment import Payment
 from connector.processor import decisions
 from connector.processor.decisions import Plan, Refusal, Result
+from connector.retrying import Backoff, retry
 
 log = structlog.get_logger("connector.processor")
 
@@ -31,14 +31,17 @@ class PaymentStore(Protocol):
     async def update_payment(self, payment_id: str, version: int, actions: list[dict[str, Any]]) -> Payment: ...
 
 
+# PSP calls retried with the same idempotency key, within the delivery's own timeout.
+PSP_BACKOFF = Backoff(attempts=3, budget_s=20.0, wait_initial_s=0.5)
+
+
 @dataclass(frozen=True, slots=True)
 class ProcessorSettings:
     project_key: str
     interaction_type_key: str
     claim_lease_s: float = 30.0
     max_conflicts: int = 10  # 409s answered per write before the delivery is retried later
-    psp_attempts: int = 3
-    psp_retry_budget_s: float = 20.0
+    psp_backoff: Backoff = PSP_BACKOFF
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,15 +68,13 @@ class Processor:
         self._lease = timedelta(seconds=settings.claim_lease_s)
 
     async def reconcile(self, trigger: PaymentTrigger) -> Reconciled:
-        payment = trigger.payment
         try:
-            if payment is None:
-                payment = await self._store.get_payment(trigger.payment_id)
+            payment = trigger.payment or await self._store.get_payment(trigger.payment_id)
             route = self._registry.find(payment.payment_method_info)
             if route is None:
                 return Reconciled(payment.id, "not_ours")
             structlog.contextvars.bind_contextvars(interface=route.interface)
-            payment, plan = await self._claim(payment)
+            payment, plan = await self._claim(payment, fetched=trigger.payment is None)
         except NotFound:
             return Reconciled(trigger.payment_id, "payment_not_found")
         if not plan.work:
@@ -82,9 +83,12 @@ class Processor:
         await self._store_outcomes(payment, results)
         return Reconciled(payment.id, "done", tuple(results))
 
-    async def _claim(self, payment: Payment) -> tuple[Payment, Plan]:
-        """Claims the payment's Initial transactions; returns the claimed payment and its plan."""
-        fetched = False  # an embedded payment may be stale or carry a masked token
+    async def _claim(self, payment: Payment, *, fetched: bool) -> tuple[Payment, Plan]:
+        """Claims the payment's Initial transactions; returns the claimed payment and its plan.
+
+        ``fetched`` tells whether ``payment`` was read through the API: a message's copy may be
+        stale and carries the payment method token masked.
+        """
         for _ in range(self._settings.max_conflicts):
             now = self._clock()
             plan = decisions.plan_work(payment, now=now, lease=self._lease)
@@ -126,13 +130,8 @@ class Processor:
 
     async def _call_psp(self, adapter: PaymentAdapter, operation: Operation, request: OperationRequest) -> Outcome:
         method = getattr(adapter, operation.value)  # each Operation names its PaymentAdapter method
-        async for attempt in stamina.retry_context(
-            on=PspUnavailable, attempts=self._settings.psp_attempts, timeout=self._settings.psp_retry_budget_s
-        ):
-            with attempt:
-                outcome: Outcome = await method(request)  # the same idempotency key on every attempt
-                return outcome
-        raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
+        outcome: Outcome = await retry(lambda: method(request), on=PspUnavailable, backoff=self._settings.psp_backoff)
+        return outcome  # every attempt carried the same idempotency key
 
     async def _store_outcomes(self, payment: Payment, results: list[Result]) -> None:
         for _ in range(self._settings.max_conflicts):

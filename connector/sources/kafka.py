@@ -149,6 +149,8 @@ class KafkaSource:
             for partition, records in batches.items():
                 offsets = self._partitions.setdefault(partition, PartitionOffsets())
                 for record in records:
+                    if stop.is_set():
+                        return  # the rest of the batch stays uncommitted and is read again
                     offsets.started(record.offset)
                     yield KafkaDelivery(record, offsets, self)
             await self.commit(force=False)
