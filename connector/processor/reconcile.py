@@ -122,7 +122,7 @@ class Processor:
                 outcome = await self._call_psp(route.adapter, work.operation, OperationRequest(
                     current, work.transaction, work.idempotency_key, self._settings.project_key
                 ))  # fmt: skip
-            log.info("transaction.executed", state=outcome.state.value, code=outcome.code, psp_reference=outcome.psp_reference)
+            log.info("transaction.outcome", state=outcome.state.value, code=outcome.code, psp_reference=outcome.psp_reference)
             current = decisions.apply_outcome(current, work.transaction.id, outcome)
             results.append(Result(work, outcome))
         structlog.contextvars.unbind_contextvars("transaction_id")

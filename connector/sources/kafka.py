@@ -105,7 +105,6 @@ class KafkaSource:
         self._producer: AIOKafkaProducer | None = None
         self._partitions: dict[TopicPartition, PartitionOffsets] = {}
         self._last_commit = 0.0
-        self.subscribed = False
 
     async def start(self) -> None:
         async for attempt in stamina.retry_context(
@@ -113,7 +112,6 @@ class KafkaSource:
         ):
             with attempt:
                 await self._connect()
-        self.subscribed = True
 
     async def _connect(self) -> None:
         options = self._config.client_options()
@@ -187,7 +185,6 @@ class KafkaSource:
 
     async def close(self) -> None:
         await self.commit()
-        self.subscribed = False
         if self._consumer is not None:
             await self._consumer.stop()
         if self._producer is not None:
