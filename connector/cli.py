@@ -1,6 +1,7 @@
 """Command line: ``connector run`` (the worker) and ``connector demo``."""
 
 import asyncio
+import logging
 import signal
 import sys
 
@@ -42,6 +43,8 @@ def run() -> None:
 def demo() -> None:
     """Show the connector at work on this machine: local Kafka, commercetools emulator, sandbox PSP."""
     configure_logging("console" if sys.stderr.isatty() else "json", "warning")
+    # A fresh broker answers the first group join with a retried coordinator error: noise in a demo.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     from connector.demo import main as demo_main
 
     raise typer.Exit(demo_main())
