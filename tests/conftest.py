@@ -18,6 +18,7 @@ from connector.commercetools.interaction_type import interaction_type_draft
 from connector.peers.ctmock import LocalCommercetools
 from connector.peers.kafka import LocalKafka
 from connector.retrying import Backoff
+from tests.localstripe_peer import LocalStripe
 from tests.support import INTERACTION_TYPE_KEY
 
 
@@ -75,3 +76,16 @@ async def ct(ct_url: str, project_key: str) -> AsyncIterator[CommercetoolsClient
     await client.ensure_type(interaction_type_draft(INTERACTION_TYPE_KEY))
     yield client
     await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def localstripe_server() -> Iterator[LocalStripe]:
+    with LocalStripe() as server:
+        yield server
+
+
+@pytest.fixture
+async def localstripe(localstripe_server: LocalStripe) -> LocalStripe:
+    """localstripe with an empty store: it gets slower as its store grows."""
+    await localstripe_server.clear()
+    return localstripe_server

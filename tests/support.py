@@ -2,7 +2,7 @@
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +20,24 @@ CLIENT_SECRET = "test-client-secret-s3cr3t"
 
 
 def settings_for(
-    *, ct_url: str, project_key: str, bootstrap: str, topic: str, ledger: Path, latency_ms: int = 0, **worker: Any
+    *,
+    ct_url: str,
+    project_key: str,
+    bootstrap: str,
+    topic: str,
+    ledger: Path,
+    latency_ms: int = 0,
+    routes: Sequence[AdapterRoute] = (),
+    **worker: Any,
 ) -> Settings:
+    """A worker against the session's peers: the sandbox serves ``sandbox``, ``routes`` the rest."""
     route = AdapterRoute(interface="sandbox", adapter="sandbox", settings={"ledger_path": str(ledger), "latency_ms": latency_ms})
     return Settings(
         without_files(
             CommercetoolsSettings, project_key=project_key, client_id="test-client",
             client_secret=SecretStr(CLIENT_SECRET), auth_url=ct_url, api_url=ct_url,
         ),
-        without_files(WorkerSettings, adapters=[route], **worker),
+        without_files(WorkerSettings, adapters=[route, *routes], **worker),
         without_files(KafkaSettings, bootstrap_servers=bootstrap, topic=topic, group_id=f"group-{topic}", commit_interval_s=0.2),
     )  # fmt: skip
 

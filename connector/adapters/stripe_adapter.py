@@ -1,0 +1,228 @@
+"""The Stripe adapter, on the official SDK's async client (PaymentIntents).
+
+Mapping (DESIGN.md section 3):
+- Authorization: a PaymentIntent with manual capture, confirmed with ``paymentMethodInfo.token``.
+- Charge: capture of the payment's successful Authorization (partial amounts allowed), or an
+  automatic-capture PaymentIntent when the payment has no Authorization.
+- Refund: a refund against the charged PaymentIntent.
+- CancelAuthorization: cancel of the authorized PaymentIntent.
+The connector's money rules (refunds within what was charged, no cancel after a capture, no
+Chargeback execution) are checked before any call, in ``connector.processor.decisions``.
+
+Amounts go to Stripe as ``centAmount``: both count the currency's smallest unit, so zero-decimal
+currencies such as JPY need no conversion. Every call carries the transaction's idempotency key; the
+PaymentIntent's metadata names the commercetools project, payment and transaction. The API key never
+leaves the SDK's Authorization header; interactions show the payment method by its last characters.
+"""
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Literal
+
+import stripe
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from connector.adapters.contract import Operation, OperationRequest, Outcome, masked
+from connector.errors import PspUnavailable
+from connector.models.payment import Transaction, TransactionState, TransactionType
+
+PI_STATES = {
+    "requires_capture": TransactionState.SUCCESS,  # authorized
+    "succeeded": TransactionState.SUCCESS,
+    "processing": TransactionState.PENDING,
+    "requires_action": TransactionState.PENDING,  # the customer must authenticate (3-D Secure)
+    "requires_payment_method": TransactionState.FAILURE,
+    "requires_confirmation": TransactionState.FAILURE,
+}
+REFUND_STATES = {
+    "succeeded": TransactionState.SUCCESS,
+    "pending": TransactionState.PENDING,
+    "requires_action": TransactionState.PENDING,
+    "failed": TransactionState.FAILURE,
+    "canceled": TransactionState.FAILURE,
+}
+
+
+class StripeSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    secret_key: SecretStr = Field(description="secret (sk_) or restricted (rk_) key of this account")
+    api_base: str | None = Field(default=None, description="another API address, for an emulator")
+    timeout_s: float = Field(default=30.0, gt=0)
+    # Since API version 2026-09-30 Stripe refuses `payment_method_types` on PaymentIntents; the allowed list replaces it.
+    allowed_payment_method_types: list[str] = ["card"]
+
+    @field_validator("secret_key")
+    @classmethod
+    def _is_secret_key(cls, key: SecretStr) -> SecretStr:
+        if not key.get_secret_value().startswith(("sk_", "rk_")):
+            raise ValueError("must be a Stripe secret key (sk_...) or restricted key (rk_...)")
+        return key
+
+
+class StripeAdapter:
+    def __init__(self, client: stripe.StripeClient, http: stripe.AIOHTTPClient, payment_method_types: list[str]) -> None:
+        self._stripe = client.v1
+        self._http = http
+        self._payment_method_types = payment_method_types
+
+    async def authorize(self, request: OperationRequest) -> Outcome:
+        return await self._create_intent(request, Operation.AUTHORIZE, capture_method="manual")
+
+    async def charge(self, request: OperationRequest) -> Outcome:
+        authorization = _successful(request, TransactionType.AUTHORIZATION)
+        if authorization is None:
+            return await self._create_intent(request, Operation.CHARGE, capture_method="automatic")
+        intent_id = authorization.interaction_id or ""
+        summary = _summary(request, Operation.CHARGE, payment_intent=intent_id)
+        return await self._call(
+            summary,
+            lambda: self._stripe.payment_intents.capture_async(
+                intent_id, {"amount_to_capture": request.transaction.amount.cent_amount}, _options(request)
+            ),
+            PI_STATES,
+        )
+
+    async def refund(self, request: OperationRequest) -> Outcome:
+        charge = _successful(request, TransactionType.CHARGE)
+        if charge is None:
+            return _refused(request, Operation.REFUND, "no_charge", "No successful Stripe charge to refund")
+        intent_id = charge.interaction_id or ""
+        summary = _summary(request, Operation.REFUND, payment_intent=intent_id)
+        return await self._call(
+            summary,
+            lambda: self._stripe.refunds.create_async(
+                {"payment_intent": intent_id, "amount": request.transaction.amount.cent_amount, "metadata": _metadata(request)},
+                _options(request),
+            ),
+            REFUND_STATES,
+        )
+
+    async def cancel_authorization(self, request: OperationRequest) -> Outcome:
+        authorization = _successful(request, TransactionType.AUTHORIZATION)
+        if authorization is None:
+            return _refused(request, Operation.CANCEL_AUTHORIZATION, "no_authorization", "No Stripe authorization to cancel")
+        intent_id = authorization.interaction_id or ""
+        summary = _summary(request, Operation.CANCEL_AUTHORIZATION, payment_intent=intent_id)
+        return await self._call(
+            summary,
+            lambda: self._stripe.payment_intents.cancel_async(intent_id, None, _options(request)),
+            {**PI_STATES, "canceled": TransactionState.SUCCESS},
+        )
+
+    async def aclose(self) -> None:
+        await self._http.close_async()  # type: ignore[no-untyped-call]
+
+    async def _create_intent(
+        self, request: OperationRequest, operation: Operation, *, capture_method: Literal["automatic", "manual"]
+    ) -> Outcome:
+        token = request.payment.payment_method_info.token
+        if token is None or not token.value:
+            return _refused(request, operation, "no_payment_method", "The payment has no payment method token")
+        amount = request.transaction.amount
+        summary = _summary(request, operation, payment_method=masked(token.value))
+        return await self._call(
+            summary,
+            lambda: self._stripe.payment_intents.create_async(
+                {
+                    "amount": amount.cent_amount,
+                    "currency": amount.currency_code.lower(),
+                    "capture_method": capture_method,
+                    "confirm": True,
+                    "payment_method": token.value,
+                    "allowed_payment_method_types": self._payment_method_types,
+                    "metadata": _metadata(request),
+                },
+                _options(request),
+            ),
+            PI_STATES,
+        )
+
+    async def _call(
+        self,
+        summary: dict[str, Any],
+        call: Callable[[], Awaitable[stripe.PaymentIntent | stripe.Refund]],
+        states: Mapping[str, TransactionState],
+    ) -> Outcome:
+        """Runs one Stripe call and maps its answer; transient faults raise PspUnavailable."""
+        try:
+            result = await call()
+        except stripe.CardError as exc:
+            code = (exc.error.decline_code if exc.error else None) or exc.code or "card_error"
+            text = exc.user_message or "The card was declined"
+            body: Any = exc.json_body or {}
+            intent_id = ((body.get("error") or {}).get("payment_intent") or {}).get("id")  # the declined intent
+            response = {"error": code, "message": text}
+            return Outcome(TransactionState.FAILURE, intent_id, code, text, summary, response)
+        except (stripe.APIConnectionError, stripe.RateLimitError) as exc:
+            raise PspUnavailable(f"Stripe unreachable: {exc.__class__.__name__}") from None
+        except stripe.StripeError as exc:
+            if exc.http_status is None or exc.http_status >= 500:
+                raise PspUnavailable(f"Stripe answered HTTP {exc.http_status}") from None
+            code = exc.code or f"http_{exc.http_status}"
+            text = exc.user_message or "Stripe refused the request"
+            return Outcome(TransactionState.FAILURE, None, code, text, summary, {"error": code, "message": text})
+        answer = result.to_dict()
+        state = states.get(answer["status"], TransactionState.FAILURE)
+        error = (answer.get("last_payment_error") or {}) if state is TransactionState.FAILURE else {}
+        code = error.get("code") or answer["status"]
+        text = error.get("message") or f"Stripe {answer['object'].replace('_', ' ')} {answer['status']}"
+        response = {key: answer.get(key) for key in ("id", "object", "status", "amount")}
+        return Outcome(state, answer["id"], code, text, summary, response)
+
+
+def _successful(request: OperationRequest, kind: TransactionType) -> Transaction | None:
+    """The payment's successful transaction of ``kind`` that Stripe knows (by its PaymentIntent id)."""
+    return next(
+        (
+            t
+            for t in request.payment.transactions
+            if t.type is kind and t.state is TransactionState.SUCCESS and (t.interaction_id or "").startswith("pi_")
+        ),
+        None,
+    )
+
+
+def _refused(request: OperationRequest, operation: Operation, code: str, text: str) -> Outcome:
+    return Outcome(TransactionState.FAILURE, None, code, text, _summary(request, operation), {"refusedBy": "stripe adapter"})
+
+
+def _summary(request: OperationRequest, operation: Operation, **extra: str | None) -> dict[str, Any]:
+    amount = request.transaction.amount
+    summary = {
+        "psp": "stripe",
+        "operation": operation.value,
+        "amount": amount.cent_amount,
+        "currency": amount.currency_code,
+        "idempotencyKey": request.idempotency_key,
+    }
+    return summary | {_camel(k): v for k, v in extra.items() if v}
+
+
+def _camel(name: str) -> str:
+    first, *rest = name.split("_")
+    return first + "".join(part.title() for part in rest)
+
+
+def _metadata(request: OperationRequest) -> dict[str, str]:
+    return {
+        "ctProjectKey": request.project_key,
+        "ctPaymentId": request.payment.id,
+        "ctTransactionId": request.transaction.id,
+    }
+
+
+def _options(request: OperationRequest) -> stripe.RequestOptions:
+    return {"idempotency_key": request.idempotency_key}
+
+
+def create_adapter(settings: Mapping[str, Any]) -> StripeAdapter:
+    """The ``stripe`` entry point of ``connector.adapters``: one instance per Stripe account."""
+    parsed = StripeSettings.model_validate(settings)
+    http = stripe.AIOHTTPClient(timeout=parsed.timeout_s)
+    client = stripe.StripeClient(
+        parsed.secret_key.get_secret_value(),
+        base_addresses={"api": parsed.api_base} if parsed.api_base else None,
+        http_client=http,
+        max_network_retries=0,  # the processor retries, with the same idempotency key
+    )
+    return StripeAdapter(client, http, parsed.allowed_payment_method_types)

@@ -1,0 +1,146 @@
+"""The Stripe adapter against localstripe: what it sends, and how it reads Stripe's answers."""
+
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+
+from connector.adapters.contract import OperationRequest
+from connector.adapters.registry import AdapterRegistry, AdapterRoute
+from connector.adapters.stripe_adapter import StripeAdapter, create_adapter
+from connector.errors import ConfigurationError, PspUnavailable
+from connector.models.payment import Payment, TransactionState
+from connector.peers import free_port
+from tests.localstripe_peer import LocalStripe
+
+KEY = "sk_test_adapter_4f9a"
+
+
+def request(
+    *transactions: tuple[str, int, str, str | None], currency: str = "EUR", token: str | None = "pm_card_visa"
+) -> OperationRequest:
+    """A request for the last of ``transactions`` (type, amount, state, PSP reference)."""
+    payment = Payment.model_validate({
+        "id": "pay-1", "version": 1, "amountPlanned": {"centAmount": 10_000, "currencyCode": currency},
+        "paymentMethodInfo": {"paymentInterface": "STRIPE", **({"token": {"value": token}} if token else {})},
+        "transactions": [
+            {"id": f"tx-{i}", "type": kind, "amount": {"centAmount": amount, "currencyCode": currency}, "state": state,
+             **({"interactionId": ref} if ref else {})}
+            for i, (kind, amount, state, ref) in enumerate(transactions)
+        ],
+    })  # fmt: skip
+    last = payment.transactions[-1]
+    return OperationRequest(payment, last, f"{last.id}-{last.type.value}", "proj-1")
+
+
+@pytest.fixture
+async def adapter(localstripe: LocalStripe) -> AsyncIterator[StripeAdapter]:
+    adapter = create_adapter({"secret_key": KEY, "api_base": localstripe.url})
+    yield adapter
+    await adapter.aclose()
+
+
+async def test_authorization_sends_key_metadata_and_manual_capture(adapter: StripeAdapter, localstripe: LocalStripe) -> None:
+    """An authorization is a confirmed manual-capture PaymentIntent with our idempotency key and metadata."""
+    outcome = await adapter.authorize(request(("Authorization", 2500, "Initial", None)))
+    assert outcome.state is TransactionState.SUCCESS and outcome.code == "requires_capture"
+    assert outcome.psp_reference and outcome.psp_reference.startswith("pi_")
+    [sent] = await localstripe.requests()
+    assert sent["headers"]["Idempotency-Key"] == "tx-0-Authorization"
+    assert sent["headers"]["Authorization"] == f"Bearer {KEY}"
+    form = sent["form"]
+    assert (form["amount"], form["currency"], form["capture_method"], form["confirm"]) == ("2500", "eur", "manual", "true")
+    assert form["allowed_payment_method_types[0]"] == "card" and "payment_method_types[0]" not in form
+    assert (form["metadata[ctProjectKey]"], form["metadata[ctPaymentId]"], form["metadata[ctTransactionId]"]) == (
+        "proj-1",
+        "pay-1",
+        "tx-0",
+    )
+    assert outcome.request["paymentMethod"] == "***visa" and KEY not in repr(outcome)
+
+
+async def test_zero_decimal_currency_amount_is_sent_as_is(adapter: StripeAdapter, localstripe: LocalStripe) -> None:
+    """JPY has no minor unit: centAmount 500 is 500 yen, and Stripe gets 500."""
+    await adapter.charge(request(("Charge", 500, "Initial", None), currency="JPY"))
+    [intent] = await localstripe.objects("payment_intents")
+    assert (intent["amount"], intent["currency"], intent["status"]) == (500, "jpy", "succeeded")
+
+
+async def test_capture_refund_and_cancel_use_the_payment_intent(adapter: StripeAdapter, localstripe: LocalStripe) -> None:
+    """Capture (part), refund and cancel address the PaymentIntent of the earlier transaction."""
+    authorized = await adapter.authorize(request(("Authorization", 3000, "Initial", None)))
+    intent = authorized.psp_reference
+    captured = await adapter.charge(request(("Authorization", 3000, "Success", intent), ("Charge", 1200, "Initial", None)))
+    assert captured.state is TransactionState.SUCCESS and captured.psp_reference == intent
+    refunded = await adapter.refund(
+        request(("Authorization", 3000, "Success", intent), ("Charge", 1200, "Success", intent), ("Refund", 200, "Initial", None))
+    )
+    assert refunded.state is TransactionState.SUCCESS and (refunded.psp_reference or "").startswith("re_")
+    other = (await adapter.authorize(request(("Authorization", 900, "Initial", None)))).psp_reference
+    cancelled = await adapter.cancel_authorization(
+        request(("Authorization", 900, "Success", other), ("CancelAuthorization", 900, "Initial", None))
+    )
+    assert cancelled.state is TransactionState.SUCCESS and cancelled.code == "canceled"
+    paths = [
+        (r["path"], r["form"].get("amount_to_capture"), r["headers"]["Idempotency-Key"]) for r in await localstripe.requests()
+    ]
+    assert (f"/v1/payment_intents/{intent}/capture", "1200", "tx-1-Charge") in paths
+    assert (f"/v1/payment_intents/{other}/cancel", None, "tx-1-CancelAuthorization") in paths
+    # Stripe releases the uncaptured rest of a partial capture as a refund of its own: not ours.
+    [refund] = [r for r in await localstripe.objects("refunds") if r["metadata"]]
+    assert (refund["amount"], refund["payment_intent"], refund["metadata"]["ctTransactionId"]) == (200, intent, "tx-2")
+
+
+async def test_declined_card_is_a_failure_with_stripes_code(adapter: StripeAdapter) -> None:
+    """A decline is a Failure with Stripe's decline code and message."""
+    outcome = await adapter.authorize(request(("Authorization", 1000, "Initial", None), token="pm_card_chargeCustomerFail"))
+    assert outcome.state is TransactionState.FAILURE
+    assert (outcome.code, outcome.text) == ("card_declined", "Your card was declined.")
+
+
+async def test_other_client_errors_are_failures_with_stripes_message(adapter: StripeAdapter) -> None:
+    """A 4xx other than a decline is a Failure carrying Stripe's message."""
+    outcome = await adapter.charge(
+        request(("Authorization", 1000, "Success", "pi_doesnotexist"), ("Charge", 1000, "Initial", None))
+    )
+    assert outcome.state is TransactionState.FAILURE and outcome.text
+
+
+async def test_missing_token_fails_without_a_call(adapter: StripeAdapter, localstripe: LocalStripe) -> None:
+    """No payment method token: a readable Failure, and Stripe is not called."""
+    outcome = await adapter.authorize(request(("Authorization", 1000, "Initial", None), token=None))
+    assert outcome.state is TransactionState.FAILURE and outcome.code == "no_payment_method"
+    assert await localstripe.requests() == []
+
+
+async def test_server_errors_and_network_errors_are_retryable(localstripe: LocalStripe) -> None:
+    """Stripe 5xx and unreachable Stripe raise PspUnavailable, so the processor retries with the same key."""
+    seen: list[str | None] = []
+
+    async def unavailable(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Idempotency-Key"))
+        return web.json_response({"error": {"message": "try later", "type": "api_error"}}, status=503)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", unavailable)  # a stand-in for Stripe answering 503: localstripe never does
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        for base in (f"http://127.0.0.1:{port}", f"http://127.0.0.1:{free_port()}"):  # 503, then nobody listening
+            adapter = create_adapter({"secret_key": KEY, "api_base": base})
+            with pytest.raises(PspUnavailable):
+                await adapter.authorize(request(("Authorization", 1000, "Initial", None)))
+            await adapter.aclose()
+    finally:
+        await runner.cleanup()
+    assert seen == ["tx-0-Authorization"]
+
+
+def test_settings_refuse_a_publishable_key() -> None:
+    """A publishable key is refused at start-up, naming the route and field without echoing the key."""
+    route = AdapterRoute(interface="STRIPE", account="eu", adapter="stripe", settings={"secret_key": "pk_live_abcdef"})
+    with pytest.raises(ConfigurationError, match=r"STRIPE/eu.*secret_key.*Stripe secret key") as caught:
+        AdapterRegistry.load([route])
+    assert "pk_live_abcdef" not in str(caught.value)

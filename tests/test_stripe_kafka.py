@@ -1,0 +1,223 @@
+"""End to end with Stripe: Kafka deliveries, the worker, the commercetools emulator and localstripe."""
+
+import asyncio
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connector.adapters.registry import AdapterRoute
+from connector.commercetools.client import CommercetoolsClient
+from connector.demo import as_json, wait_until_settled
+from connector.models.payment import Payment
+from connector.peers import messages
+from connector.peers.kafka import create_topics
+from connector.processor.decisions import idempotency_key
+from tests.localstripe_peer import LocalStripe
+from tests.support import INTERACTION_TYPE_KEY, running_worker, settings_for
+
+pytestmark = pytest.mark.e2e
+
+KEYS = {None: "sk_test_default_0001", "eu": "sk_test_eu_0002", "us": "sk_test_us_0003"}
+VISA, DECLINING = "pm_card_visa", "pm_card_chargeCustomerFail"
+EXAMPLE_PACKAGE = Path(__file__).parent / "example_adapter"
+
+
+def stripe_routes(localstripe: LocalStripe) -> list[AdapterRoute]:
+    return [
+        AdapterRoute(
+            interface="STRIPE", account=account, adapter="stripe", settings={"secret_key": key, "api_base": localstripe.url}
+        )
+        for account, key in KEYS.items()
+    ]
+
+
+def draft(
+    transactions: list[tuple[str, int]], *, interface: str = "STRIPE", account: str | None = None, token: str = VISA
+) -> dict[str, Any]:
+    method: dict[str, Any] = {"paymentInterface": interface, "method": "card", "token": {"value": token}}
+    if account:
+        method["interfaceAccount"] = account
+    return {
+        "amountPlanned": {"currencyCode": "EUR", "centAmount": max(amount for _, amount in transactions)},
+        "paymentMethodInfo": method,
+        "transactions": [
+            {"type": kind, "amount": {"currencyCode": "EUR", "centAmount": a}, "state": "Initial"} for kind, a in transactions
+        ],
+    }
+
+
+SCENARIOS: dict[str, tuple[dict[str, Any], list[str]]] = {
+    "authorize, capture in full": (draft([("Authorization", 3000), ("Charge", 3000)]), ["Success", "Success"]),
+    "authorize, capture part": (draft([("Authorization", 3000), ("Charge", 1000)]), ["Success", "Success"]),
+    "direct charge": (draft([("Charge", 2000)]), ["Success"]),
+    "two refunds, a third above the rest": (
+        draft([("Charge", 5000), ("Refund", 2000), ("Refund", 1500), ("Refund", 2000)]),
+        ["Success", "Success", "Success", "Failure"],
+    ),
+    "cancel an authorization": (draft([("Authorization", 4000), ("CancelAuthorization", 4000)]), ["Success", "Success"]),
+    "cancel after capture": (
+        draft([("Authorization", 4000), ("Charge", 4000), ("CancelAuthorization", 4000)]),
+        ["Success", "Success", "Failure"],
+    ),
+    "declined card": (draft([("Authorization", 1000)], token=DECLINING), ["Failure"]),
+    "eu account": (draft([("Charge", 1100)], account="eu"), ["Success"]),
+    "us account": (draft([("Charge", 1200)], account="US"), ["Success"]),
+    "account without credentials": (draft([("Charge", 1300)], account="mars"), ["Failure"]),
+}
+
+
+@pytest.fixture
+async def topic(kafka_bootstrap: str) -> str:
+    name = f"stripe-{uuid.uuid4().hex[:10]}"
+    await create_topics(kafka_bootstrap, name, f"{name}.dlq", partitions=4)
+    return name
+
+
+async def publish_twice(kafka_bootstrap: str, topic: str, project_key: str, payments: list[Payment]) -> None:
+    """Each payment's PaymentCreated in both formats: every transaction is delivered twice."""
+    from tests.test_worker_kafka import publish
+
+    bodies = [messages.payment_created(project_key, as_json(p), fmt) for p in payments for fmt in ("platform", "cloudevents")]
+    await publish(kafka_bootstrap, topic, bodies)
+
+
+def stripe_requests_for(requests: list[dict[str, Any]], payment: Payment) -> list[dict[str, Any]]:
+    """The requests localstripe saw for a payment: by metadata, or by the PaymentIntent in the path."""
+    intents = {t.interaction_id for t in payment.transactions if (t.interaction_id or "").startswith("pi_")}
+    return [
+        r for r in requests if r["form"].get("metadata[ctPaymentId]") == payment.id or any(i and i in r["path"] for i in intents)
+    ]
+
+
+async def test_stripe_operations_end_to_end(
+    kafka_bootstrap: str,
+    ct_url: str,
+    project_key: str,
+    ct: CommercetoolsClient,
+    topic: str,
+    tmp_path: Path,
+    localstripe: LocalStripe,
+) -> None:
+    """Every operation, decline, refusal and account through Kafka into localstripe, each delivery twice."""
+    payments = {name: await ct.create_payment(d) for name, (d, _) in SCENARIOS.items()}
+    await publish_twice(kafka_bootstrap, topic, project_key, list(payments.values()))
+    settings = settings_for(
+        ct_url=ct_url, project_key=project_key, bootstrap=kafka_bootstrap, topic=topic, ledger=tmp_path / "l.sqlite",
+        routes=stripe_routes(localstripe),
+    )  # fmt: skip
+    async with running_worker(settings):
+        settled = dict(zip(payments, await wait_until_settled(ct, [p.id for p in payments.values()], timeout_s=90), strict=True))
+
+    requests = await localstripe.requests()
+    for name, payment in settled.items():
+        expected = SCENARIOS[name][1]
+        assert [t.state.value for t in payment.transactions] == expected, name
+        for transaction in payment.transactions:
+            kinds = [i.fields["type"] for i in payment.interface_interactions if i.fields.get("transactionId") == transaction.id]
+            assert sorted(kinds) == ["request", "response"], name
+            if transaction.state.value == "Success":
+                assert (transaction.interaction_id or "")[:3] in ("pi_", "re_"), name
+        sent = stripe_requests_for(requests, payment)
+        assert all(r["headers"]["Idempotency-Key"].startswith(tuple(t.id for t in payment.transactions)) for r in sent), name
+
+    # Each PaymentIntent and refund exactly once, though every delivery came twice.
+    intents = await localstripe.objects("payment_intents")
+    refunds = [r for r in await localstripe.objects("refunds") if r["metadata"]]
+    recorded = {t.interaction_id for p in settled.values() for t in p.transactions if (t.interaction_id or "").startswith("pi_")}
+    assert recorded <= {i["id"] for i in intents}
+    assert len(intents) == 9 and len(refunds) == 2  # one intent per authorization or direct charge, the declined one too
+
+    refunds_payment = settled["two refunds, a third above the rest"]
+    assert refunds_payment.payment_status.interface_code == "partial_refund"
+    assert {r["amount"] for r in refunds} == {2000, 1500}
+    above = refunds_payment.transactions[3]
+    assert not [r for r in requests if r["form"].get("metadata[ctTransactionId]") == above.id]  # refused before Stripe
+
+    cancel_after_capture = settled["cancel after capture"]
+    assert not [r for r in stripe_requests_for(requests, cancel_after_capture) if r["path"].endswith("/cancel")]
+    assert "captured" in (cancel_after_capture.payment_status.interface_text or "")
+
+    declined = settled["declined card"]
+    assert declined.payment_status.interface_text == "card_declined: Your card was declined."
+
+    for name, account in (("eu account", "eu"), ("us account", "us"), ("direct charge", None)):
+        [sent] = stripe_requests_for(requests, settled[name])
+        assert sent["headers"]["Authorization"] == f"Bearer {KEYS[account]}", name
+    assert "mars" in (settled["account without credentials"].payment_status.interface_text or "")
+    assert not stripe_requests_for(requests, settled["account without credentials"])
+
+
+async def test_claimed_transaction_is_not_executed_again(
+    kafka_bootstrap: str,
+    ct_url: str,
+    project_key: str,
+    ct: CommercetoolsClient,
+    topic: str,
+    tmp_path: Path,
+    localstripe: LocalStripe,
+) -> None:
+    """Redelivered while another worker's claim is fresh: no PaymentIntent; after the lease, exactly one."""
+    payment = await ct.create_payment(draft([("Authorization", 2500)]))
+    transaction = payment.transactions[0]
+    claim = {
+        "action": "addInterfaceInteraction", "type": {"typeId": "type", "key": INTERACTION_TYPE_KEY},
+        "fields": {"type": "request", "transactionId": transaction.id, "createdAt": datetime.now(UTC).isoformat(),
+                   "idempotencyKey": idempotency_key(transaction.id, transaction.type)},
+    }  # fmt: skip
+    claimed = await ct.update_payment(payment.id, payment.version, [claim])
+    await publish_twice(kafka_bootstrap, topic, project_key, [claimed])
+    settings = settings_for(
+        ct_url=ct_url, project_key=project_key, bootstrap=kafka_bootstrap, topic=topic, ledger=tmp_path / "l.sqlite",
+        routes=stripe_routes(localstripe), claim_lease_s=4.0,
+    )  # fmt: skip
+    async with running_worker(settings):
+        await asyncio.sleep(2.0)
+        assert await localstripe.objects("payment_intents") == []
+        [settled] = await wait_until_settled(ct, [payment.id], timeout_s=60)
+    assert settled.transactions[0].state.value == "Success"
+    [intent] = await localstripe.objects("payment_intents")
+    assert intent["id"] == settled.transactions[0].interaction_id
+
+
+@pytest.fixture(scope="module")
+def example_adapter_installed() -> Iterator[None]:
+    """Installs the example third-party package into this environment, and removes it afterwards."""
+    pip = [sys.executable, "-m", "pip", "--quiet", "--disable-pip-version-check"]
+    subprocess.run([*pip, "install", "--no-deps", "--no-build-isolation", str(EXAMPLE_PACKAGE)], check=True, timeout=180)
+    yield
+    subprocess.run([*pip, "uninstall", "--yes", "connector-acme-adapter"], check=True, timeout=180)
+
+
+async def test_third_party_adapter_is_routed_to(
+    example_adapter_installed: None,
+    kafka_bootstrap: str,
+    ct_url: str,
+    project_key: str,
+    ct: CommercetoolsClient,
+    topic: str,
+    tmp_path: Path,
+    localstripe: LocalStripe,
+) -> None:
+    """An installed plugin serves its interface while STRIPE and the sandbox keep working."""
+    acme = AdapterRoute(interface="ACME", adapter="acme", settings={"merchant": "shop1"})
+    payments = [
+        await ct.create_payment(draft([("Charge", 1000)], interface="ACME")),
+        await ct.create_payment(draft([("Charge", 1000)], interface="STRIPE")),
+        await ct.create_payment(draft([("Charge", 1000)], interface="sandbox")),
+    ]
+    await publish_twice(kafka_bootstrap, topic, project_key, payments)
+    settings = settings_for(
+        ct_url=ct_url, project_key=project_key, bootstrap=kafka_bootstrap, topic=topic, ledger=tmp_path / "l.sqlite",
+        routes=[acme, *stripe_routes(localstripe)],
+    )  # fmt: skip
+    async with running_worker(settings):
+        settled = await wait_until_settled(ct, [p.id for p in payments], timeout_s=60)
+    references = [p.transactions[0].interaction_id or "" for p in settled]
+    assert [r.split("_")[0] for r in references] == ["acme", "pi", "sbx"]
+    assert all(p.transactions[0].state.value == "Success" for p in settled)
