@@ -5,6 +5,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 
 from connector.adapters.registry import AdapterRoute
 from connector.commercetools.client import CommercetoolsClient
+from connector.config import Settings
 from connector.demo import as_json, wait_until_settled
 from connector.models.payment import Payment
 from connector.peers import messages
@@ -20,21 +22,13 @@ from connector.peers.kafka import create_topics
 from connector.processor.decisions import idempotency_key
 from tests.localstripe_peer import LocalStripe
 from tests.support import INTERACTION_TYPE_KEY, running_worker, settings_for
+from tests.test_worker_kafka import publish
 
 pytestmark = pytest.mark.e2e
 
 KEYS = {None: "sk_test_default_0001", "eu": "sk_test_eu_0002", "us": "sk_test_us_0003"}
 VISA, DECLINING = "pm_card_visa", "pm_card_chargeCustomerFail"
 EXAMPLE_PACKAGE = Path(__file__).parent / "example_adapter"
-
-
-def stripe_routes(localstripe: LocalStripe) -> list[AdapterRoute]:
-    return [
-        AdapterRoute(
-            interface="STRIPE", account=account, adapter="stripe", settings={"secret_key": key, "api_base": localstripe.url}
-        )
-        for account, key in KEYS.items()
-    ]
 
 
 def draft(
@@ -72,19 +66,51 @@ SCENARIOS: dict[str, tuple[dict[str, Any], list[str]]] = {
 }
 
 
+@dataclass
+class World:
+    """The peers of one test: its commercetools project, its topic, localstripe."""
+
+    ct: CommercetoolsClient
+    ct_url: str
+    project_key: str
+    bootstrap: str
+    topic: str
+    localstripe: LocalStripe
+    ledger: Path
+
+    def settings(self, *routes: AdapterRoute, **worker: Any) -> Settings:
+        """A worker serving STRIPE (three accounts), the sandbox, and ``routes``."""
+        stripe = [
+            AdapterRoute(
+                interface="STRIPE",
+                account=account,
+                adapter="stripe",
+                settings={"secret_key": key, "api_base": self.localstripe.url},
+            )
+            for account, key in KEYS.items()
+        ]
+        return settings_for(
+            ct_url=self.ct_url, project_key=self.project_key, bootstrap=self.bootstrap, topic=self.topic, ledger=self.ledger,
+            routes=[*routes, *stripe], **worker,
+        )  # fmt: skip
+
+    async def publish_twice(self, payments: list[Payment]) -> None:
+        """Each payment's PaymentCreated in both formats: every transaction is delivered twice."""
+        formats: tuple[messages.Format, ...] = ("platform", "cloudevents")
+        await publish(
+            self.bootstrap,
+            self.topic,
+            [messages.payment_created(self.project_key, as_json(p), f) for p in payments for f in formats],
+        )
+
+
 @pytest.fixture
-async def topic(kafka_bootstrap: str) -> str:
-    name = f"stripe-{uuid.uuid4().hex[:10]}"
-    await create_topics(kafka_bootstrap, name, f"{name}.dlq", partitions=4)
-    return name
-
-
-async def publish_twice(kafka_bootstrap: str, topic: str, project_key: str, payments: list[Payment]) -> None:
-    """Each payment's PaymentCreated in both formats: every transaction is delivered twice."""
-    from tests.test_worker_kafka import publish
-
-    bodies = [messages.payment_created(project_key, as_json(p), fmt) for p in payments for fmt in ("platform", "cloudevents")]
-    await publish(kafka_bootstrap, topic, bodies)
+async def world(
+    kafka_bootstrap: str, ct_url: str, project_key: str, ct: CommercetoolsClient, tmp_path: Path, localstripe: LocalStripe
+) -> World:
+    topic = f"stripe-{uuid.uuid4().hex[:10]}"
+    await create_topics(kafka_bootstrap, topic, f"{topic}.dlq", partitions=4)
+    return World(ct, ct_url, project_key, kafka_bootstrap, topic, localstripe, tmp_path / "ledger.sqlite")
 
 
 def stripe_requests_for(requests: list[dict[str, Any]], payment: Payment) -> list[dict[str, Any]]:
@@ -95,26 +121,17 @@ def stripe_requests_for(requests: list[dict[str, Any]], payment: Payment) -> lis
     ]
 
 
-async def test_stripe_operations_end_to_end(
-    kafka_bootstrap: str,
-    ct_url: str,
-    project_key: str,
-    ct: CommercetoolsClient,
-    topic: str,
-    tmp_path: Path,
-    localstripe: LocalStripe,
-) -> None:
+async def test_stripe_operations_end_to_end(world: World) -> None:
     """Every operation, decline, refusal and account through Kafka into localstripe, each delivery twice."""
-    payments = {name: await ct.create_payment(d) for name, (d, _) in SCENARIOS.items()}
-    await publish_twice(kafka_bootstrap, topic, project_key, list(payments.values()))
-    settings = settings_for(
-        ct_url=ct_url, project_key=project_key, bootstrap=kafka_bootstrap, topic=topic, ledger=tmp_path / "l.sqlite",
-        routes=stripe_routes(localstripe),
-    )  # fmt: skip
+    payments = {name: await world.ct.create_payment(d) for name, (d, _) in SCENARIOS.items()}
+    await world.publish_twice(list(payments.values()))
+    settings = world.settings()
     async with running_worker(settings):
-        settled = dict(zip(payments, await wait_until_settled(ct, [p.id for p in payments.values()], timeout_s=90), strict=True))
+        settled = dict(
+            zip(payments, await wait_until_settled(world.ct, [p.id for p in payments.values()], timeout_s=90), strict=True)
+        )
 
-    requests = await localstripe.requests()
+    requests = await world.localstripe.requests()
     for name, payment in settled.items():
         expected = SCENARIOS[name][1]
         assert [t.state.value for t in payment.transactions] == expected, name
@@ -127,8 +144,8 @@ async def test_stripe_operations_end_to_end(
         assert all(r["headers"]["Idempotency-Key"].startswith(tuple(t.id for t in payment.transactions)) for r in sent), name
 
     # Each PaymentIntent and refund exactly once, though every delivery came twice.
-    intents = await localstripe.objects("payment_intents")
-    refunds = [r for r in await localstripe.objects("refunds") if r["metadata"]]
+    intents = await world.localstripe.objects("payment_intents")
+    refunds = [r for r in await world.localstripe.objects("refunds") if r["metadata"]]
     recorded = {t.interaction_id for p in settled.values() for t in p.transactions if (t.interaction_id or "").startswith("pi_")}
     assert recorded <= {i["id"] for i in intents}
     assert len(intents) == 9 and len(refunds) == 2  # one intent per authorization or direct charge, the declined one too
@@ -153,35 +170,24 @@ async def test_stripe_operations_end_to_end(
     assert not stripe_requests_for(requests, settled["account without credentials"])
 
 
-async def test_claimed_transaction_is_not_executed_again(
-    kafka_bootstrap: str,
-    ct_url: str,
-    project_key: str,
-    ct: CommercetoolsClient,
-    topic: str,
-    tmp_path: Path,
-    localstripe: LocalStripe,
-) -> None:
+async def test_claimed_transaction_is_not_executed_again(world: World) -> None:
     """Redelivered while another worker's claim is fresh: no PaymentIntent; after the lease, exactly one."""
-    payment = await ct.create_payment(draft([("Authorization", 2500)]))
+    payment = await world.ct.create_payment(draft([("Authorization", 2500)]))
     transaction = payment.transactions[0]
     claim = {
         "action": "addInterfaceInteraction", "type": {"typeId": "type", "key": INTERACTION_TYPE_KEY},
         "fields": {"type": "request", "transactionId": transaction.id, "createdAt": datetime.now(UTC).isoformat(),
                    "idempotencyKey": idempotency_key(transaction.id, transaction.type)},
     }  # fmt: skip
-    claimed = await ct.update_payment(payment.id, payment.version, [claim])
-    await publish_twice(kafka_bootstrap, topic, project_key, [claimed])
-    settings = settings_for(
-        ct_url=ct_url, project_key=project_key, bootstrap=kafka_bootstrap, topic=topic, ledger=tmp_path / "l.sqlite",
-        routes=stripe_routes(localstripe), claim_lease_s=4.0,
-    )  # fmt: skip
+    claimed = await world.ct.update_payment(payment.id, payment.version, [claim])
+    await world.publish_twice([claimed])
+    settings = world.settings(claim_lease_s=4.0)
     async with running_worker(settings):
         await asyncio.sleep(2.0)
-        assert await localstripe.objects("payment_intents") == []
-        [settled] = await wait_until_settled(ct, [payment.id], timeout_s=60)
+        assert await world.localstripe.objects("payment_intents") == []
+        [settled] = await wait_until_settled(world.ct, [payment.id], timeout_s=60)
     assert settled.transactions[0].state.value == "Success"
-    [intent] = await localstripe.objects("payment_intents")
+    [intent] = await world.localstripe.objects("payment_intents")
     assert intent["id"] == settled.transactions[0].interaction_id
 
 
@@ -194,30 +200,18 @@ def example_adapter_installed() -> Iterator[None]:
     subprocess.run([*pip, "uninstall", "--yes", "connector-acme-adapter"], check=True, timeout=180)
 
 
-async def test_third_party_adapter_is_routed_to(
-    example_adapter_installed: None,
-    kafka_bootstrap: str,
-    ct_url: str,
-    project_key: str,
-    ct: CommercetoolsClient,
-    topic: str,
-    tmp_path: Path,
-    localstripe: LocalStripe,
-) -> None:
+async def test_third_party_adapter_is_routed_to(example_adapter_installed: None, world: World) -> None:
     """An installed plugin serves its interface while STRIPE and the sandbox keep working."""
     acme = AdapterRoute(interface="ACME", adapter="acme", settings={"merchant": "shop1"})
     payments = [
-        await ct.create_payment(draft([("Charge", 1000)], interface="ACME")),
-        await ct.create_payment(draft([("Charge", 1000)], interface="STRIPE")),
-        await ct.create_payment(draft([("Charge", 1000)], interface="sandbox")),
+        await world.ct.create_payment(draft([("Charge", 1000)], interface="ACME")),
+        await world.ct.create_payment(draft([("Charge", 1000)], interface="STRIPE")),
+        await world.ct.create_payment(draft([("Charge", 1000)], interface="sandbox")),
     ]
-    await publish_twice(kafka_bootstrap, topic, project_key, payments)
-    settings = settings_for(
-        ct_url=ct_url, project_key=project_key, bootstrap=kafka_bootstrap, topic=topic, ledger=tmp_path / "l.sqlite",
-        routes=[acme, *stripe_routes(localstripe)],
-    )  # fmt: skip
+    await world.publish_twice(payments)
+    settings = world.settings(acme)
     async with running_worker(settings):
-        settled = await wait_until_settled(ct, [p.id for p in payments], timeout_s=60)
+        settled = await wait_until_settled(world.ct, [p.id for p in payments], timeout_s=60)
     references = [p.transactions[0].interaction_id or "" for p in settled]
     assert [r.split("_")[0] for r in references] == ["acme", "pi", "sbx"]
     assert all(p.transactions[0].state.value == "Success" for p in settled)

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from connector.adapters.contract import Operation, OperationRequest, Outcome, masked
 from connector.errors import PspUnavailable
-from connector.models.payment import Transaction, TransactionState, TransactionType
+from connector.models.payment import TransactionState, TransactionType
 
 PI_STATES = {
     "requires_capture": TransactionState.SUCCESS,  # authorized
@@ -69,44 +69,35 @@ class StripeAdapter:
         return await self._create_intent(request, Operation.AUTHORIZE, capture_method="manual")
 
     async def charge(self, request: OperationRequest) -> Outcome:
-        authorization = _successful(request, TransactionType.AUTHORIZATION)
-        if authorization is None:
+        intent_id = _intent_of(request, TransactionType.AUTHORIZATION)
+        if intent_id is None:
             return await self._create_intent(request, Operation.CHARGE, capture_method="automatic")
-        intent_id = authorization.interaction_id or ""
-        summary = _summary(request, Operation.CHARGE, payment_intent=intent_id)
+        params: stripe.params.PaymentIntentCaptureParams = {"amount_to_capture": request.transaction.amount.cent_amount}
+        capture = self._stripe.payment_intents.capture_async
         return await self._call(
-            summary,
-            lambda: self._stripe.payment_intents.capture_async(
-                intent_id, {"amount_to_capture": request.transaction.amount.cent_amount}, _options(request)
-            ),
-            PI_STATES,
+            request, Operation.CHARGE, lambda: capture(intent_id, params, _options(request)), PI_STATES, intent_id
         )
 
     async def refund(self, request: OperationRequest) -> Outcome:
-        charge = _successful(request, TransactionType.CHARGE)
-        if charge is None:
+        intent_id = _intent_of(request, TransactionType.CHARGE)
+        if intent_id is None:
             return _refused(request, Operation.REFUND, "no_charge", "No successful Stripe charge to refund")
-        intent_id = charge.interaction_id or ""
-        summary = _summary(request, Operation.REFUND, payment_intent=intent_id)
-        return await self._call(
-            summary,
-            lambda: self._stripe.refunds.create_async(
-                {"payment_intent": intent_id, "amount": request.transaction.amount.cent_amount, "metadata": _metadata(request)},
-                _options(request),
-            ),
-            REFUND_STATES,
-        )
+        params: stripe.params.RefundCreateParams = {
+            "payment_intent": intent_id,
+            "amount": request.transaction.amount.cent_amount,
+            "metadata": _metadata(request),
+        }
+        create = self._stripe.refunds.create_async
+        return await self._call(request, Operation.REFUND, lambda: create(params, _options(request)), REFUND_STATES, intent_id)
 
     async def cancel_authorization(self, request: OperationRequest) -> Outcome:
-        authorization = _successful(request, TransactionType.AUTHORIZATION)
-        if authorization is None:
+        intent_id = _intent_of(request, TransactionType.AUTHORIZATION)
+        if intent_id is None:
             return _refused(request, Operation.CANCEL_AUTHORIZATION, "no_authorization", "No Stripe authorization to cancel")
-        intent_id = authorization.interaction_id or ""
-        summary = _summary(request, Operation.CANCEL_AUTHORIZATION, payment_intent=intent_id)
+        cancel = self._stripe.payment_intents.cancel_async
+        states = {**PI_STATES, "canceled": TransactionState.SUCCESS}
         return await self._call(
-            summary,
-            lambda: self._stripe.payment_intents.cancel_async(intent_id, None, _options(request)),
-            {**PI_STATES, "canceled": TransactionState.SUCCESS},
+            request, Operation.CANCEL_AUTHORIZATION, lambda: cancel(intent_id, None, _options(request)), states, intent_id
         )
 
     async def aclose(self) -> None:
@@ -119,31 +110,28 @@ class StripeAdapter:
         if token is None or not token.value:
             return _refused(request, operation, "no_payment_method", "The payment has no payment method token")
         amount = request.transaction.amount
-        summary = _summary(request, operation, payment_method=masked(token.value))
-        return await self._call(
-            summary,
-            lambda: self._stripe.payment_intents.create_async(
-                {
-                    "amount": amount.cent_amount,
-                    "currency": amount.currency_code.lower(),
-                    "capture_method": capture_method,
-                    "confirm": True,
-                    "payment_method": token.value,
-                    "allowed_payment_method_types": self._payment_method_types,
-                    "metadata": _metadata(request),
-                },
-                _options(request),
-            ),
-            PI_STATES,
-        )
+        params: stripe.params.PaymentIntentCreateParams = {
+            "amount": amount.cent_amount,
+            "currency": amount.currency_code.lower(),
+            "capture_method": capture_method,
+            "confirm": True,
+            "payment_method": token.value,
+            "allowed_payment_method_types": self._payment_method_types,
+            "metadata": _metadata(request),
+        }
+        create = self._stripe.payment_intents.create_async
+        return await self._call(request, operation, lambda: create(params, _options(request)), PI_STATES)
 
     async def _call(
         self,
-        summary: dict[str, Any],
+        request: OperationRequest,
+        operation: Operation,
         call: Callable[[], Awaitable[stripe.PaymentIntent | stripe.Refund]],
         states: Mapping[str, TransactionState],
+        payment_intent: str | None = None,
     ) -> Outcome:
         """Runs one Stripe call and maps its answer; transient faults raise PspUnavailable."""
+        summary = _summary(request, operation, payment_intent)
         try:
             result = await call()
         except stripe.CardError as exc:
@@ -170,11 +158,11 @@ class StripeAdapter:
         return Outcome(state, answer["id"], code, text, summary, response)
 
 
-def _successful(request: OperationRequest, kind: TransactionType) -> Transaction | None:
-    """The payment's successful transaction of ``kind`` that Stripe knows (by its PaymentIntent id)."""
+def _intent_of(request: OperationRequest, kind: TransactionType) -> str | None:
+    """The PaymentIntent of the payment's successful transaction of ``kind``, if Stripe made one."""
     return next(
         (
-            t
+            t.interaction_id
             for t in request.payment.transactions
             if t.type is kind and t.state is TransactionState.SUCCESS and (t.interaction_id or "").startswith("pi_")
         ),
@@ -186,7 +174,8 @@ def _refused(request: OperationRequest, operation: Operation, code: str, text: s
     return Outcome(TransactionState.FAILURE, None, code, text, _summary(request, operation), {"refusedBy": "stripe adapter"})
 
 
-def _summary(request: OperationRequest, operation: Operation, **extra: str | None) -> dict[str, Any]:
+def _summary(request: OperationRequest, operation: Operation, payment_intent: str | None = None) -> dict[str, Any]:
+    """What was asked of Stripe, for the interaction log: never the key, the token only masked."""
     amount = request.transaction.amount
     summary = {
         "psp": "stripe",
@@ -195,12 +184,12 @@ def _summary(request: OperationRequest, operation: Operation, **extra: str | Non
         "currency": amount.currency_code,
         "idempotencyKey": request.idempotency_key,
     }
-    return summary | {_camel(k): v for k, v in extra.items() if v}
-
-
-def _camel(name: str) -> str:
-    first, *rest = name.split("_")
-    return first + "".join(part.title() for part in rest)
+    token = request.payment.payment_method_info.token
+    if operation in (Operation.AUTHORIZE, Operation.CHARGE) and payment_intent is None and token is not None:
+        summary["paymentMethod"] = masked(token.value)
+    if payment_intent:
+        summary["paymentIntent"] = payment_intent
+    return summary
 
 
 def _metadata(request: OperationRequest) -> dict[str, str]:
