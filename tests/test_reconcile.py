@@ -9,15 +9,17 @@ from typing import Any
 
 import pytest
 
+from connector.adapters.contract import OperationRequest, Outcome
 from connector.adapters.registry import AdapterRegistry
 from connector.adapters.sandbox import SandboxAdapter, SandboxLedger
 from connector.commercetools.client import CommercetoolsClient
 from connector.demo import as_json, payment_draft
-from connector.errors import ClaimHeld
+from connector.errors import ClaimHeld, PspUnavailable
 from connector.models.delivery import PaymentTrigger
 from connector.models.payment import Payment
 from connector.processor.decisions import idempotency_key
 from connector.processor.reconcile import Processor, ProcessorSettings
+from connector.retrying import Backoff
 from tests.support import INTERACTION_TYPE_KEY, ConcurrentWriter
 
 
@@ -157,3 +159,33 @@ async def test_deleted_payment_is_skipped(ct: CommercetoolsClient, sandbox: Sand
     """A delivery for a payment that no longer exists is skipped."""
     payment = Payment.model_validate(as_json(await ct.create_payment(payment_draft(1000, (), ()))) | {"id": "gone-0000"})
     assert (await processor_for(ct, sandbox, project_key).reconcile(trigger(payment))).outcome == "payment_not_found"
+
+
+class Unreachable:
+    """The sandbox behind a network that fails twice: a fault the simulator itself does not produce."""
+
+    def __init__(self, inner: SandboxAdapter) -> None:
+        self._inner = inner
+        self.keys: list[str] = []
+
+    async def charge(self, request: OperationRequest) -> Outcome:
+        self.keys.append(request.idempotency_key)
+        if len(self.keys) <= 2:
+            raise PspUnavailable("connection reset")
+        return await self._inner.charge(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+async def test_psp_faults_are_retried_with_the_same_key(
+    ct: CommercetoolsClient, sandbox: SandboxAdapter, ledger: SandboxLedger, project_key: str
+) -> None:
+    """A PSP that is unreachable twice is called a third time with the same idempotency key."""
+    payment = await ct.create_payment(payment_draft(1000, (), (("Charge", 1000),)))
+    flaky = Unreachable(sandbox)
+    settings = ProcessorSettings(project_key, INTERACTION_TYPE_KEY, psp_backoff=Backoff(attempts=3, wait_initial_s=0.01))
+    await Processor(ct, AdapterRegistry({("sandbox", None): flaky}), settings).reconcile(trigger(payment))
+    assert len(flaky.keys) == 3 and len(set(flaky.keys)) == 1
+    assert (await ct.get_payment(payment.id)).transactions[0].state.value == "Success"
+    assert [e.calls for e in ledger.executions()] == [1]

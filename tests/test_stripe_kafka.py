@@ -1,6 +1,7 @@
 """End to end with Stripe: Kafka deliveries, the worker, the commercetools emulator and localstripe."""
 
 import asyncio
+import json
 import subprocess
 import sys
 import uuid
@@ -142,6 +143,11 @@ async def test_stripe_operations_end_to_end(world: World) -> None:
                 assert (transaction.interaction_id or "")[:3] in ("pi_", "re_"), name
         sent = stripe_requests_for(requests, payment)
         assert all(r["headers"]["Idempotency-Key"].startswith(tuple(t.id for t in payment.transactions)) for r in sent), name
+
+    # Interactions name the payment method by its last characters only, and never a key.
+    logged = json.dumps([i.fields for p in settled.values() for i in p.interface_interactions])
+    assert not [secret for secret in (*KEYS.values(), VISA, DECLINING) if secret in logged]
+    assert "***visa" in logged
 
     # Each PaymentIntent and refund exactly once, though every delivery came twice.
     intents = await world.localstripe.objects("payment_intents")
