@@ -8,7 +8,9 @@ from connector.commercetools.client import CommercetoolsClient
 from connector.commercetools.interaction_type import interaction_type_draft
 from connector.config import Settings
 from connector.processor.reconcile import Processor, ProcessorSettings
+from connector.sources.contract import Source
 from connector.sources.kafka import KafkaConfig, KafkaSource
+from connector.sources.pubsub import PubSubConfig, PubSubSource
 from connector.worker import DELIVERY_BACKOFF, Worker, WorkerLimits
 
 
@@ -26,8 +28,21 @@ def build_commercetools(settings: Settings) -> CommercetoolsClient:
     )
 
 
-def build_source(settings: Settings) -> KafkaSource:
+def build_source(settings: Settings) -> Source:
+    if settings.pubsub is not None:
+        pubsub = settings.pubsub
+        return PubSubSource(
+            PubSubConfig(
+                project_id=pubsub.project_id,
+                subscription=pubsub.subscription,
+                dead_letter_topic=pubsub.dead_letter_topic or None,
+                max_messages=pubsub.max_messages,
+                max_bytes=pubsub.max_bytes,
+                max_lease_s=pubsub.max_lease_s,
+            )
+        )
     kafka = settings.kafka
+    assert kafka is not None  # Settings holds exactly one source
     return KafkaSource(
         KafkaConfig(
             bootstrap_servers=kafka.bootstrap_servers,

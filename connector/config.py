@@ -47,10 +47,21 @@ class KafkaSettings(BaseSettings):
     commit_interval_s: float = Field(default=1.0, gt=0)
 
 
+class PubSubSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PUBSUB_", extra="ignore")
+
+    project_id: str = Field(min_length=1)
+    subscription: str = Field(min_length=1, description="subscription id in the project")
+    dead_letter_topic: str = Field(default="", description="empty: the subscription's dead-letter policy")
+    max_messages: int = Field(default=64, ge=1, description="outstanding messages (flow control)")
+    max_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="outstanding bytes (flow control)")
+    max_lease_s: int = Field(default=3600, ge=10, description="how long a message's lease is extended at most")
+
+
 class WorkerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CONNECTOR_", extra="ignore")
 
-    source: Literal["kafka"] = "kafka"
+    source: Literal["kafka", "pubsub"] = "kafka"
     adapters: list[AdapterRoute] = Field(min_length=1, description="JSON list of adapter routes")
     interaction_type_key: str = "connector-payment-interaction"
     max_in_flight: int = Field(default=64, ge=1)
@@ -63,12 +74,21 @@ class WorkerSettings(BaseSettings):
 
 
 class Settings:
-    """All the settings one worker needs, validated together."""
+    """All the settings one worker needs, validated together; only the chosen source's are read."""
 
-    def __init__(self, commercetools: CommercetoolsSettings, worker: WorkerSettings, kafka: KafkaSettings) -> None:
+    def __init__(
+        self,
+        commercetools: CommercetoolsSettings,
+        worker: WorkerSettings,
+        kafka: KafkaSettings | None = None,
+        pubsub: PubSubSettings | None = None,
+    ) -> None:
+        if (kafka is None) == (pubsub is None):
+            raise ValueError("settings need exactly one source: Kafka or Pub/Sub")
         self.commercetools = commercetools
         self.worker = worker
         self.kafka = kafka
+        self.pubsub = pubsub
 
 
 G = TypeVar("G", bound=BaseSettings)
@@ -96,11 +116,13 @@ def load_settings(env_file: str | Path | None = ".env", secrets_dir: str | Path 
 
     commercetools = load(CommercetoolsSettings)
     worker = load(WorkerSettings)
-    kafka = load(KafkaSettings)
+    pubsub = worker is not None and worker.source == "pubsub"
+    kafka_settings = load(KafkaSettings) if worker is not None and not pubsub else None
+    pubsub_settings = load(PubSubSettings) if pubsub else None
     if problems:
         raise ConfigurationError("invalid settings:\n" + "\n".join(f"  {p}" for p in problems))
-    assert commercetools is not None and worker is not None and kafka is not None
-    return Settings(commercetools, worker, kafka)
+    assert commercetools is not None and worker is not None
+    return Settings(commercetools, worker, kafka_settings, pubsub_settings)
 
 
 def without_files(group: type[G], **values: Any) -> G:

@@ -81,7 +81,7 @@ class Worker:
         structlog.contextvars.bind_contextvars(
             message_id=trigger.message_id, payment_id=trigger.payment_id, position=delivery.position
         )
-        attempt = 1
+        attempt = delivery.attempt
         while True:
             try:
                 async with asyncio.timeout(self._limits.delivery_timeout_s):
@@ -95,6 +95,8 @@ class Worker:
                 log.warning(
                     "delivery.retrying", error=failure_policy.describe(exc), attempt=attempt, delay_s=round(decision.delay_s, 3)
                 )
+                if await delivery.retry_later(decision.delay_s):
+                    return  # the queue brings it back
                 await asyncio.sleep(decision.delay_s)
                 attempt += 1
                 continue

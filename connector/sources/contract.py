@@ -17,8 +17,18 @@ class Delivery(Protocol):
         """Where the message sits in its queue, for logs (never its content)."""
         ...
 
+    @property
+    def attempt(self) -> int:
+        """Which delivery of this message this is, when the queue counts them (else 1)."""
+        ...
+
     async def ack(self) -> None:
         """The outcome is stored (or the message is not ours): never deliver it again."""
+
+    async def retry_later(self, delay_s: float) -> bool:
+        """Hands the message back to come again after about ``delay_s``; False when the queue
+        cannot (Kafka: a partition is read in order), and the caller then retries in place."""
+        ...
 
     async def dead_letter(self, reason: str, attempts: int) -> None:
         """Moves the message aside, with why and after how many attempts, then acknowledges it."""

@@ -90,8 +90,15 @@ class KafkaDelivery:
     def position(self) -> str:
         return f"{self.record.topic}/{self.record.partition}@{self.record.offset}"
 
+    @property
+    def attempt(self) -> int:
+        return 1  # Kafka does not count deliveries; the worker counts its own attempts
+
     async def ack(self) -> None:
         self.offsets.finished(self.record.offset)
+
+    async def retry_later(self, delay_s: float) -> bool:
+        return False  # skipping a record would hold back the partition's commits just the same
 
     async def dead_letter(self, reason: str, attempts: int) -> None:
         await self.source.publish_dead_letter(self.record, reason, attempts)

@@ -1,0 +1,154 @@
+"""Google Cloud Pub/Sub source: streaming pull with flow control, ack only after the effect.
+
+The client library calls back on its own threads; each message is handed to the event loop and
+waits in a queue there. Flow control bounds how many messages (and bytes) are outstanding, and the
+library extends their leases while they are processed, so long PSP calls keep them.
+
+Poison deliveries: with ``dead_letter_topic`` set, the message is published there with attributes
+naming the reason, the attempt count and its origin, then acknowledged. Without it, the message is
+nacked and the subscription's own dead-letter policy moves it aside after its maximum number of
+delivery attempts (that policy must then exist: ``start`` checks).
+"""
+
+import asyncio
+from collections.abc import AsyncIterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import structlog
+from google.api_core.exceptions import GoogleAPICallError
+from google.cloud import pubsub_v1
+from google.cloud.pubsub_v1.subscriber.message import Message
+
+from connector.errors import ConfigurationError
+
+log = structlog.get_logger("connector.sources.pubsub")
+
+MAX_ACK_DEADLINE_S = 600  # Pub/Sub's upper bound
+
+
+@dataclass(frozen=True, slots=True)
+class PubSubConfig:
+    project_id: str
+    subscription: str
+    dead_letter_topic: str | None = None
+    max_messages: int = 64
+    max_bytes: int = 16 * 1024 * 1024
+    max_lease_s: int = 3600
+    start_timeout_s: float = 30.0
+
+
+@dataclass(slots=True)
+class PubSubDelivery:
+    message: Message
+    source: "PubSubSource"
+
+    @property
+    def body(self) -> bytes:
+        return bytes(self.message.data)
+
+    @property
+    def position(self) -> str:
+        return f"{self.source.subscription_id}/{self.message.message_id}"
+
+    @property
+    def attempt(self) -> int:
+        return self.source.attempt(self.message)
+
+    async def ack(self) -> None:
+        self.message.ack()
+        self.source.settled(self.message)
+
+    async def retry_later(self, delay_s: float) -> bool:
+        """Pub/Sub redelivers once the deadline passes: a nack that waits ``delay_s``."""
+        self.message.modify_ack_deadline(max(0, min(MAX_ACK_DEADLINE_S, round(delay_s))))
+        self.message.drop()  # out of lease management, so the deadline is not extended again
+        return True
+
+    async def dead_letter(self, reason: str, attempts: int) -> None:
+        await self.source.dead_letter(self.message, reason, attempts)
+        self.source.settled(self.message)
+
+
+class PubSubSource:
+    def __init__(self, config: PubSubConfig) -> None:
+        self._config = config
+        self._subscriber = pubsub_v1.SubscriberClient()
+        self._publisher = pubsub_v1.PublisherClient() if config.dead_letter_topic else None
+        self._path = self._subscriber.subscription_path(config.project_id, config.subscription)
+        self._queue: asyncio.Queue[Message] = asyncio.Queue()
+        self._pull: Future[None] | None = None
+        self._received: dict[str, int] = {}  # message id -> deliveries seen by this process
+
+    @property
+    def subscription_id(self) -> str:
+        return self._config.subscription
+
+    async def start(self) -> None:
+        """Checks the subscription (and its dead-letter set-up), then starts the streaming pull."""
+        try:
+            subscription = await asyncio.wait_for(
+                asyncio.to_thread(self._subscriber.get_subscription, request={"subscription": self._path}),
+                self._config.start_timeout_s,
+            )
+        except GoogleAPICallError as exc:
+            raise ConfigurationError(f"Pub/Sub subscription {self._path} cannot be read: {exc.__class__.__name__}") from None
+        if not self._config.dead_letter_topic and not subscription.dead_letter_policy.dead_letter_topic:
+            raise ConfigurationError(
+                f"PUBSUB_DEAD_LETTER_TOPIC is empty and subscription {self._path} has no dead-letter policy:"
+                " poison deliveries would come back forever"
+            )
+        loop = asyncio.get_running_loop()
+        flow_control = pubsub_v1.types.FlowControl(
+            max_messages=self._config.max_messages,
+            max_bytes=self._config.max_bytes,
+            max_lease_duration=self._config.max_lease_s,
+        )
+        self._pull = self._subscriber.subscribe(
+            self._path, lambda message: loop.call_soon_threadsafe(self._queue.put_nowait, message), flow_control=flow_control
+        )
+
+    async def deliveries(self, stop: asyncio.Event) -> AsyncIterator[PubSubDelivery]:
+        while not stop.is_set():
+            try:
+                message = await asyncio.wait_for(self._queue.get(), timeout=0.5)
+            except TimeoutError:
+                if self._pull is not None and self._pull.done():
+                    self._pull.result()  # the streaming pull died: raise its error, and the process restarts
+                continue
+            # Without a dead-letter policy Pub/Sub does not count deliveries: count them here.
+            self._received[message.message_id] = self._received.get(message.message_id, 0) + 1
+            yield PubSubDelivery(message, self)
+
+    def attempt(self, message: Message) -> int:
+        return message.delivery_attempt or self._received.get(message.message_id, 1)
+
+    def settled(self, message: Message) -> None:
+        self._received.pop(message.message_id, None)
+
+    async def dead_letter(self, message: Message, reason: str, attempts: int) -> None:
+        if self._publisher is None or not self._config.dead_letter_topic:
+            message.nack()  # the subscription's dead-letter policy takes it after its maximum attempts
+            return
+        topic = self._publisher.topic_path(self._config.project_id, self._config.dead_letter_topic)
+        published = self._publisher.publish(
+            topic,
+            bytes(message.data),
+            dlq_reason=reason,
+            dlq_attempts=str(attempts),
+            dlq_original_subscription=self._path,
+            dlq_original_message_id=message.message_id,
+        )
+        await asyncio.wait_for(asyncio.wrap_future(published), timeout=30.0)
+        message.ack()
+
+    async def close(self) -> None:
+        """Hands back what was received but not started, then stops the streaming pull."""
+        while not self._queue.empty():
+            self._queue.get_nowait().nack()
+        if self._pull is not None:
+            self._pull.cancel()
+            await asyncio.to_thread(self._pull.result, timeout=30)
+        self._subscriber.close()
+        if self._publisher is not None:
+            self._publisher.stop()
