@@ -17,8 +17,10 @@ from connector.commercetools.client import CommercetoolsClient
 from connector.commercetools.interaction_type import interaction_type_draft
 from connector.peers.ctmock import LocalCommercetools
 from connector.peers.kafka import LocalKafka
+from connector.peers.pubsub import LocalPubSub
 from connector.retrying import Backoff
 from tests.localstripe_peer import LocalStripe
+from tests.queues import EventQueue, KafkaQueue, PubSubQueue
 from tests.support import INTERACTION_TYPE_KEY
 
 
@@ -89,3 +91,21 @@ async def localstripe(localstripe_server: LocalStripe) -> LocalStripe:
     """localstripe with an empty store: it gets slower as its store grows."""
     await localstripe_server.clear()
     return localstripe_server
+
+
+@pytest.fixture(scope="session")
+def pubsub_emulator() -> Iterator[LocalPubSub]:
+    with LocalPubSub() as emulator:
+        yield emulator
+
+
+@pytest.fixture(params=["kafka", "pubsub"])
+async def queue(request: pytest.FixtureRequest) -> EventQueue:
+    """Each source in turn, with topics of its own; only the peer it needs is started."""
+    chosen: EventQueue = (
+        KafkaQueue(request.getfixturevalue("kafka_bootstrap"))
+        if request.param == "kafka"
+        else (request.getfixturevalue("pubsub_emulator") and PubSubQueue())
+    )
+    await chosen.create()
+    return chosen

@@ -13,32 +13,32 @@ from connector.adapters.registry import AdapterRoute
 from connector.adapters.sandbox import SandboxAdapter
 from connector.app import run_worker
 from connector.commercetools.client import CommercetoolsClient
-from connector.config import CommercetoolsSettings, KafkaSettings, Settings, WorkerSettings, without_files
+from connector.config import CommercetoolsSettings, Settings, WorkerSettings, without_files
+from tests.queues import EventQueue
 
 INTERACTION_TYPE_KEY = "connector-payment-interaction"
 CLIENT_SECRET = "test-client-secret-s3cr3t"
 
 
 def settings_for(
+    queue: EventQueue,
     *,
     ct_url: str,
     project_key: str,
-    bootstrap: str,
-    topic: str,
     ledger: Path,
     latency_ms: int = 0,
     routes: Sequence[AdapterRoute] = (),
     **worker: Any,
 ) -> Settings:
-    """A worker against the session's peers: the sandbox serves ``sandbox``, ``routes`` the rest."""
+    """A worker on ``queue`` against the session's peers: the sandbox serves ``sandbox``, ``routes`` the rest."""
     route = AdapterRoute(interface="sandbox", adapter="sandbox", settings={"ledger_path": str(ledger), "latency_ms": latency_ms})
     return Settings(
         without_files(
             CommercetoolsSettings, project_key=project_key, client_id="test-client",
             client_secret=SecretStr(CLIENT_SECRET), auth_url=ct_url, api_url=ct_url,
         ),
-        without_files(WorkerSettings, adapters=[route, *routes], **worker),
-        without_files(KafkaSettings, bootstrap_servers=bootstrap, topic=topic, group_id=f"group-{topic}", commit_interval_s=0.2),
+        without_files(WorkerSettings, source=queue.name, adapters=[route, *routes], **worker),
+        **queue.source_settings(),
     )  # fmt: skip
 
 

@@ -59,6 +59,14 @@ def test_fresh_claim_of_another_worker_holds_the_payment() -> None:
     assert plan.work == () and plan.held_until == NOW + timedelta(seconds=20)
 
 
+def test_own_abandoned_claim_is_taken_back_at_once() -> None:
+    """A fresh claim that this worker made in a failed attempt does not hold its own retry."""
+    key = decisions.idempotency_key("tx-0", payment(("Charge", 1, "Initial")).transactions[0].type)
+    p = payment(("Charge", 500, "Initial"), interactions=[claim(key, NOW - timedelta(seconds=1))])
+    plan = decisions.plan_work(p, now=NOW, lease=LEASE, abandoned={key})
+    assert [w.idempotency_key for w in plan.work] == [key] and plan.held_until is None
+
+
 def test_stale_claim_is_taken_over_with_the_same_key() -> None:
     """A claim older than the lease is taken over; the idempotency key stays the same."""
     key = decisions.idempotency_key("tx-0", payment(("Charge", 1, "Initial")).transactions[0].type)

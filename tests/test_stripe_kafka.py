@@ -1,10 +1,11 @@
-"""End to end with Stripe: Kafka deliveries, the worker, the commercetools emulator and localstripe."""
+"""End to end with Stripe: Kafka deliveries, the worker, the commercetools emulator and localstripe.
+
+The source does not matter here (test_worker_e2e.py runs both): Kafka stands for either."""
 
 import asyncio
 import json
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,11 +20,10 @@ from connector.config import Settings
 from connector.demo import as_json, wait_until_settled
 from connector.models.payment import Payment
 from connector.peers import messages
-from connector.peers.kafka import create_topics
 from connector.processor.decisions import idempotency_key
 from tests.localstripe_peer import LocalStripe
+from tests.queues import KafkaQueue
 from tests.support import INTERACTION_TYPE_KEY, running_worker, settings_for
-from tests.test_worker_kafka import publish
 
 pytestmark = pytest.mark.e2e
 
@@ -74,8 +74,7 @@ class World:
     ct: CommercetoolsClient
     ct_url: str
     project_key: str
-    bootstrap: str
-    topic: str
+    queue: KafkaQueue
     localstripe: LocalStripe
     ledger: Path
 
@@ -91,16 +90,13 @@ class World:
             for account, key in KEYS.items()
         ]
         return settings_for(
-            ct_url=self.ct_url, project_key=self.project_key, bootstrap=self.bootstrap, topic=self.topic, ledger=self.ledger,
-            routes=[*routes, *stripe], **worker,
-        )  # fmt: skip
+            self.queue, ct_url=self.ct_url, project_key=self.project_key, ledger=self.ledger, routes=[*routes, *stripe], **worker
+        )
 
     async def publish_twice(self, payments: list[Payment]) -> None:
         """Each payment's PaymentCreated in both formats: every transaction is delivered twice."""
         formats: tuple[messages.Format, ...] = ("platform", "cloudevents")
-        await publish(
-            self.bootstrap,
-            self.topic,
+        await self.queue.publish(
             [messages.payment_created(self.project_key, as_json(p), f) for p in payments for f in formats],
         )
 
@@ -109,9 +105,9 @@ class World:
 async def world(
     kafka_bootstrap: str, ct_url: str, project_key: str, ct: CommercetoolsClient, tmp_path: Path, localstripe: LocalStripe
 ) -> World:
-    topic = f"stripe-{uuid.uuid4().hex[:10]}"
-    await create_topics(kafka_bootstrap, topic, f"{topic}.dlq", partitions=4)
-    return World(ct, ct_url, project_key, kafka_bootstrap, topic, localstripe, tmp_path / "ledger.sqlite")
+    queue = KafkaQueue(kafka_bootstrap)
+    await queue.create()
+    return World(ct, ct_url, project_key, queue, localstripe, tmp_path / "ledger.sqlite")
 
 
 def stripe_requests_for(requests: list[dict[str, Any]], payment: Payment) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ The protocol (DESIGN.md section 3) in terms of these functions:
 """
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -63,7 +63,8 @@ def idempotency_key(transaction_id: str, transaction_type: TransactionType) -> s
     return f"{transaction_id}-{transaction_type.value}"
 
 
-def plan_work(payment: Payment, *, now: datetime, lease: timedelta) -> Plan:
+def plan_work(payment: Payment, *, now: datetime, lease: timedelta, abandoned: Collection[str] = ()) -> Plan:
+    """``abandoned``: keys this worker claimed in an attempt that has ended, which it may take back at once."""
     claimed_at = _latest_claims(payment)
     work: list[Work] = []
     held_until: datetime | None = None
@@ -72,7 +73,7 @@ def plan_work(payment: Payment, *, now: datetime, lease: timedelta) -> Plan:
             continue
         key = idempotency_key(transaction.id, transaction.type)
         claim = claimed_at.get(key)
-        if claim is not None and claim + lease > now:
+        if claim is not None and claim + lease > now and key not in abandoned:
             held_until = max(held_until or claim + lease, claim + lease)
         work.append(Work(transaction, OPERATION_FOR.get(transaction.type), key))
     if held_until is not None:

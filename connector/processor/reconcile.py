@@ -66,6 +66,9 @@ class Processor:
         self._settings = settings
         self._clock = clock
         self._lease = timedelta(seconds=settings.claim_lease_s)
+        # Keys this worker claimed in attempts that failed, and when: a retry here may take them back
+        # at once, because no call of ours is still running for them. Within the lease nobody else can.
+        self._abandoned: dict[str, datetime] = {}
 
     async def reconcile(self, trigger: PaymentTrigger) -> Reconciled:
         try:
@@ -79,8 +82,14 @@ class Processor:
             return Reconciled(trigger.payment_id, "payment_not_found")
         if not plan.work:
             return Reconciled(payment.id, "nothing_to_do")
-        results = await self._execute(payment, plan, route)
-        await self._store_outcomes(payment, results)
+        try:
+            results = await self._execute(payment, plan, route)
+            await self._store_outcomes(payment, results)
+        except BaseException:
+            self._abandoned.update((work.idempotency_key, self._clock()) for work in plan.work)
+            raise
+        for work in plan.work:
+            self._abandoned.pop(work.idempotency_key, None)
         return Reconciled(payment.id, "done", tuple(results))
 
     async def _claim(self, payment: Payment, *, fetched: bool) -> tuple[Payment, Plan]:
@@ -89,9 +98,11 @@ class Processor:
         ``fetched`` tells whether ``payment`` was read through the API: a message's copy may be
         stale and carries the payment method token masked.
         """
+        now = self._clock()
+        self._abandoned = {key: at for key, at in self._abandoned.items() if at + self._lease > now}
         for _ in range(self._settings.max_conflicts):
             now = self._clock()
-            plan = decisions.plan_work(payment, now=now, lease=self._lease)
+            plan = decisions.plan_work(payment, now=now, lease=self._lease, abandoned=self._abandoned)
             if plan.held_until is not None:
                 wait_s = (plan.held_until - now).total_seconds()
                 raise ClaimHeld(f"a transaction is claimed by another worker for {wait_s:.1f}s more", wait_s)
