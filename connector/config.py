@@ -117,7 +117,7 @@ def load_settings(env_file: str | Path | None = ".env", secrets_dir: str | Path 
     commercetools = load(CommercetoolsSettings)
     worker = load(WorkerSettings)
     pubsub = worker is not None and worker.source == "pubsub"
-    kafka_settings = load(KafkaSettings) if worker is not None and not pubsub else None
+    kafka_settings = None if pubsub else load(KafkaSettings)  # Kafka is the default source
     pubsub_settings = load(PubSubSettings) if pubsub else None
     if problems:
         raise ConfigurationError("invalid settings:\n" + "\n".join(f"  {p}" for p in problems))
