@@ -4,6 +4,7 @@ import asyncio
 import logging
 import signal
 import sys
+from typing import Annotated, Literal
 
 import structlog
 import typer
@@ -40,14 +41,14 @@ def run() -> None:
 
 
 @app.command()
-def demo() -> None:
-    """Show the connector at work on this machine: local Kafka, commercetools emulator, sandbox PSP."""
+def demo(source: Annotated[Literal["kafka", "pubsub"], typer.Option(help="the queue to run on")] = "kafka") -> None:
+    """Show the connector at work on this machine: a local queue, the commercetools emulator, the sandbox PSP."""
     configure_logging("console" if sys.stderr.isatty() else "json", "warning")
     # A fresh broker answers the first group join with a retried coordinator error: noise in a demo.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     from connector.demo import main as demo_main
 
-    raise typer.Exit(demo_main())
+    raise typer.Exit(demo_main(source))
 
 
 async def _until_signalled(main) -> None:  # type: ignore[no-untyped-def]

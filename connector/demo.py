@@ -1,6 +1,7 @@
 """``connector demo``: the whole product on one machine, with the sandbox PSP.
 
-Starts a local Kafka broker (or uses ``KAFKA_BOOTSTRAP_SERVERS``) and the commercetools emulator,
+Starts a local Kafka broker (or uses ``KAFKA_BOOTSTRAP_SERVERS``), or with ``--source pubsub`` the
+Pub/Sub emulator (or uses ``PUBSUB_EMULATOR_HOST``), and the commercetools emulator;
 creates payments with every transaction type, publishes their deliveries in both formats (with a
 duplicate, the subscription's test delivery and a malformed one), runs the worker until every
 transaction has left Initial, and prints each transaction's final state and PSP reference.
@@ -13,19 +14,20 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-from aiokafka import AIOKafkaProducer
 from pydantic import SecretStr
 
 from connector.adapters.registry import AdapterRoute
 from connector.app import build_commercetools, run_worker
 from connector.commercetools.client import CommercetoolsClient
-from connector.config import CommercetoolsSettings, KafkaSettings, Settings, WorkerSettings, without_files
+from connector.config import CommercetoolsSettings, Settings, WorkerSettings, without_files
 from connector.models.payment import Payment
 from connector.peers import messages
 from connector.peers.ctmock import LocalCommercetools
-from connector.peers.kafka import LocalKafka, create_topics
+from connector.peers.kafka import LocalKafka
+from connector.peers.pubsub import LocalPubSub
+from connector.peers.queues import KafkaTopic, LocalQueue, PubSubTopic
 
 PROJECT_KEY = "demo"
 INTERFACE = "sandbox"
@@ -72,21 +74,17 @@ def as_json(payment: Payment) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def local_peers() -> Iterator[tuple[str, str]]:
-    """(Kafka bootstrap servers, commercetools URL), starting what the environment does not give."""
+def local_peers(source: Literal["kafka", "pubsub"]) -> Iterator[tuple[LocalQueue, str]]:
+    """(a queue on the chosen source, the commercetools URL), starting what the environment does not give."""
     with contextlib.ExitStack() as stack:
-        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or stack.enter_context(LocalKafka()).bootstrap_servers
-        yield bootstrap, stack.enter_context(LocalCommercetools()).url
-
-
-async def publish(bootstrap: str, topic: str, deliveries: list[bytes]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    await producer.start()
-    try:
-        for body in deliveries:
-            await producer.send_and_wait(topic, body, key=b"commercetools")  # a fixed key, as Confluent sinks use
-    finally:
-        await producer.stop()
+        queue: LocalQueue
+        if source == "pubsub":
+            if not os.environ.get("PUBSUB_EMULATOR_HOST"):
+                stack.enter_context(LocalPubSub())
+            queue = PubSubTopic()
+        else:
+            queue = KafkaTopic(os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or stack.enter_context(LocalKafka()).bootstrap_servers)
+        yield queue, stack.enter_context(LocalCommercetools()).url
 
 
 async def create_payments(ct: CommercetoolsClient) -> list[Payment]:
@@ -129,8 +127,7 @@ def report(payments: list[Payment]) -> tuple[str, bool]:
     return "\n".join(lines), all_right
 
 
-async def run_demo(bootstrap: str, ct_url: str, timeout_s: float = 60.0) -> bool:
-    topic = f"demo-payments-{uuid.uuid4().hex[:8]}"
+async def run_demo(queue: LocalQueue, ct_url: str, timeout_s: float = 60.0) -> bool:
     ledger = os.path.join(tempfile.mkdtemp(prefix="connector-demo-"), "sandbox-ledger.sqlite")
     settings = Settings(
         without_files(
@@ -138,17 +135,17 @@ async def run_demo(bootstrap: str, ct_url: str, timeout_s: float = 60.0) -> bool
             client_secret=SecretStr("demo-secret"), auth_url=ct_url, api_url=ct_url,
         ),
         without_files(
-            WorkerSettings,
+            WorkerSettings, source=queue.name,
             adapters=[AdapterRoute(interface=INTERFACE, adapter="sandbox", settings={"ledger_path": ledger, "latency_ms": 50})],
         ),
-        without_files(KafkaSettings, bootstrap_servers=bootstrap, topic=topic, group_id=f"demo-{topic}"),
+        **queue.source_settings(),
     )  # fmt: skip
-    await create_topics(bootstrap, topic, f"{topic}.dlq")
+    await queue.create()
     ct = build_commercetools(settings)
     stop = asyncio.Event()
     try:
         payments = await create_payments(ct)
-        await publish(bootstrap, topic, deliveries_for(payments))
+        await queue.publish(deliveries_for(payments))
         async with asyncio.TaskGroup() as tasks:
             worker = tasks.create_task(run_worker(settings, stop))
             try:
@@ -164,6 +161,6 @@ async def run_demo(bootstrap: str, ct_url: str, timeout_s: float = 60.0) -> bool
     return all_right
 
 
-def main() -> int:
-    with local_peers() as (bootstrap, ct_url):
-        return 0 if asyncio.run(run_demo(bootstrap, ct_url)) else 1
+def main(source: Literal["kafka", "pubsub"] = "kafka") -> int:
+    with local_peers(source) as (queue, ct_url):
+        return 0 if asyncio.run(run_demo(queue, ct_url)) else 1

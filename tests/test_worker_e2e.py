@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import structlog
+from google.cloud import pubsub_v1
 
 from connector.adapters.contract import OperationRequest, Outcome
 from connector.adapters.registry import AdapterRegistry
@@ -23,6 +24,8 @@ from connector.demo import SCENARIOS, as_json, payment_draft, wait_until_settled
 from connector.errors import PspUnavailable
 from connector.models.payment import Payment
 from connector.peers import messages
+from connector.peers.pubsub import create_subscription
+from connector.peers.queues import PUBSUB_PROJECT
 from connector.processor.reconcile import Processor, ProcessorSettings
 from connector.retrying import Backoff
 from connector.worker import Worker, WorkerLimits
@@ -245,3 +248,83 @@ def test_bad_settings_exit_2_naming_the_setting(change: dict[str, str | None], n
     assert done.returncode == 2, done.stderr
     assert named in done.stderr
     assert CLIENT_SECRET not in done.stderr + done.stdout
+
+
+class FailsFor:
+    """The sandbox, unreachable for one payment only: a persistent fault the simulator cannot produce."""
+
+    def __init__(self, inner: SandboxAdapter, payment_id: str) -> None:
+        self._inner, self._payment_id = inner, payment_id
+
+    async def charge(self, request: OperationRequest) -> Outcome:
+        if request.payment.id == self._payment_id:
+            raise PspUnavailable("connection reset")
+        return await self._inner.charge(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+async def test_persistent_failure_is_dead_lettered_after_the_configured_attempts(
+    queue: EventQueue, ct_url: str, project_key: str, ct: CommercetoolsClient, tmp_path: Path
+) -> None:
+    """A delivery that keeps failing transiently is dead-lettered after max attempts; the next payment is processed."""
+    poison, healthy = [await ct.create_payment(payment_draft(1000, (), (("Charge", 1000),))) for _ in range(2)]
+    await queue.publish([messages.payment_created(project_key, as_json(p), "platform") for p in (poison, healthy)])
+    settings = settings_for(queue, ct_url=ct_url, project_key=project_key, ledger=tmp_path / "l.sqlite")
+    ledger = SandboxLedger(tmp_path / "l.sqlite")
+    processor = Processor(
+        ct, AdapterRegistry({("sandbox", None): FailsFor(SandboxAdapter(ledger), poison.id)}),
+        ProcessorSettings(project_key=project_key, interaction_type_key=INTERACTION_TYPE_KEY, psp_backoff=Backoff(attempts=1)),
+    )  # fmt: skip
+    limits = WorkerLimits(retry=Backoff(attempts=3, wait_initial_s=0.05, wait_max_s=0.1))
+    stop = asyncio.Event()
+    worker = asyncio.create_task(Worker(build_source(settings), processor, limits).run(stop))
+    try:
+        [settled] = await wait_until_settled(ct, [healthy.id], timeout_s=60)
+        [(body, headers)] = await queue.dead_letters(1, timeout_s=60)
+    finally:
+        stop.set()
+        await asyncio.wait_for(worker, timeout=30)
+    assert settled.transactions[0].state.value == "Success"
+    assert json.loads(body)["resource"]["id"] == poison.id
+    assert headers["attempts"] == "3" and "gave up after 3 attempts" in headers["reason"]
+    assert (await ct.get_payment(poison.id)).transactions[0].state.value == "Initial"  # replayable from the dead letters
+    assert await queue.unfinished() == 0
+
+
+async def test_pubsub_dead_letter_policy_takes_poison_after_its_attempts(
+    pubsub_emulator: object, ct_url: str, project_key: str, ct: CommercetoolsClient, tmp_path: Path
+) -> None:
+    """Without PUBSUB_DEAD_LETTER_TOPIC the subscription's policy moves a poison message aside after its attempts."""
+    queue = PubSubQueue()
+    dead_letters = queue.dead_letter_topic
+    await asyncio.to_thread(
+        create_subscription, PUBSUB_PROJECT, queue.topic, queue.subscription,
+        dead_letter_topic=dead_letters, max_delivery_attempts=5, ack_deadline_s=10,
+    )  # fmt: skip
+    await asyncio.to_thread(subscribe, dead_letters, f"{dead_letters}-reader")  # before anything is forwarded
+    queue.dead_letter_topic = ""  # the worker relies on the policy
+    payment = await ct.create_payment(payment_draft(1000, (), (("Charge", 1000),)))
+    await queue.publish([b"not json at all", messages.payment_created(project_key, as_json(payment), "platform")])
+    settings = settings_for(queue, ct_url=ct_url, project_key=project_key, ledger=tmp_path / "l.sqlite")
+    with structlog.testing.capture_logs() as logs:
+        async with running_worker(settings):
+            [settled] = await wait_until_settled(ct, [payment.id], timeout_s=60)
+            queue.dead_letter_topic = dead_letters
+            [(body, _)] = await queue.dead_letters(1, timeout_s=30)
+    assert settled.transactions[0].state.value == "Success" and body == b"not json at all"
+    assert sum(1 for line in logs if line["event"] == "delivery.dead_lettered") == 5  # one per delivery attempt
+
+
+def subscribe(topic: str, subscription: str) -> None:
+    subscriber = pubsub_v1.SubscriberClient()
+    try:
+        subscriber.create_subscription(
+            request={
+                "name": subscriber.subscription_path(PUBSUB_PROJECT, subscription),
+                "topic": f"projects/{PUBSUB_PROJECT}/topics/{topic}",
+            }
+        )
+    finally:
+        subscriber.close()
