@@ -17,7 +17,7 @@ from connector.commercetools.client import CommercetoolsClient
 from connector.commercetools.interaction_type import interaction_type_draft
 from connector.peers.ctmock import LocalCommercetools
 from connector.peers.kafka import LocalKafka
-from connector.peers.pubsub import LocalPubSub
+from connector.peers.pubsub import LocalPubSub, installed_emulator
 from connector.retrying import Backoff
 from tests.localstripe_peer import LocalStripe
 from tests.queues import EventQueue, KafkaQueue, PubSubQueue
@@ -94,9 +94,25 @@ async def localstripe(localstripe_server: LocalStripe) -> LocalStripe:
 
 
 @pytest.fixture(scope="session")
-def pubsub_emulator() -> Iterator[LocalPubSub]:
-    with LocalPubSub() as emulator:
-        yield emulator
+def pubsub_emulator() -> Iterator[str]:
+    """The emulator's host: ``PUBSUB_EMULATOR_HOST`` when set; else the machine's emulator; else
+    testcontainers' emulator container when a Docker engine answers."""
+    if host := os.environ.get("PUBSUB_EMULATOR_HOST"):
+        yield host
+    elif not installed_emulator() and _docker_answers():
+        from testcontainers.core.container import DockerContainer
+        from testcontainers.core.waiting_utils import wait_for_logs
+
+        image = "gcr.io/google.com/cloudsdktool/google-cloud-cli:emulators"
+        command = "gcloud beta emulators pubsub start --host-port=0.0.0.0:8085"
+        with DockerContainer(image).with_command(command).with_exposed_ports(8085) as container:
+            wait_for_logs(container, "Server started", timeout=120)
+            host = os.environ["PUBSUB_EMULATOR_HOST"] = f"{container.get_container_host_ip()}:{container.get_exposed_port(8085)}"
+            yield host
+            del os.environ["PUBSUB_EMULATOR_HOST"]
+    else:
+        with LocalPubSub() as emulator:
+            yield emulator.host
 
 
 @pytest.fixture(params=["kafka", "pubsub"])

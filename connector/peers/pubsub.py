@@ -23,8 +23,12 @@ LAUNCHERS = (
 READY_LINE = "Server started"
 
 
+def installed_emulator() -> str | None:
+    return next((path for path in LAUNCHERS if os.path.exists(path)), None) or shutil.which("cloud-pubsub-emulator")
+
+
 def launcher() -> str:
-    found = next((path for path in LAUNCHERS if os.path.exists(path)), None) or shutil.which("cloud-pubsub-emulator")
+    found = installed_emulator()
     if found is None:
         raise RuntimeError("the Pub/Sub emulator is not installed (Debian package google-cloud-cli-pubsub-emulator)")
     return found
