@@ -68,8 +68,8 @@ class Worker:
         try:
             parsed = parse_delivery(delivery.body)
         except BadDelivery as exc:
-            log.warning("delivery.dead_lettered", position=delivery.position, reason=str(exc), attempts=1)
-            await delivery.dead_letter(str(exc), attempts=1)
+            log.warning("delivery.dead_lettered", position=delivery.position, reason=str(exc), attempts=delivery.attempt)
+            await delivery.dead_letter(str(exc), attempts=delivery.attempt)
             return
         if isinstance(parsed, Ignored):
             log.debug("delivery.ignored", position=delivery.position, message_id=parsed.message_id, reason=parsed.reason)
