@@ -189,3 +189,15 @@ async def test_psp_faults_are_retried_with_the_same_key(
     assert len(flaky.keys) == 3 and len(set(flaky.keys)) == 1
     assert (await ct.get_payment(payment.id)).transactions[0].state.value == "Success"
     assert [e.calls for e in ledger.executions()] == [1]
+
+
+async def test_psp_that_executes_then_times_out_executes_once(
+    ct: CommercetoolsClient, sandbox: SandboxAdapter, ledger: SandboxLedger, project_key: str
+) -> None:
+    """The PSP executes but its answer is lost: the retry with the same key creates no second execution."""
+    payment = await ct.create_payment(payment_draft(1077, (), (("Charge", 1077),)))
+    settings = ProcessorSettings(project_key, INTERACTION_TYPE_KEY, psp_backoff=Backoff(attempts=3, wait_initial_s=0.01))
+    await Processor(ct, AdapterRegistry({("sandbox", None): sandbox}), settings).reconcile(trigger(payment))
+    [execution] = ledger.executions()
+    stored = await ct.get_payment(payment.id)
+    assert execution.calls == 2 and stored.transactions[0].interaction_id == execution.psp_reference

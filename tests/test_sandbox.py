@@ -6,6 +6,7 @@ import pytest
 
 from connector.adapters.contract import Operation, OperationRequest
 from connector.adapters.sandbox import SandboxAdapter, SandboxLedger, create_adapter, simulate
+from connector.errors import PspUnavailable
 from connector.models.payment import Payment, TransactionState
 
 
@@ -70,3 +71,14 @@ def test_settings_are_validated() -> None:
         create_adapter({"latency_ms": -1})
     with pytest.raises(ValueError, match="colour"):
         create_adapter({"colour": "blue"})
+
+
+async def test_a_lost_answer_is_recovered_by_retrying_with_the_same_key(tmp_path: Path) -> None:
+    """Amounts ending in 77 execute and then time out; the retry with the same key gets the outcome."""
+    adapter = SandboxAdapter(SandboxLedger(tmp_path / "l.sqlite"))
+    with pytest.raises(PspUnavailable):
+        await adapter.charge(request(1077))
+    outcome = await adapter.charge(request(1077))
+    [execution] = SandboxLedger(tmp_path / "l.sqlite").executions()
+    assert outcome.state is TransactionState.SUCCESS and outcome.psp_reference == execution.psp_reference
+    assert execution.calls == 2

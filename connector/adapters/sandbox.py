@@ -7,6 +7,8 @@ the first outcome and only counts the call. Tests read the ledger to count execu
 Outcome rules, by the transaction amount's last two digits (``centAmount % 100``):
 - 13: an Authorization or Charge is declined (Failure, code ``card_declined``);
 - 42: the PSP answers asynchronously (Pending, code ``pending``);
+- 77: the PSP executes, but its answer to the first call is lost (``PspUnavailable``, as a timeout
+  looks to a client); a retry with the same idempotency key gets the first outcome;
 - anything else: Success.
 A repeated idempotency key with a different operation or amount is refused (Failure, code
 ``idempotency_key_reused``), as real PSPs do.
@@ -17,17 +19,19 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from connector.adapters.contract import Operation, OperationRequest, Outcome, masked
+from connector.errors import PspUnavailable
 from connector.models.payment import TransactionState
 
 DECLINED_ENDING = 13
 PENDING_ENDING = 42
+LOST_ANSWER_ENDING = 77
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS executions (
@@ -79,7 +83,7 @@ class SandboxLedger:
         self._db.execute(_SCHEMA)
 
     def record(self, proposed: Execution) -> Execution:
-        """Stores ``proposed`` unless its key is known; returns what the key executed, first time or not."""
+        """Stores ``proposed`` unless its key is known; returns what the key executed (with its call count)."""
         with self._transaction():
             stored = self._find(proposed.idempotency_key)
             if stored is None:
@@ -93,7 +97,7 @@ class SandboxLedger:
                 )  # fmt: skip
                 return proposed
             self._db.execute("UPDATE executions SET calls = calls + 1 WHERE idempotency_key = ?", (stored.idempotency_key,))
-            return stored
+            return replace(stored, calls=stored.calls + 1)
 
     def executions(self) -> list[Execution]:
         rows = self._db.execute(f"SELECT {_COLUMNS} FROM executions ORDER BY executed_at").fetchall()
@@ -194,6 +198,8 @@ class SandboxAdapter:
             calls=1,
         )
         executed = self._ledger.record(proposed)
+        if amount.cent_amount % 100 == LOST_ANSWER_ENDING and executed.calls == 1:
+            raise PspUnavailable("the sandbox executed the operation and then timed out before answering")
         summary = _request_summary(operation, request)
         if (executed.operation, executed.cent_amount, executed.currency) != (
             operation, amount.cent_amount, amount.currency_code,
