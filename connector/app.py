@@ -77,6 +77,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
         )
         limits = WorkerLimits(
             max_in_flight=worker_settings.max_in_flight,
+            max_delivery_bytes=worker_settings.max_delivery_bytes,
             delivery_timeout_s=worker_settings.delivery_timeout_s,
             shutdown_timeout_s=worker_settings.shutdown_timeout_s,
             retry=replace(DELIVERY_BACKOFF, attempts=worker_settings.max_attempts),

@@ -65,6 +65,7 @@ class WorkerSettings(BaseSettings):
     adapters: list[AdapterRoute] = Field(min_length=1, description="JSON list of adapter routes")
     interaction_type_key: str = "connector-payment-interaction"
     max_in_flight: int = Field(default=64, ge=1)
+    max_delivery_bytes: int = Field(default=1024 * 1024, ge=1024, description="larger deliveries are dead-lettered")
     delivery_timeout_s: float = Field(default=60.0, gt=0)
     shutdown_timeout_s: float = Field(default=20.0, gt=0)
     max_attempts: int = Field(default=5, ge=1)

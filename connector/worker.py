@@ -17,7 +17,7 @@ from connector import failure_policy
 from connector.dispatch import KeyedDispatcher
 from connector.errors import BadDelivery
 from connector.failure_policy import DeadLetter
-from connector.models.delivery import Ignored, PaymentTrigger, parse_delivery
+from connector.models.delivery import DEFAULT_MAX_BYTES, Ignored, PaymentTrigger, parse_delivery
 from connector.processor.reconcile import Processor
 from connector.retrying import Backoff
 from connector.sources.contract import Delivery, Source
@@ -32,6 +32,7 @@ DELIVERY_BACKOFF = Backoff(attempts=5, budget_s=300.0, wait_initial_s=0.5, wait_
 @dataclass(frozen=True, slots=True)
 class WorkerLimits:
     max_in_flight: int = 64
+    max_delivery_bytes: int = DEFAULT_MAX_BYTES
     delivery_timeout_s: float = 60.0
     shutdown_timeout_s: float = 20.0
     retry: Backoff = DELIVERY_BACKOFF
@@ -66,7 +67,7 @@ class Worker:
 
     async def _route(self, delivery: Delivery, dispatcher: KeyedDispatcher) -> None:
         try:
-            parsed = parse_delivery(delivery.body)
+            parsed = parse_delivery(delivery.body, self._limits.max_delivery_bytes)
         except BadDelivery as exc:
             log.warning("delivery.dead_lettered", position=delivery.position, reason=str(exc), attempts=delivery.attempt)
             await delivery.dead_letter(str(exc), attempts=delivery.attempt)

@@ -98,3 +98,11 @@ def test_bad_delivery_error_never_quotes_values() -> None:
     with pytest.raises(BadDelivery) as caught:
         parse_delivery(b'{"notificationType": 12345678, "resource": {"typeId": "payment", "id": "sensitive value!"}}')
     assert "sensitive value" not in str(caught.value) and "12345678" not in str(caught.value)
+
+
+def test_oversized_and_too_deep_deliveries_are_bad() -> None:
+    """Size is limited before parsing, and a nesting bomb is a bad delivery, not a crash."""
+    with pytest.raises(BadDelivery, match="above the limit of 1024"):
+        parse_delivery(b" " * 1025, max_bytes=1024)
+    with pytest.raises(BadDelivery, match="nested too deeply"):
+        parse_delivery(b"[" * 200_000 + b"]" * 200_000, max_bytes=1_000_000)

@@ -16,6 +16,7 @@ from connector.models.payment import Payment
 
 M = TypeVar("M", bound=BaseModel)
 
+DEFAULT_MAX_BYTES = 1024 * 1024  # Kafka's default record size limit; commercetools leaves out larger payloads
 HANDLED_MESSAGE_TYPES = frozenset({"PaymentCreated", "PaymentTransactionAdded"})
 CLOUDEVENTS_TYPE_PREFIX = "com.commercetools.payment.message."
 
@@ -82,11 +83,15 @@ class Ignored:
     reason: str
 
 
-def parse_delivery(body: bytes) -> PaymentTrigger | Ignored:
+def parse_delivery(body: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> PaymentTrigger | Ignored:
+    if len(body) > max_bytes:
+        raise BadDelivery(f"delivery is {len(body)} bytes, above the limit of {max_bytes}")
     try:
         document = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadDelivery(f"delivery is not valid JSON: {exc.__class__.__name__} at position {_position(exc)}") from None
+    except RecursionError:
+        raise BadDelivery("delivery is nested too deeply to parse") from None
     if not isinstance(document, dict):
         raise BadDelivery(f"delivery is JSON {type(document).__name__}, expected an object")
     if "specversion" in document:
