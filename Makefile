@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint reliability clean
 
 install: $(VENV)/.installed
 
@@ -28,3 +28,8 @@ lint: install
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache
+
+# The fault suite alone (it also runs in `make test`); its last line is the reliability report.
+reliability: install
+	$(BIN)/pytest -m reliability
+	@cat .cache/reliability.json

@@ -6,9 +6,12 @@ A peer that cannot start fails the tests that need it; nothing is skipped.
 """
 
 import contextlib
+import json
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import SecretStr
@@ -22,6 +25,8 @@ from connector.retrying import Backoff
 from tests.localstripe_peer import LocalStripe
 from tests.queues import EventQueue, KafkaQueue, PubSubQueue
 from tests.support import INTERACTION_TYPE_KEY
+
+REPORT_FILE = Path(__file__).parent.parent / ".cache" / "reliability.json"
 
 
 def _docker_answers() -> bool:
@@ -125,3 +130,15 @@ async def queue(request: pytest.FixtureRequest) -> EventQueue:
     )
     await chosen.create()
     return chosen
+
+
+@pytest.fixture(scope="session")
+def reliability_report(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """Figures the fault tests add up; printed as one JSON line at the end of the session."""
+    report: dict[str, Any] = {}
+    yield report
+    if report:
+        line = json.dumps({"reliability": report}, sort_keys=True)
+        REPORT_FILE.parent.mkdir(parents=True, exist_ok=True)
+        REPORT_FILE.write_text(line + "\n")
+        request.config.pluginmanager.get_plugin("terminalreporter").write_line(line)

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 import structlog
 
 from connector.commercetools.client import CommercetoolsClient
@@ -20,6 +21,8 @@ from connector.demo import as_json
 from connector.peers import messages
 from tests.queues import EventQueue
 from tests.support import CLIENT_SECRET, settings_for
+
+pytestmark = pytest.mark.reliability
 
 CASES = Path(__file__).parent / "hostile"
 TOKEN = "pm_hostile_token_9876"
@@ -37,7 +40,7 @@ def patched(delivery: bytes, patch: dict[str, Any]) -> bytes:
 
 
 async def test_hostile_deliveries(
-    queue: EventQueue, ct_url: str, project_key: str, ct: CommercetoolsClient, tmp_path: Path
+    queue: EventQueue, ct_url: str, project_key: str, ct: CommercetoolsClient, tmp_path: Path, reliability_report: dict[str, Any]
 ) -> None:
     """Every hostile case is dead-lettered, ignored, skipped or failed readably, and the worker goes on."""
     payment_cases = {path.name: json.loads(path.read_text()) for path in files("payments")}
@@ -93,3 +96,5 @@ async def test_hostile_deliveries(
     logged = json.dumps(logs, default=str)
     assert TOKEN not in logged and CLIENT_SECRET not in logged
     assert await queue.unfinished() == 0
+    reliability_report["cases_run"] = reliability_report.get("cases_run", 0) + 1
+    reliability_report["bad_inputs_tried"] = reliability_report.get("bad_inputs_tried", 0) + len(bodies)

@@ -1,0 +1,110 @@
+"""Crashes: workers killed with SIGKILL at random moments during a long run, and restarted.
+
+Figures go to the session's reliability report (printed by ``make reliability``).
+"""
+
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connector.adapters.sandbox import SandboxLedger
+from connector.commercetools.client import CommercetoolsClient
+from connector.demo import as_json, payment_draft, wait_until_settled
+from connector.models.payment import Payment
+from connector.peers import messages
+from tests.queues import EventQueue
+from tests.support import CLIENT_SECRET
+
+pytestmark = pytest.mark.reliability
+
+PAYMENTS = 1000
+KILLS = 5
+FINAL = {"Success", "Failure", "Pending"}
+
+
+def worker_environment(queue: EventQueue, ct_url: str, project_key: str, ledger: Path) -> dict[str, str]:
+    route = {"interface": "sandbox", "adapter": "sandbox", "settings": {"ledger_path": str(ledger), "latency_ms": 40}}
+    return {
+        **os.environ, **queue.environment(),
+        "CTP_PROJECT_KEY": project_key, "CTP_CLIENT_ID": "test-client", "CTP_CLIENT_SECRET": CLIENT_SECRET,
+        "CTP_AUTH_URL": ct_url, "CTP_API_URL": ct_url, "CONNECTOR_ADAPTERS": json.dumps([route]),
+        "CONNECTOR_LOG_FORMAT": "json", "CONNECTOR_LOG_LEVEL": "warning", "CONNECTOR_CLAIM_LEASE_S": "2",
+        "CONNECTOR_MAX_IN_FLIGHT": "16",
+    }  # fmt: skip
+
+
+async def create_payments(ct: CommercetoolsClient, count: int) -> list[Payment]:
+    """One transaction each, mixing authorizations, charges and the sandbox's lost answers (ending in 77)."""
+    limit = asyncio.Semaphore(16)
+
+    async def one(index: int) -> Payment:
+        kind, amount = [("Authorization", 1000), ("Charge", 2000), ("Charge", 2077), ("Authorization", 3013)][index % 4]
+        async with limit:
+            return await ct.create_payment(payment_draft(amount, (), ((kind, amount),)))
+
+    return list(await asyncio.gather(*(one(i) for i in range(count))))
+
+
+@pytest.mark.parametrize("queue", ["kafka"], indirect=True)  # Pub/Sub: see the note in the README
+async def test_sigkill_at_random_moments_loses_nothing_and_executes_nothing_twice(
+    queue: EventQueue, ct_url: str, project_key: str, ct: CommercetoolsClient, tmp_path: Path, reliability_report: dict[str, Any]
+) -> None:
+    """1,000 transactions; the worker is killed (SIGKILL) 5 times mid-run and restarted: no loss, no double execution."""
+    payments = await create_payments(ct, PAYMENTS)
+    bodies = [messages.payment_created(project_key, as_json(p), random.choice(["platform", "cloudevents"])) for p in payments]
+    await queue.publish(bodies)
+    ledger = tmp_path / "ledger.sqlite"
+    environment = worker_environment(queue, ct_url, project_key, ledger)
+    rng = random.Random(5)
+    kills = restarts = 0
+    executed_at_kill: list[int] = []
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "connector", "run"], env=environment, stderr=subprocess.DEVNULL)
+
+    worker = start()
+    try:
+        while kills < KILLS:
+            await asyncio.sleep(rng.uniform(1.0, 4.0))
+            done = len(SandboxLedger(ledger).executions()) if ledger.exists() else 0
+            if done >= len(payments) * 3 // 4:
+                break  # too late for a kill to test anything
+            worker.send_signal(signal.SIGKILL)
+            await asyncio.to_thread(worker.wait, 10)
+            kills += 1
+            executed_at_kill.append(done)
+            worker, restarts = start(), restarts + 1
+        settled = await wait_until_settled(ct, [p.id for p in payments], timeout_s=300)
+        worker.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(worker.wait, 60)
+        assert worker.returncode == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+
+    transactions = [t for p in settled for t in p.transactions]
+    lost = sum(1 for t in transactions if t.state.value not in FINAL or not t.interaction_id)
+    per_transaction = Counter(e.transaction_id for e in SandboxLedger(ledger).executions())
+    doubles = sum(count - 1 for count in per_transaction.values())
+    stuck = await queue.unfinished()
+    reliability_report.update(
+        cases_run=reliability_report.get("cases_run", 0) + 1,
+        transactions=reliability_report.get("transactions", 0) + len(transactions),
+        lost=reliability_report.get("lost", 0) + lost,
+        double_executions=reliability_report.get("double_executions", 0) + doubles,
+        stuck_offsets=reliability_report.get("stuck_offsets", 0) + stuck,
+        crashes_survived=reliability_report.get("crashes_survived", 0) + kills,
+        restarts=reliability_report.get("restarts", 0) + restarts,
+    )
+    assert kills == KILLS, f"the run finished after {kills} kills (executed at each kill: {executed_at_kill})"
+    assert (lost, doubles, stuck) == (0, 0, 0)
+    assert len(per_transaction) == len(transactions)
