@@ -91,20 +91,54 @@ async def test_sigkill_at_random_moments_loses_nothing_and_executes_nothing_twic
         if worker.poll() is None:
             worker.kill()
 
+    await check_and_report(queue, settled, ledger, reliability_report, kills=kills, restarts=restarts)
+    assert kills == KILLS, f"the run finished after {kills} kills (executed at each kill: {executed_at_kill})"
+
+
+async def check_and_report(
+    queue: EventQueue, settled: list[Payment], ledger: Path, report: dict[str, Any], *, kills: int, restarts: int
+) -> None:
+    """Adds the run's figures to the report, then asserts: nothing lost, nothing twice, nothing stuck."""
     transactions = [t for p in settled for t in p.transactions]
     lost = sum(1 for t in transactions if t.state.value not in FINAL or not t.interaction_id)
     per_transaction = Counter(e.transaction_id for e in SandboxLedger(ledger).executions())
     doubles = sum(count - 1 for count in per_transaction.values())
     stuck = await queue.unfinished()
-    reliability_report.update(
-        cases_run=reliability_report.get("cases_run", 0) + 1,
-        transactions=reliability_report.get("transactions", 0) + len(transactions),
-        lost=reliability_report.get("lost", 0) + lost,
-        double_executions=reliability_report.get("double_executions", 0) + doubles,
-        stuck_offsets=reliability_report.get("stuck_offsets", 0) + stuck,
-        crashes_survived=reliability_report.get("crashes_survived", 0) + kills,
-        restarts=reliability_report.get("restarts", 0) + restarts,
-    )
-    assert kills == KILLS, f"the run finished after {kills} kills (executed at each kill: {executed_at_kill})"
+    figures = {
+        "cases_run": 1, "transactions": len(transactions), "lost": lost, "double_executions": doubles,
+        "stuck_offsets": stuck, "crashes_survived": kills, "restarts": restarts,
+    }  # fmt: skip
+    for name, value in figures.items():
+        report[name] = report.get(name, 0) + value
     assert (lost, doubles, stuck) == (0, 0, 0)
     assert len(per_transaction) == len(transactions)
+
+
+@pytest.mark.parametrize("queue", ["kafka"], indirect=True)
+async def test_the_other_worker_of_the_group_takes_over(
+    queue: EventQueue, ct_url: str, project_key: str, ct: CommercetoolsClient, tmp_path: Path, reliability_report: dict[str, Any]
+) -> None:
+    """Two workers share the consumer group; one is killed mid-run and the other finishes its partitions."""
+    payments = await create_payments(ct, PAYMENTS // 2)
+    await queue.publish([messages.payment_created(project_key, as_json(p), "platform") for p in payments])
+    ledger = tmp_path / "ledger.sqlite"
+    environment = worker_environment(queue, ct_url, project_key, ledger)
+    workers = [
+        subprocess.Popen([sys.executable, "-m", "connector", "run"], env=environment, stderr=subprocess.DEVNULL) for _ in range(2)
+    ]
+    try:
+        async with asyncio.timeout(60):
+            while not ledger.exists() or len(SandboxLedger(ledger).executions()) < len(payments) // 10:
+                await asyncio.sleep(0.2)
+        workers[0].send_signal(signal.SIGKILL)
+        await asyncio.to_thread(workers[0].wait, 10)
+        settled = await wait_until_settled(ct, [p.id for p in payments], timeout_s=300)
+        workers[1].send_signal(signal.SIGTERM)
+        await asyncio.to_thread(workers[1].wait, 60)
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+    assert workers[1].returncode == 0
+    assert len(SandboxLedger(ledger).executions()) == len(payments)
+    await check_and_report(queue, settled, ledger, reliability_report, kills=1, restarts=0)
