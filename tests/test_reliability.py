@@ -21,7 +21,8 @@ from connector.commercetools.client import CommercetoolsClient
 from connector.demo import as_json, payment_draft, wait_until_settled
 from connector.models.payment import Payment
 from connector.peers import messages
-from tests.queues import EventQueue
+from connector.peers.kafka import LocalKafka
+from tests.queues import EventQueue, KafkaQueue
 from tests.support import CLIENT_SECRET
 
 pytestmark = pytest.mark.reliability
@@ -142,3 +143,35 @@ async def test_the_other_worker_of_the_group_takes_over(
     assert workers[1].returncode == 0
     assert len(SandboxLedger(ledger).executions()) == len(payments)
     await check_and_report(queue, settled, ledger, reliability_report, kills=1, restarts=0)
+
+
+async def test_the_worker_reconnects_after_a_broker_restart(
+    ct_url: str, project_key: str, ct: CommercetoolsClient, tmp_path: Path, reliability_report: dict[str, Any]
+) -> None:
+    """The broker is restarted mid-run (a broker of its own); the worker reconnects by itself and finishes."""
+    with LocalKafka() as broker:
+        queue = KafkaQueue(broker.bootstrap_servers)
+        await queue.create()
+        payments = await create_payments(ct, PAYMENTS // 2)
+        await queue.publish([messages.payment_created(project_key, as_json(p), "platform") for p in payments])
+        ledger = tmp_path / "ledger.sqlite"
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "connector", "run"],
+            env=worker_environment(queue, ct_url, project_key, ledger),
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            async with asyncio.timeout(60):
+                while not ledger.exists() or len(SandboxLedger(ledger).executions()) < len(payments) // 5:
+                    await asyncio.sleep(0.2)
+            await asyncio.to_thread(broker.restart)
+            settled = await wait_until_settled(ct, [p.id for p in payments], timeout_s=300)
+            await asyncio.sleep(2)  # a commit interval after the last outcome
+            worker.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(worker.wait, 60)
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+        assert worker.returncode == 0
+        await check_and_report(queue, settled, ledger, reliability_report, kills=0, restarts=0)
+        reliability_report["broker_restarts"] = reliability_report.get("broker_restarts", 0) + 1

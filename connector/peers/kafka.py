@@ -56,21 +56,31 @@ class LocalKafka:
         return self._workdir / "broker.log"
 
     def start(self) -> "LocalKafka":
-        classpath = f"{ensure_jars()}/*"
         properties = self._write_config()
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        java = ["java", "-Xms256m", "-Xmx768m", f"-Dlog4j.configuration=file:{self._workdir / 'log4j.properties'}"]
         subprocess.run(
-            [*java, "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(properties)],
+            [*self._java(), "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(properties)],
             check=True,
             capture_output=True,
         )
-        with self.log_file.open("wb") as log:
+        self._launch()
+        return self
+
+    def restart(self) -> None:
+        """Stops the broker (SIGTERM) and starts it again on the same port with the same data."""
+        terminate(self._process)
+        self._launch()
+
+    def _java(self) -> list[str]:
+        log_config = f"-Dlog4j.configuration=file:{self._workdir / 'log4j.properties'}"
+        return ["java", "-Xms256m", "-Xmx768m", log_config, "-cp", f"{ensure_jars()}/*"]
+
+    def _launch(self) -> None:
+        with self.log_file.open("wb") as log:  # a fresh log: readiness is read from it
             self._process = subprocess.Popen(
-                [*java, "-cp", classpath, "kafka.Kafka", str(properties)], stdout=log, stderr=subprocess.STDOUT
+                [*self._java(), "kafka.Kafka", str(self._workdir / "server.properties")], stdout=log, stderr=subprocess.STDOUT
             )
         self._wait_ready()
-        return self
 
     def stop(self) -> None:
         terminate(self._process)
