@@ -22,6 +22,7 @@ from connector.demo import as_json, payment_draft, wait_until_settled
 from connector.models.payment import Payment
 from connector.peers import messages
 from connector.peers.kafka import LocalKafka
+from tests.fault_proxies import FaultyHttp, Toxiproxy
 from tests.queues import EventQueue, KafkaQueue
 from tests.support import CLIENT_SECRET
 
@@ -175,3 +176,42 @@ async def test_the_worker_reconnects_after_a_broker_restart(
         assert worker.returncode == 0
         await check_and_report(queue, settled, ledger, reliability_report, kills=0, restarts=0)
         reliability_report["broker_restarts"] = reliability_report.get("broker_restarts", 0) + 1
+
+
+@pytest.mark.parametrize("queue", ["kafka"], indirect=True)
+async def test_commercetools_faults_are_retried_and_nothing_is_lost(
+    queue: EventQueue, ct_url: str, project_key: str, ct: CommercetoolsClient, tmp_path: Path, reliability_report: dict[str, Any]
+) -> None:
+    """Latency, bursts of 429 and 503, reset and stalled connections between worker and commercetools."""
+    payments = await create_payments(ct, PAYMENTS // 2)
+    await queue.publish([messages.payment_created(project_key, as_json(p), "platform") for p in payments])
+    ledger = tmp_path / "ledger.sqlite"
+    log_path = tmp_path / "worker.log"
+    async with FaultyHttp(ct_url) as http_faults:
+        with Toxiproxy() as toxiproxy:
+            address = "http://" + toxiproxy.proxy("commercetools", f"127.0.0.1:{http_faults.port}")
+            environment = worker_environment(queue, address, project_key, ledger) | {"CTP_TIMEOUT_S": "2"}
+            with log_path.open("wb") as log:
+                worker = subprocess.Popen([sys.executable, "-m", "connector", "run"], env=environment, stderr=log)
+            try:
+                async with asyncio.timeout(60):
+                    while not ledger.exists() or not SandboxLedger(ledger).executions():
+                        await asyncio.sleep(0.2)
+                await toxiproxy.toxic("commercetools", "latency", {"latency": 300, "jitter": 200}, seconds=3)
+                await http_faults.burst(429, seconds=2)
+                await http_faults.burst(503, seconds=2)
+                await toxiproxy.toxic("commercetools", "reset_peer", {"timeout": 0}, seconds=1.5)
+                await toxiproxy.toxic("commercetools", "timeout", {"timeout": 0}, seconds=3)  # stalls: client timeouts
+                settled = await wait_until_settled(ct, [p.id for p in payments], timeout_s=300)
+                await asyncio.sleep(2)
+                worker.send_signal(signal.SIGTERM)
+                await asyncio.to_thread(worker.wait, 60)
+            finally:
+                if worker.poll() is None:
+                    worker.kill()
+    assert worker.returncode == 0
+    assert http_faults.answered.get(429) and http_faults.answered.get(503), "the bursts met no request"
+    retries = log_path.read_text().count("retry")
+    assert retries > 0, "no retry was logged"
+    await check_and_report(queue, settled, ledger, reliability_report, kills=0, restarts=0)
+    reliability_report["commercetools_faults"] = reliability_report.get("commercetools_faults", 0) + 5

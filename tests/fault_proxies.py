@@ -1,0 +1,115 @@
+"""Network faults between the worker and commercetools.
+
+- ``Toxiproxy`` (Shopify's, built from the Go module proxy into the cache folder): latency, reset
+  connections and stalled connections at the TCP level.
+- ``FaultyHttp``: an HTTP proxy that answers bursts of 429 or 503 itself. A fake, because neither the
+  emulator nor toxiproxy can produce HTTP status codes.
+"""
+
+import asyncio
+import os
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+from aiohttp import ClientSession, web
+
+from connector.peers import cache_dir, free_port, terminate
+
+TOXIPROXY = "github.com/Shopify/toxiproxy/v2/cmd/server@v2.5.0"
+
+
+def toxiproxy_binary() -> Path:
+    folder = cache_dir() / "toxiproxy"
+    binary = folder / "server"
+    if not binary.exists():
+        subprocess.run(["go", "install", TOXIPROXY], env={**os.environ, "GOBIN": str(folder)}, check=True, timeout=900)
+    return binary
+
+
+class Toxiproxy:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._api = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> "Toxiproxy":
+        self._process = subprocess.Popen(
+            [str(toxiproxy_binary()), "-host", "127.0.0.1", "-port", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"{self._api}/version", timeout=1).raise_for_status()
+                return self
+            except httpx.HTTPError:
+                if time.monotonic() > deadline or self._process.poll() is not None:
+                    terminate(self._process)
+                    raise RuntimeError("toxiproxy did not start") from None
+                time.sleep(0.1)
+
+    def __exit__(self, *_: type[BaseException] | BaseException | TracebackType | None) -> None:
+        terminate(self._process)
+
+    def proxy(self, name: str, upstream: str) -> str:
+        """Opens a proxy to ``upstream`` (host:port); returns the address to use instead."""
+        listen = f"127.0.0.1:{free_port()}"
+        httpx.post(f"{self._api}/proxies", json={"name": name, "listen": listen, "upstream": upstream}).raise_for_status()
+        return listen
+
+    async def toxic(self, proxy: str, kind: str, attributes: dict[str, Any], seconds: float) -> None:
+        """Applies a toxic (downstream) for ``seconds``, then removes it."""
+        async with httpx.AsyncClient(base_url=self._api) as api:
+            body = {"name": kind, "type": kind, "stream": "downstream", "attributes": attributes}
+            (await api.post(f"/proxies/{proxy}/toxics", json=body)).raise_for_status()
+            await asyncio.sleep(seconds)
+            (await api.delete(f"/proxies/{proxy}/toxics/{kind}")).raise_for_status()
+
+
+class FaultyHttp:
+    """Forwards HTTP to ``upstream``, except during a burst, when it answers the burst's status itself."""
+
+    def __init__(self, upstream: str) -> None:
+        self.port = free_port()
+        self._upstream = upstream
+        self._burst: int | None = None
+        self.answered: dict[int, int] = {}
+        self._runner: web.AppRunner | None = None
+        self._session: ClientSession | None = None
+
+    async def __aenter__(self) -> "FaultyHttp":
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        self._session = ClientSession()
+        return self
+
+    async def __aexit__(self, *_: type[BaseException] | BaseException | TracebackType | None) -> None:
+        if self._session is not None:
+            await self._session.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def burst(self, status: int, seconds: float) -> None:
+        self._burst = status
+        await asyncio.sleep(seconds)
+        self._burst = None
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if self._burst is not None:
+            self.answered[self._burst] = self.answered.get(self._burst, 0) + 1
+            return web.json_response({"statusCode": self._burst, "message": "injected"}, status=self._burst)
+        assert self._session is not None
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
+        async with self._session.request(
+            request.method, f"{self._upstream}{request.rel_url}", headers=headers, data=await request.read()
+        ) as upstream:
+            body = await upstream.read()
+            return web.Response(status=upstream.status, body=body, content_type=upstream.content_type)
