@@ -56,7 +56,7 @@ async def create_payments(ct: CommercetoolsClient, count: int) -> list[Payment]:
     return list(await asyncio.gather(*(one(i) for i in range(count))))
 
 
-@pytest.mark.parametrize("queue", ["kafka"], indirect=True)  # Pub/Sub: see the note in the README
+@pytest.mark.parametrize("queue", ["kafka"], indirect=True)  # Pub/Sub: an open finding, see the README
 async def test_sigkill_at_random_moments_loses_nothing_and_executes_nothing_twice(
     queue: EventQueue, ct_url: str, project_key: str, ct: CommercetoolsClient, tmp_path: Path, reliability_report: dict[str, Any]
 ) -> None:

@@ -25,6 +25,7 @@ from connector.errors import ConfigurationError
 log = structlog.get_logger("connector.sources.pubsub")
 
 MAX_ACK_DEADLINE_S = 600  # Pub/Sub's upper bound
+LEASE_EXTENSION_S = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +104,9 @@ class PubSubSource:
             max_messages=self._config.max_messages,
             max_bytes=self._config.max_bytes,
             max_lease_duration=self._config.max_lease_s,
+            # Short extensions, renewed while a message is processed: after a crash its messages
+            # come back within this bound instead of the library's adaptive (up to 10 min) deadline.
+            max_duration_per_lease_extension=LEASE_EXTENSION_S,
         )
         self._pull = self._subscriber.subscribe(
             self._path, lambda message: loop.call_soon_threadsafe(self._queue.put_nowait, message), flow_control=flow_control
@@ -143,9 +147,15 @@ class PubSubSource:
         message.ack()
 
     async def close(self) -> None:
-        """Hands back what was received but not started, then stops the streaming pull."""
-        while not self._queue.empty():
-            self._queue.get_nowait().nack()
+        """Hands back what was received but not started, then stops the streaming pull.
+
+        The hand-back is one direct call, awaited: ``Message.nack`` only queues a request, which the
+        streaming pull's shutdown may drop, leaving the messages invisible until their deadline.
+        """
+        unstarted = [self._queue.get_nowait().ack_id for _ in range(self._queue.qsize())]
+        if unstarted:
+            request = {"subscription": self._path, "ack_ids": unstarted, "ack_deadline_seconds": 0}
+            await asyncio.to_thread(self._subscriber.modify_ack_deadline, request=request, timeout=10)
         if self._pull is not None:
             self._pull.cancel()
             await asyncio.to_thread(self._pull.result, timeout=30)
