@@ -56,24 +56,31 @@ async def create_payments(ct: CommercetoolsClient, count: int) -> list[Payment]:
     return list(await asyncio.gather(*(one(i) for i in range(count))))
 
 
+async def publish_payments(ct: CommercetoolsClient, queue: EventQueue, project_key: str, count: int) -> list[Payment]:
+    """Creates ``count`` payments and publishes their PaymentCreated deliveries in both formats."""
+    payments = await create_payments(ct, count)
+    formats: tuple[messages.Format, ...] = ("platform", "cloudevents")
+    await queue.publish([messages.payment_created(project_key, as_json(p), formats[i % 2]) for i, p in enumerate(payments)])
+    return payments
+
+
+def spawn_worker(environment: dict[str, str], stderr: Any = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "connector", "run"], env=environment, stderr=stderr)
+
+
 @pytest.mark.parametrize("queue", ["kafka"], indirect=True)  # Pub/Sub: an open finding, see the README
 async def test_sigkill_at_random_moments_loses_nothing_and_executes_nothing_twice(
     queue: EventQueue, ct_url: str, project_key: str, ct: CommercetoolsClient, tmp_path: Path, reliability_report: dict[str, Any]
 ) -> None:
     """1,000 transactions; the worker is killed (SIGKILL) 5 times mid-run and restarted: no loss, no double execution."""
-    payments = await create_payments(ct, PAYMENTS)
-    bodies = [messages.payment_created(project_key, as_json(p), random.choice(["platform", "cloudevents"])) for p in payments]
-    await queue.publish(bodies)
+    payments = await publish_payments(ct, queue, project_key, PAYMENTS)
     ledger = tmp_path / "ledger.sqlite"
     environment = worker_environment(queue, ct_url, project_key, ledger)
     rng = random.Random(5)
     kills = restarts = 0
     executed_at_kill: list[int] = []
 
-    def start() -> subprocess.Popen[bytes]:
-        return subprocess.Popen([sys.executable, "-m", "connector", "run"], env=environment, stderr=subprocess.DEVNULL)
-
-    worker = start()
+    worker = spawn_worker(environment)
     try:
         while kills < KILLS:
             await asyncio.sleep(rng.uniform(1.0, 4.0))
@@ -84,7 +91,7 @@ async def test_sigkill_at_random_moments_loses_nothing_and_executes_nothing_twic
             await asyncio.to_thread(worker.wait, 10)
             kills += 1
             executed_at_kill.append(done)
-            worker, restarts = start(), restarts + 1
+            worker, restarts = spawn_worker(environment), restarts + 1
         settled = await wait_until_settled(ct, [p.id for p in payments], timeout_s=300)
         worker.send_signal(signal.SIGTERM)
         await asyncio.to_thread(worker.wait, 60)
@@ -121,13 +128,10 @@ async def test_the_other_worker_of_the_group_takes_over(
     queue: EventQueue, ct_url: str, project_key: str, ct: CommercetoolsClient, tmp_path: Path, reliability_report: dict[str, Any]
 ) -> None:
     """Two workers share the consumer group; one is killed mid-run and the other finishes its partitions."""
-    payments = await create_payments(ct, PAYMENTS // 2)
-    await queue.publish([messages.payment_created(project_key, as_json(p), "platform") for p in payments])
+    payments = await publish_payments(ct, queue, project_key, PAYMENTS // 2)
     ledger = tmp_path / "ledger.sqlite"
     environment = worker_environment(queue, ct_url, project_key, ledger)
-    workers = [
-        subprocess.Popen([sys.executable, "-m", "connector", "run"], env=environment, stderr=subprocess.DEVNULL) for _ in range(2)
-    ]
+    workers = [spawn_worker(environment) for _ in range(2)]
     try:
         async with asyncio.timeout(60):
             while not ledger.exists() or len(SandboxLedger(ledger).executions()) < len(payments) // 10:
@@ -153,14 +157,9 @@ async def test_the_worker_reconnects_after_a_broker_restart(
     with LocalKafka() as broker:
         queue = KafkaQueue(broker.bootstrap_servers)
         await queue.create()
-        payments = await create_payments(ct, PAYMENTS // 2)
-        await queue.publish([messages.payment_created(project_key, as_json(p), "platform") for p in payments])
+        payments = await publish_payments(ct, queue, project_key, PAYMENTS // 2)
         ledger = tmp_path / "ledger.sqlite"
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "connector", "run"],
-            env=worker_environment(queue, ct_url, project_key, ledger),
-            stderr=subprocess.DEVNULL,
-        )
+        worker = spawn_worker(worker_environment(queue, ct_url, project_key, ledger))
         try:
             async with asyncio.timeout(60):
                 while not ledger.exists() or len(SandboxLedger(ledger).executions()) < len(payments) // 5:
@@ -183,8 +182,7 @@ async def test_commercetools_faults_are_retried_and_nothing_is_lost(
     queue: EventQueue, ct_url: str, project_key: str, ct: CommercetoolsClient, tmp_path: Path, reliability_report: dict[str, Any]
 ) -> None:
     """Latency, bursts of 429 and 503, reset and stalled connections between worker and commercetools."""
-    payments = await create_payments(ct, PAYMENTS // 2)
-    await queue.publish([messages.payment_created(project_key, as_json(p), "platform") for p in payments])
+    payments = await publish_payments(ct, queue, project_key, PAYMENTS // 2)
     ledger = tmp_path / "ledger.sqlite"
     log_path = tmp_path / "worker.log"
     async with FaultyHttp(ct_url) as http_faults:
@@ -192,7 +190,7 @@ async def test_commercetools_faults_are_retried_and_nothing_is_lost(
             address = "http://" + toxiproxy.proxy("commercetools", f"127.0.0.1:{http_faults.port}")
             environment = worker_environment(queue, address, project_key, ledger) | {"CTP_TIMEOUT_S": "2"}
             with log_path.open("wb") as log:
-                worker = subprocess.Popen([sys.executable, "-m", "connector", "run"], env=environment, stderr=log)
+                worker = spawn_worker(environment, stderr=log)
             try:
                 async with asyncio.timeout(60):
                     while not ledger.exists() or not SandboxLedger(ledger).executions():

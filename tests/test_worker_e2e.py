@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -131,15 +132,14 @@ async def test_another_writer_between_claim_and_outcome(
     assert sorted(e.calls for e in ledger.executions()) == [1] * len(payments)
 
 
-class FailsFirst:
-    """The sandbox behind a PSP that is unreachable for its first calls: a fault the simulator cannot produce."""
+class FailingPsp:
+    """The sandbox behind a PSP that is unreachable whenever ``fails`` says so: a fault the simulator cannot produce."""
 
-    def __init__(self, inner: SandboxAdapter, failures: int) -> None:
-        self._inner, self._failures = inner, failures
+    def __init__(self, inner: SandboxAdapter, fails: Callable[[OperationRequest], bool]) -> None:
+        self._inner, self._fails = inner, fails
 
     async def charge(self, request: OperationRequest) -> Outcome:
-        if self._failures > 0:
-            self._failures -= 1
+        if self._fails(request):
             raise PspUnavailable("connection reset")
         return await self._inner.charge(request)
 
@@ -157,7 +157,13 @@ async def test_pubsub_nacks_a_transient_failure_and_the_redelivery_succeeds(
     await queue.publish([messages.payment_created(project_key, as_json(payment), "platform")])
     settings = settings_for(queue, ct_url=ct_url, project_key=project_key, ledger=tmp_path / "l.sqlite")
     ledger = SandboxLedger(tmp_path / "l.sqlite")
-    flaky = FailsFirst(SandboxAdapter(ledger), failures=1)
+    calls = Counter[str]()
+
+    def first_call_fails(request: OperationRequest) -> bool:
+        calls[request.idempotency_key] += 1
+        return calls[request.idempotency_key] == 1
+
+    flaky = FailingPsp(SandboxAdapter(ledger), first_call_fails)
     processor = Processor(
         ct, AdapterRegistry({("sandbox", None): flaky}),
         ProcessorSettings(project_key=project_key, interaction_type_key=INTERACTION_TYPE_KEY, psp_backoff=Backoff(attempts=1)),
@@ -250,21 +256,6 @@ def test_bad_settings_exit_2_naming_the_setting(change: dict[str, str | None], n
     assert CLIENT_SECRET not in done.stderr + done.stdout
 
 
-class FailsFor:
-    """The sandbox, unreachable for one payment only: a persistent fault the simulator cannot produce."""
-
-    def __init__(self, inner: SandboxAdapter, payment_id: str) -> None:
-        self._inner, self._payment_id = inner, payment_id
-
-    async def charge(self, request: OperationRequest) -> Outcome:
-        if request.payment.id == self._payment_id:
-            raise PspUnavailable("connection reset")
-        return await self._inner.charge(request)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
 async def test_persistent_failure_is_dead_lettered_after_the_configured_attempts(
     queue: EventQueue, ct_url: str, project_key: str, ct: CommercetoolsClient, tmp_path: Path
 ) -> None:
@@ -274,7 +265,7 @@ async def test_persistent_failure_is_dead_lettered_after_the_configured_attempts
     settings = settings_for(queue, ct_url=ct_url, project_key=project_key, ledger=tmp_path / "l.sqlite")
     ledger = SandboxLedger(tmp_path / "l.sqlite")
     processor = Processor(
-        ct, AdapterRegistry({("sandbox", None): FailsFor(SandboxAdapter(ledger), poison.id)}),
+        ct, AdapterRegistry({("sandbox", None): FailingPsp(SandboxAdapter(ledger), lambda r: r.payment.id == poison.id)}),
         ProcessorSettings(project_key=project_key, interaction_type_key=INTERACTION_TYPE_KEY, psp_backoff=Backoff(attempts=1)),
     )  # fmt: skip
     limits = WorkerLimits(retry=Backoff(attempts=3, wait_initial_s=0.05, wait_max_s=0.1))
