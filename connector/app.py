@@ -10,7 +10,6 @@ from connector.config import Settings
 from connector.processor.reconcile import Processor, ProcessorSettings
 from connector.sources.contract import Source
 from connector.sources.kafka import KafkaConfig, KafkaSource
-from connector.sources.pubsub import PubSubConfig, PubSubSource
 from connector.worker import DELIVERY_BACKOFF, Worker, WorkerLimits
 
 
@@ -30,6 +29,9 @@ def build_commercetools(settings: Settings) -> CommercetoolsClient:
 
 def build_source(settings: Settings) -> Source:
     if settings.pubsub is not None:
+        # Imported here: google-cloud-pubsub and gRPC cost a Kafka worker a second of start-up CPU.
+        from connector.sources.pubsub import PubSubConfig, PubSubSource
+
         pubsub = settings.pubsub
         return PubSubSource(
             PubSubConfig(
