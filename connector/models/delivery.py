@@ -18,7 +18,6 @@ M = TypeVar("M", bound=BaseModel)
 
 DEFAULT_MAX_BYTES = 1024 * 1024  # Kafka's default record size limit; commercetools leaves out larger payloads
 HANDLED_MESSAGE_TYPES = frozenset({"PaymentCreated", "PaymentTransactionAdded"})
-CLOUDEVENTS_TYPE_PREFIX = "com.commercetools.payment.message."
 
 # Resource ids go into request paths: accept only what commercetools ids look like.
 ResourceId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,256}$")]

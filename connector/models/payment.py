@@ -34,10 +34,6 @@ class TransactionState(StrEnum):
         """States move forward only: Initial < Pending < Success | Failure."""
         return _STATE_RANK[self]
 
-    @property
-    def is_final(self) -> bool:
-        return self.rank == 2
-
 
 _STATE_RANK = {
     TransactionState.INITIAL: 0,
