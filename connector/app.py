@@ -7,13 +7,15 @@ from connector.adapters.registry import AdapterRegistry
 from connector.commercetools.client import CommercetoolsClient
 from connector.commercetools.interaction_type import interaction_type_draft
 from connector.config import Settings
+from connector.metrics import Metrics
+from connector.ops_http import OpsServer
 from connector.processor.reconcile import Processor, ProcessorSettings
 from connector.sources.contract import Source
 from connector.sources.kafka import KafkaConfig, KafkaSource
 from connector.worker import DELIVERY_BACKOFF, Worker, WorkerLimits
 
 
-def build_commercetools(settings: Settings) -> CommercetoolsClient:
+def build_commercetools(settings: Settings, metrics: Metrics | None = None) -> CommercetoolsClient:
     ct = settings.commercetools
     return CommercetoolsClient.create(
         api_url=ct.api_url,
@@ -24,6 +26,7 @@ def build_commercetools(settings: Settings) -> CommercetoolsClient:
         scopes=ct.scopes,
         timeout_s=ct.timeout_s,
         max_connections=ct.max_connections,
+        metrics=metrics,
     )
 
 
@@ -61,21 +64,21 @@ def build_source(settings: Settings) -> Source:
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
-    """Checks plugins, credentials and the interaction Type, then runs the worker until ``stop``."""
+    """Checks plugins, credentials and the interaction Type, then runs the worker until ``stop``.
+
+    The operations endpoint answers from the start: alive at once, ready once subscribed.
+    """
     worker_settings = settings.worker
     registry = AdapterRegistry.load(worker_settings.adapters)  # a bad plugin fails here, before any delivery
-    ct = build_commercetools(settings)
+    metrics = Metrics()
+    ct = build_commercetools(settings, metrics)
     try:
-        await ct.check_credentials()
-        await ct.ensure_type(interaction_type_draft(worker_settings.interaction_type_key))
-        processor = Processor(
-            ct,
-            registry,
-            ProcessorSettings(
-                project_key=settings.commercetools.project_key,
-                interaction_type_key=worker_settings.interaction_type_key,
-                claim_lease_s=worker_settings.claim_lease_s,
-            ),
+        source = build_source(settings)
+        metrics.watch_lag(source.lag)
+        processor_settings = ProcessorSettings(
+            project_key=settings.commercetools.project_key,
+            interaction_type_key=worker_settings.interaction_type_key,
+            claim_lease_s=worker_settings.claim_lease_s,
         )
         limits = WorkerLimits(
             max_in_flight=worker_settings.max_in_flight,
@@ -84,7 +87,14 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
             shutdown_timeout_s=worker_settings.shutdown_timeout_s,
             retry=replace(DELIVERY_BACKOFF, attempts=worker_settings.max_attempts),
         )
-        await Worker(build_source(settings), processor, limits).run(stop)
+        worker = Worker(source, Processor(ct, registry, processor_settings, metrics=metrics), limits, metrics)
+        token_obtained = asyncio.Event()
+        readiness = {"commercetools_token": token_obtained.is_set, "source_subscribed": worker.subscribed.is_set}
+        async with OpsServer(worker_settings.http_host, worker_settings.http_port, metrics.registry, readiness):
+            await ct.check_credentials()
+            token_obtained.set()
+            await ct.ensure_type(interaction_type_draft(worker_settings.interaction_type_key))
+            await worker.run(stop)
     finally:
         await registry.aclose()
         await ct.aclose()

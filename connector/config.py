@@ -70,6 +70,8 @@ class WorkerSettings(BaseSettings):
     shutdown_timeout_s: float = Field(default=20.0, gt=0)
     max_attempts: int = Field(default=5, ge=1)
     claim_lease_s: float = Field(default=30.0, gt=0)
+    http_host: str = Field(default="0.0.0.0", description="address of /healthz, /readyz and /metrics")
+    http_port: int = Field(default=8080, ge=0, le=65535)
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -23,8 +23,17 @@ class Backoff:
     wait_max_s: float = 5.0
 
 
-async def retry(call: Callable[[], Awaitable[T]], *, on: type[Exception] | tuple[type[Exception], ...], backoff: Backoff) -> T:
-    """Returns ``call()``'s result, trying at most ``backoff.attempts`` times; re-raises the last error."""
+async def retry(
+    call: Callable[[], Awaitable[T]],
+    *,
+    on: type[Exception] | tuple[type[Exception], ...],
+    backoff: Backoff,
+    on_retry: Callable[[], object] = lambda: None,
+) -> T:
+    """Returns ``call()``'s result, trying at most ``backoff.attempts`` times; re-raises the last error.
+
+    ``on_retry`` is called before each try after the first (to count retries).
+    """
     try:
         return await call()
     except on:
@@ -39,5 +48,6 @@ async def retry(call: Callable[[], Awaitable[T]], *, on: type[Exception] | tuple
         wait_max=backoff.wait_max_s,
     ):
         with attempt:
+            on_retry()
             return await call()
     raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover

@@ -17,6 +17,7 @@ from connector import failure_policy
 from connector.dispatch import KeyedDispatcher
 from connector.errors import BadDelivery
 from connector.failure_policy import DeadLetter
+from connector.metrics import Metrics
 from connector.models.delivery import DEFAULT_MAX_BYTES, Ignored, PaymentTrigger, parse_delivery
 from connector.processor.reconcile import Processor
 from connector.retrying import Backoff
@@ -44,19 +45,24 @@ class Worker:
         source: Source,
         processor: Processor,
         limits: WorkerLimits,
+        metrics: Metrics | None = None,
         jitter: Callable[[], float] = random.random,
     ) -> None:
         self._source = source
         self._processor = processor
         self._limits = limits
+        self._metrics = metrics or Metrics()
         self._jitter = jitter
+        self.subscribed = asyncio.Event()  # readiness: the source is started
 
     async def run(self, stop: asyncio.Event) -> None:
         await self._source.start()
+        self.subscribed.set()
         log.info("worker.started", max_in_flight=self._limits.max_in_flight)
         try:
             async with asyncio.TaskGroup() as tasks:
                 dispatcher = KeyedDispatcher(tasks, self._limits.max_in_flight)
+                self._metrics.in_flight.set_function(lambda: dispatcher.in_flight)
                 async for delivery in self._source.deliveries(stop):
                     await self._route(delivery, dispatcher)
                 log.info("worker.stopping", in_flight=dispatcher.in_flight)
@@ -71,10 +77,12 @@ class Worker:
         except BadDelivery as exc:
             log.warning("delivery.dead_lettered", position=delivery.position, reason=str(exc), attempts=delivery.attempt)
             await delivery.dead_letter(str(exc), attempts=delivery.attempt)
+            self._count("unreadable", "dead_lettered")
             return
         if isinstance(parsed, Ignored):
             log.debug("delivery.ignored", position=delivery.position, message_id=parsed.message_id, reason=parsed.reason)
             await delivery.ack()
+            self._count("other", "ignored")  # not our message types: a bounded label
             return
         await dispatcher.submit(parsed.payment_id, lambda: self._handle(delivery, parsed))
 
@@ -92,15 +100,24 @@ class Worker:
                 if isinstance(decision, DeadLetter):
                     log.error("delivery.dead_lettered", reason=decision.reason, attempts=attempt)
                     await delivery.dead_letter(decision.reason, attempts=attempt)
+                    self._count(trigger.message_type, "dead_lettered")
                     return
                 log.warning(
                     "delivery.retrying", error=failure_policy.describe(exc), attempt=attempt, delay_s=round(decision.delay_s, 3)
                 )
+                self._metrics.retries.labels("delivery").inc()
                 if await delivery.retry_later(decision.delay_s):
+                    self._count(trigger.message_type, "handed_back")
                     return  # the queue brings it back
                 await asyncio.sleep(decision.delay_s)
                 attempt += 1
                 continue
             await delivery.ack()
             log.info("delivery.processed", outcome=result.outcome, transactions=len(result.results))
+            self._count(trigger.message_type, result.outcome)
             return
+
+    def _count(self, message_type: str, result: str) -> None:
+        self._metrics.deliveries.labels(message_type, result).inc()
+        if result == "dead_lettered":
+            self._metrics.dead_letters.inc()

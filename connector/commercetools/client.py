@@ -12,6 +12,7 @@ from pydantic import SecretStr
 
 from connector.commercetools.auth import AuthenticationFailed, TokenSource
 from connector.errors import ConcurrentModification, NotFound, RateLimited, Rejected, ServerError, Unreachable
+from connector.metrics import Metrics
 from connector.models.payment import Payment
 from connector.retrying import Backoff, retry
 
@@ -32,11 +33,13 @@ class CommercetoolsClient:
         tokens: TokenSource,
         http: httpx.AsyncClient,
         retry: Backoff = COMMERCETOOLS_BACKOFF,
+        metrics: Metrics | None = None,
     ) -> None:
         self._base = f"{api_url.rstrip('/')}/{project_key}"
         self._tokens = tokens
         self._http = http
         self._retry = retry
+        self._metrics = metrics or Metrics()
 
     @classmethod
     def create(
@@ -51,11 +54,12 @@ class CommercetoolsClient:
         timeout_s: float = 10.0,
         max_connections: int = 64,
         retry: Backoff = COMMERCETOOLS_BACKOFF,
+        metrics: Metrics | None = None,
     ) -> "CommercetoolsClient":
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         http = httpx.AsyncClient(transport=AiohttpTransport(limits=limits), timeout=httpx.Timeout(timeout_s), limits=limits)
         tokens = TokenSource(http, auth_url=auth_url, client_id=client_id, client_secret=client_secret, scopes=scopes)
-        return cls(api_url=api_url, project_key=project_key, tokens=tokens, http=http, retry=retry)
+        return cls(api_url=api_url, project_key=project_key, tokens=tokens, http=http, retry=retry, metrics=metrics)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -83,7 +87,8 @@ class CommercetoolsClient:
         return found
 
     async def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        return await retry(lambda: self._send_authorized(method, path, body), on=TRANSIENT, backoff=self._retry)
+        retried = self._metrics.retries.labels("commercetools").inc
+        return await retry(lambda: self._send_authorized(method, path, body), on=TRANSIENT, backoff=self._retry, on_retry=retried)
 
     async def _send_authorized(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
         try:
@@ -101,10 +106,11 @@ class CommercetoolsClient:
             response = await self._http.request(
                 method, self._base + path, json=body, headers={"Authorization": f"Bearer {token}"}
             )
-        except httpx.TimeoutException:
-            raise Unreachable(f"{method} {path} timed out") from None
-        except httpx.TransportError as exc:
-            raise Unreachable(f"{method} {path} failed: {exc.__class__.__name__}") from None
+        except httpx.TransportError as exc:  # timeouts included
+            self._metrics.commercetools_requests.labels(method, "error").inc()
+            failure = "timed out" if isinstance(exc, httpx.TimeoutException) else f"failed: {exc.__class__.__name__}"
+            raise Unreachable(f"{method} {path} {failure}") from None
+        self._metrics.commercetools_requests.labels(method, str(response.status_code)).inc()
         if response.status_code == 401:
             self._tokens.invalidate(token)
             raise _Unauthorized

@@ -4,6 +4,7 @@ Every decision comes from ``connector.processor.decisions``; this module only do
 them, and answers each 409 by refetching the payment and deciding again.
 """
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -11,9 +12,10 @@ from typing import Any, Protocol
 
 import structlog
 
-from connector.adapters.contract import Operation, OperationRequest, Outcome, PaymentAdapter
+from connector.adapters.contract import Operation, OperationRequest, Outcome
 from connector.adapters.registry import AdapterRegistry, Route, UnknownAccount
 from connector.errors import ClaimHeld, ConcurrentModification, NotFound, PspUnavailable, RetryableError
+from connector.metrics import Metrics
 from connector.models.delivery import PaymentTrigger
 from connector.models.payment import Payment
 from connector.processor import decisions
@@ -60,11 +62,13 @@ class Processor:
         registry: AdapterRegistry,
         settings: ProcessorSettings,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
         self._registry = registry
         self._settings = settings
         self._clock = clock
+        self._metrics = metrics or Metrics()
         self._lease = timedelta(seconds=settings.claim_lease_s)
         # Keys this worker claimed in attempts that failed, and when: a retry here may take them back
         # at once, because no call of ours is still running for them. Within the lease nobody else can.
@@ -116,6 +120,7 @@ class Processor:
                 return await self._store.update_payment(payment.id, payment.version, actions), plan
             except ConcurrentModification:
                 log.info("claim.conflict", version=payment.version)
+                self._metrics.conflicts.labels("claim").inc()
                 payment, fetched = await self._store.get_payment(payment.id), True
         raise RetryableError(f"claim kept conflicting after {self._settings.max_conflicts} attempts")
 
@@ -130,19 +135,31 @@ class Processor:
                 outcome = refusal.as_outcome()
             else:
                 assert work.operation is not None  # refusal_for refuses what has no operation
-                outcome = await self._call_psp(route.adapter, work.operation, OperationRequest(
+                outcome = await self._call_psp(route, work.operation, OperationRequest(
                     current, work.transaction, work.idempotency_key, self._settings.project_key
                 ))  # fmt: skip
             log.info("transaction.outcome", state=outcome.state.value, code=outcome.code, psp_reference=outcome.psp_reference)
+            self._metrics.transactions.labels(work.transaction.type.value, outcome.state.value).inc()
             current = decisions.apply_outcome(current, work.transaction.id, outcome)
             results.append(Result(work, outcome))
         structlog.contextvars.unbind_contextvars("transaction_id")
         return results
 
-    async def _call_psp(self, adapter: PaymentAdapter, operation: Operation, request: OperationRequest) -> Outcome:
-        method = getattr(adapter, operation.value)  # each Operation names its PaymentAdapter method
-        outcome: Outcome = await retry(lambda: method(request), on=PspUnavailable, backoff=self._settings.psp_backoff)
-        return outcome  # every attempt carried the same idempotency key
+    async def _call_psp(self, route: Route, operation: Operation, request: OperationRequest) -> Outcome:
+        method = getattr(route.adapter, operation.value)  # each Operation names its PaymentAdapter method
+        latency = self._metrics.psp_call_seconds.labels(route.interface, operation.value)
+
+        async def timed_call() -> Outcome:
+            started = time.perf_counter()
+            try:
+                result: Outcome = await method(request)
+                return result
+            finally:
+                latency.observe(time.perf_counter() - started)
+
+        retried = self._metrics.retries.labels("psp").inc
+        # Every attempt carries the same idempotency key.
+        return await retry(timed_call, on=PspUnavailable, backoff=self._settings.psp_backoff, on_retry=retried)
 
     async def _store_outcomes(self, payment: Payment, results: list[Result]) -> None:
         for _ in range(self._settings.max_conflicts):
@@ -155,6 +172,7 @@ class Processor:
             except ConcurrentModification:
                 # Someone else wrote meanwhile: decide again from what is there now, never call the PSP again.
                 log.info("outcome.conflict", version=payment.version)
+                self._metrics.conflicts.labels("outcome").inc()
                 payment = await self._store.get_payment(payment.id)
         raise RetryableError(f"outcome write kept conflicting after {self._settings.max_conflicts} attempts")
 

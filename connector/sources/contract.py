@@ -1,7 +1,7 @@
 """The contract every source (Kafka, Pub/Sub) fulfils."""
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Protocol
 
 
@@ -44,3 +44,7 @@ class Source(Protocol):
 
     async def close(self) -> None:
         """Commits what is done and disconnects."""
+
+    def lag(self) -> Mapping[str, int]:
+        """Messages not yet committed, per partition; empty where the queue itself reports its backlog."""
+        ...

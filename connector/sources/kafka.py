@@ -7,7 +7,7 @@ and finished work that comes again is harmless because processing is idempotent.
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
@@ -176,6 +176,17 @@ class KafkaSource:
             return
         for partition, offset in offsets.items():
             self._partitions[partition].committed = offset
+
+    def lag(self) -> Mapping[str, int]:
+        """Per partition: the end of the partition, as of the last fetch, minus the committed offset."""
+        if self._consumer is None:
+            return {}
+        behind: dict[str, int] = {}
+        for partition, tracker in list(self._partitions.items()):
+            end = self._consumer.highwater(partition)
+            if end is not None:
+                behind[str(partition.partition)] = max(0, end - (tracker.committed or 0))
+        return behind
 
     async def publish_dead_letter(self, record: ConsumerRecord[bytes, bytes], reason: str, attempts: int) -> None:
         headers = [

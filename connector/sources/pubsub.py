@@ -11,7 +11,7 @@ delivery attempts (that policy must then exist: ``start`` checks).
 """
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -145,6 +145,9 @@ class PubSubSource:
         )
         await asyncio.wait_for(asyncio.wrap_future(published), timeout=30.0)
         message.ack()
+
+    def lag(self) -> Mapping[str, int]:
+        return {}  # the backlog is the subscription's num_undelivered_messages, in Cloud Monitoring
 
     async def close(self) -> None:
         """Hands back what was received but not started, then stops the streaming pull.

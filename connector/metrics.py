@@ -1,0 +1,76 @@
+"""The worker's Prometheus metrics, on a registry of its own (no process-wide state).
+
+Each part of the worker receives the one ``Metrics`` object through its constructor and counts
+what it does; ``/metrics`` (connector.ops_http) renders the registry. Labels are bounded sets
+(message types, operations, states, HTTP methods and status codes), never ids or free text.
+"""
+
+from collections.abc import Callable, Iterator, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+# PSP round trips: tens of milliseconds to a few seconds.
+PSP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.deliveries = Counter(
+            "connector_deliveries",
+            "Deliveries handled, by message type and result",
+            ["message_type", "result"],
+            registry=self.registry,
+        )
+        self.transactions = Counter(
+            "connector_transactions",
+            "Transactions executed or refused, by operation and resulting state",
+            ["operation", "outcome"],
+            registry=self.registry,
+        )
+        self.psp_call_seconds = Histogram(
+            "connector_psp_call_seconds",
+            "One PSP call (one attempt), by interface and operation",
+            ["interface", "operation"],
+            buckets=PSP_BUCKETS,
+            registry=self.registry,
+        )
+        self.commercetools_requests = Counter(
+            "connector_commercetools_requests",
+            "Requests to the commercetools API, by method and HTTP status ('error': no answer)",
+            ["method", "status"],
+            registry=self.registry,
+        )
+        self.retries = Counter(
+            "connector_retries",
+            "Retries after a transient fault, by what was retried",
+            ["target"],  # commercetools, psp, delivery
+            registry=self.registry,
+        )
+        self.conflicts = Counter(
+            "connector_conflicts",
+            "409 ConcurrentModification answers, by the write that met them",
+            ["write"],  # claim, outcome
+            registry=self.registry,
+        )
+        self.dead_letters = Counter(
+            "connector_dead_letters", "Deliveries moved to the dead-letter destination", registry=self.registry
+        )
+        self.in_flight = Gauge("connector_in_flight", "Deliveries being processed now", registry=self.registry)
+
+    def watch_lag(self, lag: Callable[[], Mapping[str, int]]) -> None:
+        """Reports ``lag()`` (messages behind, per partition) on every scrape."""
+        self.registry.register(_LagCollector(lag))
+
+
+class _LagCollector(Collector):
+    def __init__(self, lag: Callable[[], Mapping[str, int]]) -> None:
+        self._lag = lag
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("connector_consumer_lag", "Messages behind the end of each partition", labels=["partition"])
+        for partition, behind in sorted(self._lag().items()):
+            family.add_metric([partition], behind)
+        yield family
