@@ -6,7 +6,7 @@ from dataclasses import replace
 from connector.adapters.registry import AdapterRegistry
 from connector.commercetools.client import CommercetoolsClient
 from connector.commercetools.interaction_type import interaction_type_draft
-from connector.config import Settings
+from connector.config import CommercetoolsSettings, Settings
 from connector.metrics import Metrics
 from connector.ops_http import OpsServer
 from connector.processor.reconcile import Processor, ProcessorSettings
@@ -15,8 +15,7 @@ from connector.sources.kafka import KafkaConfig, KafkaSource
 from connector.worker import DELIVERY_BACKOFF, Worker, WorkerLimits
 
 
-def build_commercetools(settings: Settings, metrics: Metrics | None = None) -> CommercetoolsClient:
-    ct = settings.commercetools
+def build_commercetools(ct: CommercetoolsSettings, metrics: Metrics | None = None) -> CommercetoolsClient:
     return CommercetoolsClient.create(
         api_url=ct.api_url,
         auth_url=ct.auth_url,
@@ -71,7 +70,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     worker_settings = settings.worker
     registry = AdapterRegistry.load(worker_settings.adapters)  # a bad plugin fails here, before any delivery
     metrics = Metrics()
-    ct = build_commercetools(settings, metrics)
+    ct = build_commercetools(settings.commercetools, metrics)
     try:
         source = build_source(settings)
         metrics.watch_lag(source.lag)

@@ -1,16 +1,19 @@
-"""Command line: ``connector run`` (the worker) and ``connector demo``."""
+"""Command line: ``connector run`` (the worker), ``connector setup`` and ``connector demo``."""
 
 import asyncio
+import contextlib
+import json
 import logging
 import signal
 import sys
+from collections.abc import Iterator
 from typing import Annotated, Literal
 
 import structlog
 import typer
 
 from connector.commercetools.auth import AuthenticationFailed
-from connector.config import load_settings
+from connector.config import CommercetoolsSettings, SubscriptionSettings, load_settings, load_setup_settings
 from connector.errors import ConfigurationError
 from connector.logs import configure_logging
 
@@ -22,22 +25,45 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 @app.command()
 def run() -> None:
     """Run the worker until SIGTERM or SIGINT."""
-    try:
+    with _bad_settings_exit():
         settings = load_settings()
-    except ConfigurationError as exc:
-        typer.echo(f"connector: {exc}", err=True)
-        raise typer.Exit(EXIT_BAD_SETTINGS) from None
-    configure_logging(settings.worker.log_format, settings.worker.log_level)
-    from connector.app import run_worker  # after logging is set up
+        configure_logging(settings.worker.log_format, settings.worker.log_level)
+        from connector.app import run_worker  # after logging is set up
 
+        try:
+            asyncio.run(_until_signalled(lambda stop: run_worker(settings, stop)))
+        except AuthenticationFailed as exc:
+            structlog.get_logger("connector").error("worker.cannot_authenticate", error=str(exc))
+            raise typer.Exit(1) from None
+
+
+@app.command()
+def setup(dry_run: Annotated[bool, typer.Option("--dry-run", help="print the drafts and send nothing")] = False) -> None:
+    """Create, or bring up to date, the interaction Type and the Subscription (SUBSCRIPTION_* variables)."""
+    with _bad_settings_exit():
+        commercetools, subscription = load_setup_settings()
+        from connector.provision import printable, resources
+
+        if dry_run:
+            typer.echo(json.dumps([printable(resource) for resource in resources(subscription)], indent=2))
+            return
+        try:
+            for line in asyncio.run(_set_up(commercetools, subscription)):
+                typer.echo(line)
+        except AuthenticationFailed as exc:
+            typer.echo(f"connector: {exc}", err=True)
+            raise typer.Exit(1) from None
+
+
+async def _set_up(commercetools: CommercetoolsSettings, subscription: SubscriptionSettings) -> list[str]:
+    from connector.app import build_commercetools
+    from connector.provision import apply, resources
+
+    ct = build_commercetools(commercetools)
     try:
-        asyncio.run(_until_signalled(lambda stop: run_worker(settings, stop)))
-    except ConfigurationError as exc:
-        typer.echo(f"connector: {exc}", err=True)
-        raise typer.Exit(EXIT_BAD_SETTINGS) from None
-    except AuthenticationFailed as exc:
-        structlog.get_logger("connector").error("worker.cannot_authenticate", error=str(exc))
-        raise typer.Exit(1) from None
+        return [(await apply(ct, resource)).describe() for resource in resources(subscription)]
+    finally:
+        await ct.aclose()
 
 
 @app.command()
@@ -49,6 +75,16 @@ def demo(source: Annotated[Literal["kafka", "pubsub"], typer.Option(help="the qu
     from connector.demo import main as demo_main
 
     raise typer.Exit(demo_main(source))
+
+
+@contextlib.contextmanager
+def _bad_settings_exit() -> Iterator[None]:
+    """Settings that cannot work end the command with exit code 2 and a message naming them."""
+    try:
+        yield
+    except ConfigurationError as exc:
+        typer.echo(f"connector: {exc}", err=True)
+        raise typer.Exit(EXIT_BAD_SETTINGS) from None
 
 
 async def _until_signalled(main) -> None:  # type: ignore[no-untyped-def]

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from connector.adapters.registry import AdapterRoute
@@ -76,6 +76,42 @@ class WorkerSettings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+class SubscriptionSettings(BaseSettings):
+    """The commercetools Subscription ``connector setup`` creates; values fall back on the worker's variables."""
+
+    model_config = SettingsConfigDict(env_prefix="SUBSCRIPTION_", extra="ignore")
+
+    key: str = Field(default="commercetools-payment-connector", min_length=2)
+    destination: Literal["kafka", "pubsub"] = Field(
+        default="kafka", validation_alias=AliasChoices("SUBSCRIPTION_DESTINATION", "CONNECTOR_SOURCE")
+    )
+    format: Literal["Platform", "CloudEvents"] = "Platform"
+    topic: str = Field(default="", validation_alias=AliasChoices("SUBSCRIPTION_TOPIC", "KAFKA_TOPIC"))
+    # Confluent Cloud / Kafka: the API key commercetools produces with (not the worker's own).
+    bootstrap_server: str = Field(
+        default="", validation_alias=AliasChoices("SUBSCRIPTION_BOOTSTRAP_SERVER", "KAFKA_BOOTSTRAP_SERVERS")
+    )
+    api_key: str = ""
+    api_secret: SecretStr = SecretStr("")
+    acks: Literal["0", "1", "-1", "all"] = "all"
+    # Google Cloud Pub/Sub
+    project_id: str = Field(default="", validation_alias=AliasChoices("SUBSCRIPTION_PROJECT_ID", "PUBSUB_PROJECT_ID"))
+    interaction_type_key: str = Field(
+        default="connector-payment-interaction", validation_alias=AliasChoices("CONNECTOR_INTERACTION_TYPE_KEY")
+    )
+
+    @model_validator(mode="after")
+    def _destination_complete(self) -> "SubscriptionSettings":
+        needed = {
+            "kafka": {"SUBSCRIPTION_TOPIC": self.topic, "SUBSCRIPTION_BOOTSTRAP_SERVER": self.bootstrap_server,
+                      "SUBSCRIPTION_API_KEY": self.api_key, "SUBSCRIPTION_API_SECRET": self.api_secret.get_secret_value()},
+            "pubsub": {"SUBSCRIPTION_TOPIC": self.topic, "SUBSCRIPTION_PROJECT_ID": self.project_id},
+        }[self.destination]  # fmt: skip
+        if missing := [name for name, value in needed.items() if not value]:
+            raise ValueError(f"a {self.destination} destination needs {', '.join(missing)}")
+        return self
+
+
 class Settings:
     """All the settings one worker needs, validated together; only the chosen source's are read."""
 
@@ -99,33 +135,53 @@ G = TypeVar("G", bound=BaseSettings)
 
 def load_settings(env_file: str | Path | None = ".env", secrets_dir: str | Path | None = None) -> Settings:
     """Reads and validates every group; raises ConfigurationError listing each bad variable."""
-    secrets = secrets_dir or os.environ.get("CONNECTOR_SECRETS_DIR") or DEFAULT_SECRETS_DIR
-    sources: dict[str, Any] = {
-        "_env_file": env_file,
-        "_secrets_dir": secrets if Path(secrets).is_dir() else None,
-    }
-    problems: list[str] = []
-
-    def load(group: type[G]) -> G | None:
-        prefix = group.model_config.get("env_prefix", "")
-        try:
-            return group(**sources)
-        except ValidationError as exc:
-            problems.extend(_describe(prefix, error) for error in exc.errors())
-        except SettingsError as exc:  # a complex value (a JSON list, say) that does not parse
-            field = match.group(1) if (match := re.search(r'field "(\w+)"', str(exc))) else "?"
-            problems.append(f"{prefix}{field.upper()}: not valid JSON")
-        return None
-
-    commercetools = load(CommercetoolsSettings)
-    worker = load(WorkerSettings)
+    loader = _Loader(env_file, secrets_dir)
+    commercetools = loader.load(CommercetoolsSettings)
+    worker = loader.load(WorkerSettings)
     pubsub = worker is not None and worker.source == "pubsub"
-    kafka_settings = None if pubsub else load(KafkaSettings)  # Kafka is the default source
-    pubsub_settings = load(PubSubSettings) if pubsub else None
-    if problems:
-        raise ConfigurationError("invalid settings:\n" + "\n".join(f"  {p}" for p in problems))
+    kafka_settings = None if pubsub else loader.load(KafkaSettings)  # Kafka is the default source
+    pubsub_settings = loader.load(PubSubSettings) if pubsub else None
+    loader.raise_problems()
     assert commercetools is not None and worker is not None
     return Settings(commercetools, worker, kafka_settings, pubsub_settings)
+
+
+def load_setup_settings(
+    env_file: str | Path | None = ".env", secrets_dir: str | Path | None = None
+) -> tuple[CommercetoolsSettings, SubscriptionSettings]:
+    """What ``connector setup`` needs: commercetools credentials and the Subscription to create."""
+    loader = _Loader(env_file, secrets_dir)
+    commercetools, subscription = loader.load(CommercetoolsSettings), loader.load(SubscriptionSettings)
+    loader.raise_problems()
+    assert commercetools is not None and subscription is not None
+    return commercetools, subscription
+
+
+class _Loader:
+    """Loads settings groups from the same sources, collecting every problem before raising."""
+
+    def __init__(self, env_file: str | Path | None, secrets_dir: str | Path | None) -> None:
+        secrets = secrets_dir or os.environ.get("CONNECTOR_SECRETS_DIR") or DEFAULT_SECRETS_DIR
+        self._sources: dict[str, Any] = {
+            "_env_file": env_file,
+            "_secrets_dir": secrets if Path(secrets).is_dir() else None,
+        }
+        self._problems: list[str] = []
+
+    def load(self, group: type[G]) -> G | None:
+        prefix = group.model_config.get("env_prefix", "")
+        try:
+            return group(**self._sources)
+        except ValidationError as exc:
+            self._problems.extend(_describe(prefix, error) for error in exc.errors())
+        except SettingsError as exc:  # a complex value (a JSON list, say) that does not parse
+            field = match.group(1) if (match := re.search(r'field "(\w+)"', str(exc))) else "?"
+            self._problems.append(f"{prefix}{field.upper()}: not valid JSON")
+        return None
+
+    def raise_problems(self) -> None:
+        if self._problems:
+            raise ConfigurationError("invalid settings:\n" + "\n".join(f"  {p}" for p in self._problems))
 
 
 def without_files(group: type[G], **values: Any) -> G:
@@ -135,6 +191,8 @@ def without_files(group: type[G], **values: Any) -> G:
 
 def _describe(prefix: str, error: Any) -> str:
     """``CTP_CLIENT_SECRET: Field required``; the offending value is never shown."""
+    if not error["loc"]:  # a rule across fields, whose message names them
+        return f"{prefix.rstrip('_')}: {error['msg'].removeprefix('Value error, ')}"
     field, *inner = error["loc"]
     where = f"{prefix}{str(field).upper()}" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in inner)
     return f"{where}: {error['msg']}"

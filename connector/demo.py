@@ -141,7 +141,7 @@ async def run_demo(queue: LocalQueue, ct_url: str, timeout_s: float = 60.0) -> b
         **queue.source_settings(),
     )  # fmt: skip
     await queue.create()
-    ct = build_commercetools(settings)
+    ct = build_commercetools(settings.commercetools)
     stop = asyncio.Event()
     try:
         payments = await create_payments(ct)

@@ -80,11 +80,24 @@ class CommercetoolsClient:
 
     async def ensure_type(self, draft: dict[str, Any]) -> dict[str, Any]:
         """Returns the Type with the draft's key, creating it when the project has none."""
+        return await self.find_by_key("types", draft["key"]) or await self.create_resource("types", draft)
+
+    async def find_by_key(self, endpoint: str, key: str) -> dict[str, Any] | None:
+        """A resource (``endpoint``: types, subscriptions, ...) by its key; None when there is none."""
         try:
-            found: dict[str, Any] = await self._request("GET", f"/types/key={draft['key']}")
+            found: dict[str, Any] = await self._request("GET", f"/{endpoint}/key={key}")
         except NotFound:
-            found = await self._request("POST", "/types", draft)
+            return None
         return found
+
+    async def create_resource(self, endpoint: str, draft: dict[str, Any]) -> dict[str, Any]:
+        created: dict[str, Any] = await self._request("POST", f"/{endpoint}", draft)
+        return created
+
+    async def update_resource(self, endpoint: str, resource: dict[str, Any], actions: list[dict[str, Any]]) -> dict[str, Any]:
+        body = {"version": resource["version"], "actions": actions}
+        updated: dict[str, Any] = await self._request("POST", f"/{endpoint}/{resource['id']}", body)
+        return updated
 
     async def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         retried = self._metrics.retries.labels("commercetools").inc

@@ -2,6 +2,8 @@
 
 from typing import Any
 
+from connector.errors import ConfigurationError
+
 STRING_FIELDS = ("type", "transactionId", "operation", "idempotencyKey", "interactionId", "request", "response")
 
 
@@ -26,3 +28,18 @@ def _field(name: str, type_name: str, *, multi_line: bool) -> dict[str, Any]:
         "type": {"name": type_name},
         "inputHint": "MultiLine" if multi_line else "SingleLine",
     }
+
+
+def type_changes(existing: dict[str, Any], draft: dict[str, Any]) -> list[dict[str, Any]]:
+    """``addFieldDefinition`` for each field the existing Type lacks; a field of another type cannot be changed."""
+    present = {field["name"]: field["type"]["name"] for field in existing.get("fieldDefinitions", [])}
+    actions: list[dict[str, Any]] = []
+    for field in draft["fieldDefinitions"]:
+        if field["name"] not in present:
+            actions.append({"action": "addFieldDefinition", "fieldDefinition": field})
+        elif present[field["name"]] != field["type"]["name"]:
+            raise ConfigurationError(
+                f"Type {draft['key']!r} has field {field['name']!r} of type {present[field['name']]},"
+                f" not {field['type']['name']}: use another CONNECTOR_INTERACTION_TYPE_KEY"
+            )
+    return actions
