@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint reliability clean
+.PHONY: install demo test lint reliability lock clean
 
 install: $(VENV)/.installed
 
@@ -33,3 +33,9 @@ clean:
 reliability: install
 	$(BIN)/pytest -m reliability
 	@cat .cache/reliability.json
+
+# Re-pins deploy/requirements.lock (what the Docker image installs, hash-checked) from pyproject.toml.
+lock: install
+	$(BIN)/pip install --quiet uv
+	$(BIN)/uv pip compile pyproject.toml --generate-hashes --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 --no-header --quiet -o deploy/requirements.lock

@@ -1,4 +1,4 @@
-"""Command line: ``connector run`` (the worker), ``connector setup`` and ``connector demo``."""
+"""Command line: ``connector run`` (the worker), ``setup``, ``healthcheck`` and ``demo``."""
 
 import asyncio
 import contextlib
@@ -6,6 +6,7 @@ import json
 import logging
 import signal
 import sys
+import urllib.request
 from collections.abc import Iterator
 from typing import Annotated, Literal
 
@@ -64,6 +65,19 @@ async def _set_up(commercetools: CommercetoolsSettings, subscription: Subscripti
         return [(await apply(ct, resource)).describe() for resource in resources(subscription)]
     finally:
         await ct.aclose()
+
+
+@app.command()
+def healthcheck(
+    port: Annotated[int, typer.Option(envvar="CONNECTOR_HTTP_PORT", help="the worker's operations port")] = 8080,
+) -> None:
+    """Exit 0 when the worker on this host answers /healthz (for a container HEALTHCHECK)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=3) as response:
+            healthy = response.status == 200
+    except OSError:
+        healthy = False
+    raise typer.Exit(0 if healthy else 1)
 
 
 @app.command()

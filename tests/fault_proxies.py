@@ -7,27 +7,18 @@
 """
 
 import asyncio
-import os
 import subprocess
 import time
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import httpx
 from aiohttp import ClientSession, web
 
-from connector.peers import cache_dir, free_port, terminate
+from connector.peers import free_port, terminate
+from tests.go_tools import go_install
 
 TOXIPROXY = "github.com/Shopify/toxiproxy/v2/cmd/server@v2.5.0"
-
-
-def toxiproxy_binary() -> Path:
-    folder = cache_dir() / "toxiproxy"
-    binary = folder / "server"
-    if not binary.exists():
-        subprocess.run(["go", "install", TOXIPROXY], env={**os.environ, "GOBIN": str(folder)}, check=True, timeout=900)
-    return binary
 
 
 class Toxiproxy:
@@ -38,7 +29,7 @@ class Toxiproxy:
 
     def __enter__(self) -> "Toxiproxy":
         self._process = subprocess.Popen(
-            [str(toxiproxy_binary()), "-host", "127.0.0.1", "-port", str(self.port)],
+            [str(go_install(TOXIPROXY)), "-host", "127.0.0.1", "-port", str(self.port)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -16,7 +16,7 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
     for name in list(os.environ):
-        if name.startswith(("CTP_", "KAFKA_", "CONNECTOR_")):
+        if name.startswith(("CTP_", "KAFKA_", "PUBSUB_", "CONNECTOR_", "SUBSCRIPTION_")):
             monkeypatch.delenv(name)
 
 
@@ -57,3 +57,21 @@ def test_every_problem_is_named_at_once(tmp_path: Path, monkeypatch: pytest.Monk
     ):
         assert name in message
     assert "CTP_CLIENT_SECRET" not in message and "do-not-print-me" not in message
+
+
+def test_the_kubernetes_secret_layout_is_read_from_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """deploy/kubernetes mounts the Secret as one file per key: JSON routes and SASL credentials included."""
+    routes = [{"interface": "STRIPE", "adapter": "stripe", "settings": {"secret_key": "sk_test_from_file"}}]
+    files = {
+        "CTP_CLIENT_ID": "id", "CTP_CLIENT_SECRET": "secret", "CONNECTOR_ADAPTERS": json.dumps(routes),
+        "KAFKA_SASL_USERNAME": "confluent-key", "KAFKA_SASL_PASSWORD": "confluent-secret",
+    }  # fmt: skip
+    for name, content in files.items():
+        (tmp_path / name).write_text(content)
+    for name, value in {"CTP_PROJECT_KEY": "p", "KAFKA_BOOTSTRAP_SERVERS": "b:9092", "KAFKA_TOPIC": "t"}.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings(env_file=None, secrets_dir=tmp_path)
+    assert settings.worker.adapters[0].settings == routes[0]["settings"]
+    assert settings.kafka is not None and settings.kafka.sasl_password is not None
+    assert settings.kafka.sasl_username == "confluent-key"
+    assert settings.kafka.sasl_password.get_secret_value() == "confluent-secret"

@@ -1,0 +1,142 @@
+"""What ships besides the code: the Dockerfile, the dependency lock, the Kubernetes manifests and the
+compose file, linted and validated against their schemas (no Docker engine or cluster runs here)."""
+
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from packaging.requirements import Requirement
+
+from tests.go_tools import go_install, go_module_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+KUSTOMIZE = "sigs.k8s.io/kustomize/kustomize/v5@v5.7.1"  # the newest that builds with Go 1.26
+KEDA = "github.com/kedacore/keda/v2@v2.18.0"  # the CRDs our ScaledObjects are written against
+KUBERNETES_VERSION = "1.33"
+OVERLAYS = ["kafka", "pubsub"]
+
+
+def tool(name: str) -> str:
+    """A tool installed with the test dependencies, next to this interpreter."""
+    found = shutil.which(name, path=str(Path(sys.executable).parent))
+    assert found, f"{name} is missing: run make install"
+    return found
+
+
+def test_the_dockerfile_passes_hadolint() -> None:
+    command = [tool("hadolint"), "--failure-threshold", "info", str(ROOT / "Dockerfile")]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_final_image_runs_the_worker_as_a_non_root_user_with_a_healthcheck() -> None:
+    final_stage = (ROOT / "Dockerfile").read_text().rsplit("\nFROM ", 1)[1]
+    assert re.search(r"^USER 10001:10001$", final_stage, re.M)
+    assert re.search(r'^HEALTHCHECK .* CMD \["connector", "healthcheck"\]$', final_stage, re.M)
+    assert 'ENTRYPOINT ["connector"]' in final_stage and 'CMD ["run"]' in final_stage
+    assert "pip install" not in final_stage, "the final stage copies the built environment, it installs nothing"
+
+
+def test_the_lock_pins_every_runtime_dependency_within_its_range() -> None:
+    pinned = dict(re.findall(r"^([A-Za-z0-9._-]+)==(\S+) \\$", (DEPLOY / "requirements.lock").read_text(), re.M))
+    pinned = {_normalise(name): version for name, version in pinned.items()}
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for requirement in map(Requirement, project["dependencies"]):
+        version = pinned.get(_normalise(requirement.name))
+        assert version is not None, f"{requirement.name} is not in deploy/requirements.lock: run make lock"
+        assert requirement.specifier.contains(version), f"{requirement.name}=={version} is outside {requirement.specifier}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_each_rendered_manifest_validates_against_its_schema(overlay: str) -> None:
+    documents = render(overlay)
+    kinds = {d["kind"] for d in documents}
+    assert kinds >= {"Deployment", "ConfigMap", "PodDisruptionBudget", "ScaledObject", "TriggerAuthentication"}
+    for document in documents:
+        if document["apiVersion"].startswith("keda.sh/"):
+            keda_validator(document["kind"]).validate(document)
+        else:
+            kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_rendered_parts_fit_together(overlay: str) -> None:
+    by_kind = {d["kind"]: d for d in render(overlay)}
+    deployment, config = by_kind["Deployment"], by_kind["ConfigMap"]
+    pod = deployment["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    pod_labels = pod["metadata"]["labels"].items()
+    for selecting in (by_kind["PodDisruptionBudget"], deployment):
+        assert selecting["spec"]["selector"]["matchLabels"].items() <= pod_labels, selecting["kind"]
+    assert by_kind["Service"]["spec"]["selector"].items() <= pod_labels
+    assert container["envFrom"] == [{"configMapRef": {"name": config["metadata"]["name"]}}]
+    assert config["data"]["CONNECTOR_SOURCE"] == overlay
+    assert pod["spec"]["terminationGracePeriodSeconds"] > int(config["data"]["CONNECTOR_SHUTDOWN_TIMEOUT_S"]) + 10
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] and not security["allowPrivilegeEscalation"]
+    assert security["capabilities"]["drop"] == ["ALL"] and pod["spec"]["securityContext"]["runAsNonRoot"]
+    assert by_kind["ScaledObject"]["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    trigger = by_kind["ScaledObject"]["spec"]["triggers"][0]
+    assert trigger["authenticationRef"]["name"] == by_kind["TriggerAuthentication"]["metadata"]["name"]
+    if overlay == "kafka":
+        assert trigger["metadata"]["consumerGroup"] == config["data"]["KAFKA_GROUP_ID"]
+        assert trigger["metadata"]["topic"] == config["data"]["KAFKA_TOPIC"]
+    else:
+        assert trigger["metadata"]["subscriptionName"].endswith("/" + config["data"]["PUBSUB_SUBSCRIPTION"])
+
+
+def test_the_secret_template_validates_and_holds_no_values() -> None:
+    secret = yaml.safe_load((DEPLOY / "kubernetes" / "secret.template.yaml").read_text())
+    kubernetes_validate.validate(secret, KUBERNETES_VERSION, strict=True)
+    assert set(secret["stringData"].values()) == {""}
+    mounted = next(v for v in _deployment_volumes() if v["name"] == "secrets")
+    assert mounted["secret"]["secretName"] == secret["metadata"]["name"]
+
+
+def test_the_compose_file_matches_the_compose_specification() -> None:
+    result = subprocess.run(
+        [tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(DEPLOY / "docker-compose.yml")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@cache
+def render(overlay: str) -> list[dict[str, Any]]:
+    built = subprocess.run(
+        [str(go_install(KUSTOMIZE)), "build", str(DEPLOY / "kubernetes" / "overlays" / overlay)],
+        capture_output=True, text=True, check=True, timeout=120,
+    )  # fmt: skip
+    return [d for d in yaml.safe_load_all(built.stdout) if d]
+
+
+@cache
+def keda_validator(kind: str) -> jsonschema.Draft7Validator:
+    crd_file = go_module_dir(KEDA) / "config" / "crd" / "bases" / f"keda.sh_{kind.lower()}s.yaml"
+    crd = yaml.safe_load(crd_file.read_text())
+    schema = next(v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1")["schema"]["openAPIV3Schema"]
+    return jsonschema.Draft7Validator(schema)
+
+
+def _deployment_volumes() -> list[dict[str, Any]]:
+    deployment = next(d for d in render("kafka") if d["kind"] == "Deployment")
+    volumes: list[dict[str, Any]] = deployment["spec"]["template"]["spec"]["volumes"]
+    return volumes
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
