@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint reliability lock clean
+.PHONY: install demo test lint reliability bench lock clean
 
 install: $(VENV)/.installed
 
@@ -39,3 +39,9 @@ lock: install
 	$(BIN)/pip install --quiet uv
 	$(BIN)/uv pip compile pyproject.toml --generate-hashes --python-version 3.11 \
 		--python-platform x86_64-manylinux_2_28 --no-header --quiet -o deploy/requirements.lock
+
+# The benchmark (tests/bench): one JSON line, also written to tests/bench/result.json.
+# BENCH_PAYMENTS and BENCH_LATENCY_MS change the load; `make bench ARGS=--profile` adds a py-spy profile.
+bench: install
+	$(BIN)/pip install --quiet py-spy
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m tests.bench $(ARGS)

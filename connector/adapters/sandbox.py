@@ -103,6 +103,10 @@ class SandboxLedger:
         rows = self._db.execute(f"SELECT {_COLUMNS} FROM executions ORDER BY executed_at").fetchall()
         return [_execution(row) for row in rows]
 
+    def execution_times(self) -> list[float]:
+        """When each execution happened (Unix time), oldest first: the benchmark's throughput clock."""
+        return [at for (at,) in self._db.execute("SELECT executed_at FROM executions ORDER BY executed_at")]
+
     def close(self) -> None:
         self._db.close()
 

@@ -96,6 +96,7 @@ class Payment(_Model):
     payment_status: PaymentStatus = Field(default_factory=PaymentStatus, alias="paymentStatus")
     transactions: tuple[Transaction, ...] = ()
     interface_interactions: tuple[CustomFields, ...] = Field(default=(), alias="interfaceInteractions")
+    last_modified_at: str | None = Field(default=None, alias="lastModifiedAt")  # ISO 8601, as stored
 
     def transaction(self, transaction_id: str) -> Transaction | None:
         return next((t for t in self.transactions if t.id == transaction_id), None)

@@ -1,0 +1,316 @@
+"""``make bench``: the connector against a bare-I/O baseline, in one run, on this machine.
+
+1. Load: N payments (default 5,000) in a mix of transaction types, their deliveries in both
+   formats, all published to a local Kafka topic (6 partitions) before the worker starts; the
+   commercetools emulator; the sandbox PSP with a fixed latency (default 50 ms).
+2. Saturation: one worker process drains the topic: transactions per second (first to last PSP
+   call in the sandbox ledger), CPU per transaction (the process's CPU time, start-up included,
+   over the transactions), peak RSS, commercetools requests per transaction (from /metrics).
+3. Latency: more deliveries, published at half the measured throughput: p50 and p99 from publish
+   to the outcome stored (the payment's lastModifiedAt).
+4. Without a token: PaymentCreated deliveries of refunds and cancels only: requests per delivery.
+5. Baseline: the same load for tests/bench/baseline.py (raw aiokafka and aiohttp, same concurrency).
+
+Prints one JSON line and writes it to tests/bench/result.json. ``--profile`` adds a py-spy
+profile of the worker during the saturation phase (top entries in tests/bench/profile.txt).
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from aiokafka import AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
+
+from connector.adapters.sandbox import SandboxLedger
+from connector.commercetools.client import CommercetoolsClient
+from connector.commercetools.interaction_type import interaction_type_draft
+from connector.demo import as_json, payment_draft
+from connector.peers import free_port, messages
+from connector.peers.ctmock import LocalCommercetools
+from connector.peers.kafka import LocalKafka, create_topics
+
+HERE = Path(__file__).parent
+TYPE_KEY = "connector-payment-interaction"
+PARTITIONS = 6
+# One cycle of the mix: (done transactions, Initial transactions, delivery). Amounts ending in 13
+# are declined by the sandbox. "added" is a PaymentTransactionAdded of the last Initial one.
+MIX: list[tuple[tuple[tuple[str, int], ...], tuple[tuple[str, int], ...], str]] = [
+    ((), (("Authorization", 5000),), "created"),
+    ((), (("Authorization", 2500),), "created"),
+    ((), (("Authorization", 1913),), "created"),
+    ((), (("Charge", 4200),), "created"),
+    ((), (("Charge", 990),), "created"),
+    ((), (("Authorization", 3000), ("Charge", 3000)), "created"),
+    ((("Charge", 6000),), (("Refund", 2000),), "created"),
+    ((("Authorization", 7000),), (("CancelAuthorization", 7000),), "created"),
+    ((("Authorization", 8000),), (("Charge", 8000),), "added"),
+    ((("Charge", 4000),), (("Refund", 4000),), "added"),
+]
+NO_TOKEN_MIX = [MIX[6], MIX[7]]
+
+
+class Load:
+    """Payments of one project and their deliveries."""
+
+    def __init__(self, ct: CommercetoolsClient, project_key: str) -> None:
+        self._ct, self._project_key = ct, project_key
+        self.transactions = 0
+
+    async def create(self, count: int, mix: list[Any]) -> list[tuple[str, bytes]]:
+        limit = asyncio.Semaphore(32)
+
+        async def one(index: int) -> tuple[str, bytes]:
+            done, initial, kind = mix[index % len(mix)]
+            formats: tuple[messages.Format, ...] = ("platform", "cloudevents")
+            fmt = formats[index // len(mix) % 2]
+            async with limit:
+                if kind == "created":
+                    payment = await self._ct.create_payment(payment_draft(max(a for _, a in done + initial), done, initial))
+                    return payment.id, messages.payment_created(self._project_key, as_json(payment), fmt)
+                payment = await self._ct.create_payment(payment_draft(max(a for _, a in done + initial), done, ()))
+                added = payment_draft(0, (), initial)["transactions"][0]
+                payment = await self._ct.update_payment(
+                    payment.id, payment.version, [{"action": "addTransaction", "transaction": added}]
+                )
+                return payment.id, messages.transaction_added(
+                    self._project_key, as_json(payment), as_json(payment)["transactions"][-1], fmt
+                )
+
+        created = await asyncio.gather(*(one(i) for i in range(count)))
+        self.transactions += sum(len(mix[i % len(mix)][1]) for i in range(count))
+        return list(created)
+
+
+async def publish(bootstrap: str, topic: str, bodies: list[bytes], rate_per_s: float | None = None) -> list[float]:
+    """Publishes ``bodies`` (at ``rate_per_s``, or at once); returns each one's publish time."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0 if rate_per_s else 5)
+    await producer.start()
+    try:
+        sent, started = [], time.time()
+        for index, body in enumerate(bodies):
+            if rate_per_s:
+                await asyncio.sleep(max(0.0, started + index / rate_per_s - time.time()))
+            sent.append((time.time(), await producer.send(topic, body)))
+        await asyncio.gather(*(future for _, future in sent))
+        return [at for at, _ in sent]
+    finally:
+        await producer.stop()
+
+
+class Metrics:
+    def __init__(self, port: int) -> None:
+        self._http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5)
+
+    def scrape(self) -> dict[str, float]:
+        """Sums each series over its labels (and ``deliveries:<result>`` for the delivery results)."""
+        sums: dict[str, float] = defaultdict(float)
+        try:
+            text = self._http.get("/metrics").text
+        except httpx.TransportError:
+            return sums
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                sums[sample.name] += sample.value
+                if sample.name == "connector_deliveries_total":
+                    sums[f"deliveries:{sample.labels['result']}"] += sample.value
+        return sums
+
+    def wait_for_deliveries(self, count: float, timeout_s: float) -> dict[str, float]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            sums = self.scrape()
+            if sums["connector_deliveries_total"] >= count:
+                return sums
+            time.sleep(0.1)
+        raise TimeoutError(f"the worker handled {self.scrape()['connector_deliveries_total']} of {count} deliveries")
+
+
+def process_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def process_peak_rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) / 1024
+
+
+def ledger_rate(path: Path) -> float:
+    """Executions per second, from the first to the last."""
+    times = SandboxLedger(path).execution_times()
+    return (len(times) - 1) / (times[-1] - times[0])
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="connector-bench-"))
+    with LocalCommercetools() as emulator, LocalKafka(partitions=PARTITIONS) as kafka:
+        url, bootstrap = emulator.url, kafka.bootstrap_servers
+
+        def client(project_key: str) -> CommercetoolsClient:
+            return CommercetoolsClient.create(api_url=url, auth_url=url, project_key=project_key, client_id="bench",
+                                              client_secret=SecretStr("bench"), scopes="")  # fmt: skip
+
+        ct, baseline_ct = client("bench-connector"), client("bench-baseline")
+        for c in (ct, baseline_ct):
+            await c.ensure_type(interaction_type_draft(TYPE_KEY))
+        load, baseline_load = Load(ct, "bench-connector"), Load(baseline_ct, "bench-baseline")
+        print(f"creating {args.payments} payments twice, and more for the latency phase ...", file=sys.stderr)
+        saturation = await load.create(args.payments, MIX)
+        saturation_tx = load.transactions
+        paced = await load.create(args.payments // 4, MIX)
+        no_token = await load.create(200, NO_TOKEN_MIX)
+        baseline = await baseline_load.create(args.payments, MIX)
+        await create_topics(bootstrap, "bench-connector", "bench-connector.dlq", "bench-baseline", partitions=PARTITIONS)
+        await publish(bootstrap, "bench-connector", [body for _, body in saturation])
+        await publish(bootstrap, "bench-baseline", [body for _, body in baseline])
+
+        figures = await measure_connector(args, work, url, bootstrap, ct, saturation, saturation_tx, paced, no_token)
+        figures |= measure_baseline(args, work, url, bootstrap, len(baseline))
+        await ct.aclose()
+        await baseline_ct.aclose()
+    figures["ratio"] = round(figures["tx_per_s"] / figures["baseline_tx_per_s"], 3)
+    return figures
+
+
+async def measure_connector(
+    args: argparse.Namespace, work: Path, url: str, bootstrap: str, ct: CommercetoolsClient,
+    saturation: list[tuple[str, bytes]], saturation_tx: int, paced: list[tuple[str, bytes]], no_token: list[tuple[str, bytes]],
+) -> dict[str, Any]:  # fmt: skip
+    port, ledger = free_port(), work / "connector-ledger.sqlite"
+    route = {
+        "interface": "sandbox",
+        "adapter": "sandbox",
+        "settings": {"ledger_path": str(ledger), "latency_ms": args.latency_ms},
+    }
+    environment = {
+        **os.environ, "CTP_PROJECT_KEY": "bench-connector", "CTP_CLIENT_ID": "bench", "CTP_CLIENT_SECRET": "bench",
+        "CTP_AUTH_URL": url, "CTP_API_URL": url, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "KAFKA_TOPIC": "bench-connector",
+        "CONNECTOR_ADAPTERS": json.dumps([route]), "CONNECTOR_MAX_IN_FLIGHT": str(args.in_flight),
+        "CONNECTOR_HTTP_HOST": "127.0.0.1", "CONNECTOR_HTTP_PORT": str(port), "CONNECTOR_LOG_FORMAT": "json",
+    }  # fmt: skip
+    metrics = Metrics(port)
+    with (work / "worker.log").open("wb") as log:
+        worker = subprocess.Popen([sys.executable, "-m", "connector", "run"], env=environment, stderr=log)
+    try:
+        profiler = start_profiler(worker.pid, work) if args.profile else None
+        print("saturation ...", file=sys.stderr)
+        at_saturation = metrics.wait_for_deliveries(len(saturation), timeout_s=900)
+        cpu_s, rss_mb = process_cpu_s(worker.pid), process_peak_rss_mb(worker.pid)
+        tx_per_s = ledger_rate(ledger)
+        if profiler is not None:
+            profiler.wait(timeout=120)
+            write_profile(work / "profile.raw", HERE / "profile.txt")
+
+        rate = tx_per_s / 2 * len(saturation) / saturation_tx  # deliveries per second at half the throughput
+        print(f"latency at {rate:.0f} deliveries/s ...", file=sys.stderr)
+        published = await publish(bootstrap, "bench-connector", [body for _, body in paced], rate_per_s=rate)
+        metrics.wait_for_deliveries(len(saturation) + len(paced), timeout_s=300)
+        latencies = [
+            (_timestamp((await ct.get_payment(payment_id)).last_modified_at) - at) * 1000
+            for (payment_id, _), at in zip(paced, published, strict=True)
+        ]
+
+        before = metrics.scrape()["connector_commercetools_requests_total"]
+        await publish(bootstrap, "bench-connector", [body for _, body in no_token])
+        after = metrics.wait_for_deliveries(len(saturation) + len(paced) + len(no_token), timeout_s=300)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=60)
+    percentiles = statistics.quantiles(latencies, n=100)
+    return {
+        "payments": len(saturation), "transactions": saturation_tx, "tx_per_s": round(tx_per_s, 1),
+        "p50_ms": round(percentiles[49], 1), "p99_ms": round(percentiles[98], 1), "latency_load_deliveries_per_s": round(rate, 1),
+        "cpu_ms_per_tx": round(cpu_s * 1000 / saturation_tx, 2), "rss_mb_peak": round(rss_mb, 1),
+        "ct_requests_per_tx": round(at_saturation["connector_commercetools_requests_total"] / saturation_tx, 2),
+        "ct_requests_per_payment_created_without_token": round(
+            (after["connector_commercetools_requests_total"] - before) / len(no_token), 2
+        ),
+        "deliveries_by_result": {k.split(":", 1)[1]: int(v) for k, v in at_saturation.items() if k.startswith("deliveries:")},
+        "sandbox_latency_ms": args.latency_ms, "in_flight": args.in_flight,
+    }  # fmt: skip
+
+
+def measure_baseline(args: argparse.Namespace, work: Path, url: str, bootstrap: str, deliveries: int) -> dict[str, Any]:
+    print("baseline ...", file=sys.stderr)
+    ledger = work / "baseline-ledger.sqlite"
+    config = {
+        "ct_url": url, "project_key": "bench-baseline", "bootstrap_servers": bootstrap, "topic": "bench-baseline",
+        "ledger_path": str(ledger), "latency_ms": args.latency_ms, "concurrency": args.in_flight, "type_key": TYPE_KEY,
+        "deliveries": deliveries, "timeout_s": 900,
+    }  # fmt: skip
+    baseline = subprocess.Popen([sys.executable, "-m", "tests.bench.baseline", json.dumps(config)], stdout=subprocess.PIPE)
+    _, status, usage = os.wait4(baseline.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the baseline failed"
+    transactions = len(SandboxLedger(ledger).execution_times())
+    return {
+        "baseline_tx_per_s": round(ledger_rate(ledger), 1),
+        "baseline_cpu_ms_per_tx": round((usage.ru_utime + usage.ru_stime) * 1000 / transactions, 2),
+        "baseline_rss_mb_peak": round(usage.ru_maxrss / 1024, 1),
+    }
+
+
+def start_profiler(pid: int, work: Path) -> subprocess.Popen[bytes]:
+    """py-spy samples the worker for 10 s once it is busy; ``write_profile`` summarises."""
+    time.sleep(3)
+    command = ["py-spy", "record", "--pid", str(pid), "--duration", "10", "--rate", "200", "--format", "raw",
+               "--output", str(work / "profile.raw")]  # fmt: skip
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def write_profile(raw: Path, out: Path, top: int = 20) -> None:
+    """The functions the worker spent its samples in, by own time and by inclusive time."""
+    own: dict[str, int] = defaultdict(int)
+    inclusive: dict[str, int] = defaultdict(int)
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = [f for f in stack.split(";") if f and not f.startswith(("process ", "thread "))]
+        if not frames:
+            continue
+        samples = int(count)
+        total += samples
+        own[frames[-1]] += samples
+        for frame in set(frames):
+            inclusive[frame] += samples
+
+    def table(title: str, counts: dict[str, int]) -> list[str]:
+        ranked = sorted(counts.items(), key=lambda item: -item[1])[:top]
+        return [title, *(f"{100 * n / total:5.1f}%  {frame}" for frame, n in ranked), ""]
+
+    out.write_text("\n".join([f"{total} samples", "", *table("own time", own), *table("inclusive time", inclusive)]))
+
+
+def _timestamp(iso: str | None) -> float:
+    assert iso is not None, "the emulator always sets lastModifiedAt"
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--payments", type=int, default=int(os.environ.get("BENCH_PAYMENTS", 5000)))
+    parser.add_argument("--latency-ms", type=int, default=int(os.environ.get("BENCH_LATENCY_MS", 50)))
+    parser.add_argument("--in-flight", type=int, default=64)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    figures = asyncio.run(run(args))
+    line = json.dumps({"bench": figures}, sort_keys=True)
+    (HERE / "result.json").write_text(line + "\n")
+    print(line)
+
+
+if __name__ == "__main__":
+    main()
