@@ -1,6 +1,6 @@
 """One error tree for the whole connector.
 
-Vendor errors (httpx, aiokafka, PSP SDKs) are mapped onto it once, at the boundary that talks to the
+Vendor errors (aiohttp, aiokafka, PSP SDKs) are mapped onto it once, at the boundary that talks to the
 vendor, with ``raise ... from exc``. Everything above that boundary only asks one question of an
 error: is it worth trying again (``RetryableError``) or not (``PermanentError``)?
 

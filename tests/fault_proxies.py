@@ -63,13 +63,20 @@ class Toxiproxy:
 
 
 class FaultyHttp:
-    """Forwards HTTP to ``upstream``, except during a burst, when it answers the burst's status itself."""
+    """Forwards HTTP to ``upstream``, except during a burst, when it answers the burst's status itself,
+    and for the API requests (not token requests) that find a fault in ``faults``: a status to answer,
+    or ``DROP`` to close the connection without an answer."""
+
+    DROP = 0
 
     def __init__(self, upstream: str) -> None:
         self.port = free_port()
         self._upstream = upstream
         self._burst: int | None = None
         self.answered: dict[int, int] = {}
+        self.faults: list[int] = []
+        self.api_requests = 0
+        self.token_requests = 0
         self._runner: web.AppRunner | None = None
         self._session: ClientSession | None = None
 
@@ -93,10 +100,22 @@ class FaultyHttp:
         await asyncio.sleep(seconds)
         self._burst = None
 
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        if self._burst is not None:
-            self.answered[self._burst] = self.answered.get(self._burst, 0) + 1
-            return web.json_response({"statusCode": self._burst, "message": "injected"}, status=self._burst)
+        is_token = request.path == "/oauth/token"
+        self.token_requests += is_token
+        self.api_requests += not is_token
+        fault = self._burst if self._burst is not None else (self.faults.pop(0) if self.faults and not is_token else None)
+        if fault == self.DROP:
+            assert request.transport is not None
+            request.transport.abort()  # the client sees the connection reset
+            return web.Response()
+        if fault is not None:
+            self.answered[fault] = self.answered.get(fault, 0) + 1
+            return web.json_response({"statusCode": fault, "message": "injected"}, status=fault)
         assert self._session is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
         async with self._session.request(

@@ -1,10 +1,12 @@
 """OAuth2 client credentials for the commercetools API, with the token cached and refreshed."""
 
 import asyncio
+import base64
+import json
 import time
 from collections.abc import Callable
 
-import httpx
+import aiohttp
 from pydantic import SecretStr
 
 from connector.errors import CommercetoolsError, RetryableError
@@ -23,7 +25,7 @@ class TokenSource:
 
     def __init__(
         self,
-        http: httpx.AsyncClient,
+        http: aiohttp.ClientSession,
         *,
         auth_url: str,
         client_id: str,
@@ -59,16 +61,16 @@ class TokenSource:
         data = {"grant_type": "client_credentials"}
         if self._scopes:
             data["scope"] = self._scopes
+        credentials = base64.b64encode(f"{self._client_id}:{self._client_secret.get_secret_value()}".encode()).decode()
         try:
-            response = await self._http.post(
-                self._token_url, data=data, auth=(self._client_id, self._client_secret.get_secret_value())
-            )
-        except httpx.HTTPError as exc:
+            async with self._http.post(self._token_url, data=data, headers={"Authorization": f"Basic {credentials}"}) as response:
+                status, body = response.status, await response.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise AuthenticationFailed(f"token request failed: {exc.__class__.__name__}") from None
-        if response.status_code != 200:
-            raise AuthenticationFailed(f"token request refused with HTTP {response.status_code}")
-        body = response.json()
-        lifetime_s = float(body.get("expires_in", 3600))
-        self._token = body["access_token"]
+        if status != 200:
+            raise AuthenticationFailed(f"token request refused with HTTP {status}")
+        token = json.loads(body)
+        lifetime_s = float(token.get("expires_in", 3600))
+        self._token = token["access_token"]
         # Refresh ahead of expiry, so that no request goes out with a token about to lapse.
         self._refresh_at = self._clock() + lifetime_s - min(300.0, lifetime_s / 5)

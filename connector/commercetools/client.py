@@ -1,13 +1,14 @@
 """Async commercetools API client: payments and types, typed errors, bounded retries.
 
-httpx's API over the aiohttp transport: httpx's default transport gets slower per request as
-concurrency rises (DESIGN.md section 6); the measured figures are in the README.
+aiohttp, directly: the benchmark's profile showed httpx's request and response models (over its
+aiohttp transport) taking 38% of the worker's CPU, more than the requests themselves (README,
+Benchmark). Payments are parsed by pydantic straight from the response bytes.
 """
 
+import json
 from typing import Any
 
-import httpx
-from httpx_aiohttp import AiohttpTransport
+import aiohttp
 from pydantic import SecretStr
 
 from connector.commercetools.auth import AuthenticationFailed, TokenSource
@@ -31,7 +32,7 @@ class CommercetoolsClient:
         api_url: str,
         project_key: str,
         tokens: TokenSource,
-        http: httpx.AsyncClient,
+        http: aiohttp.ClientSession,
         retry: Backoff = COMMERCETOOLS_BACKOFF,
         metrics: Metrics | None = None,
     ) -> None:
@@ -56,27 +57,31 @@ class CommercetoolsClient:
         retry: Backoff = COMMERCETOOLS_BACKOFF,
         metrics: Metrics | None = None,
     ) -> "CommercetoolsClient":
-        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        http = httpx.AsyncClient(transport=AiohttpTransport(limits=limits), timeout=httpx.Timeout(timeout_s), limits=limits)
+        http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=max_connections),
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+            json_serialize=_compact_json,
+            cookie_jar=aiohttp.DummyCookieJar(),  # the API sets no cookies; skip the jar's work
+        )
         tokens = TokenSource(http, auth_url=auth_url, client_id=client_id, client_secret=client_secret, scopes=scopes)
         return cls(api_url=api_url, project_key=project_key, tokens=tokens, http=http, retry=retry, metrics=metrics)
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        await self._http.close()
 
     async def check_credentials(self) -> None:
         """Obtains a token, so that wrong credentials are found at start-up."""
         await self._tokens.get()
 
     async def get_payment(self, payment_id: str) -> Payment:
-        return Payment.model_validate(await self._request("GET", f"/payments/{payment_id}"))
+        return Payment.model_validate_json(await self._request("GET", f"/payments/{payment_id}"))
 
     async def update_payment(self, payment_id: str, version: int, actions: list[dict[str, Any]]) -> Payment:
         body = {"version": version, "actions": actions}
-        return Payment.model_validate(await self._request("POST", f"/payments/{payment_id}", body))
+        return Payment.model_validate_json(await self._request("POST", f"/payments/{payment_id}", body))
 
     async def create_payment(self, draft: dict[str, Any]) -> Payment:
-        return Payment.model_validate(await self._request("POST", "/payments", draft))
+        return Payment.model_validate_json(await self._request("POST", "/payments", draft))
 
     async def ensure_type(self, draft: dict[str, Any]) -> dict[str, Any]:
         """Returns the Type with the draft's key, creating it when the project has none."""
@@ -85,25 +90,26 @@ class CommercetoolsClient:
     async def find_by_key(self, endpoint: str, key: str) -> dict[str, Any] | None:
         """A resource (``endpoint``: types, subscriptions, ...) by its key; None when there is none."""
         try:
-            found: dict[str, Any] = await self._request("GET", f"/{endpoint}/key={key}")
+            found: dict[str, Any] = json.loads(await self._request("GET", f"/{endpoint}/key={key}"))
         except NotFound:
             return None
         return found
 
     async def create_resource(self, endpoint: str, draft: dict[str, Any]) -> dict[str, Any]:
-        created: dict[str, Any] = await self._request("POST", f"/{endpoint}", draft)
+        created: dict[str, Any] = json.loads(await self._request("POST", f"/{endpoint}", draft))
         return created
 
     async def update_resource(self, endpoint: str, resource: dict[str, Any], actions: list[dict[str, Any]]) -> dict[str, Any]:
         body = {"version": resource["version"], "actions": actions}
-        updated: dict[str, Any] = await self._request("POST", f"/{endpoint}/{resource['id']}", body)
+        updated: dict[str, Any] = json.loads(await self._request("POST", f"/{endpoint}/{resource['id']}", body))
         return updated
 
-    async def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    async def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> bytes:
+        """The response body of a successful request; typed errors otherwise."""
         retried = self._metrics.retries.labels("commercetools").inc
         return await retry(lambda: self._send_authorized(method, path, body), on=TRANSIENT, backoff=self._retry, on_retry=retried)
 
-    async def _send_authorized(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
+    async def _send_authorized(self, method: str, path: str, body: dict[str, Any] | None) -> bytes:
         try:
             return await self._send(method, path, body)
         except _Unauthorized:
@@ -113,29 +119,29 @@ class CommercetoolsClient:
             except _Unauthorized:
                 raise AuthenticationFailed(f"{method} {path}: a fresh token was refused too") from None
 
-    async def _send(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
+    async def _send(self, method: str, path: str, body: dict[str, Any] | None) -> bytes:
         token = await self._tokens.get()
         try:
-            response = await self._http.request(
+            async with self._http.request(
                 method, self._base + path, json=body, headers={"Authorization": f"Bearer {token}"}
-            )
-        except httpx.TransportError as exc:  # timeouts included
+            ) as response:
+                status, content = response.status, await response.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
             self._metrics.commercetools_requests.labels(method, "error").inc()
-            failure = "timed out" if isinstance(exc, httpx.TimeoutException) else f"failed: {exc.__class__.__name__}"
+            failure = "timed out" if isinstance(exc, TimeoutError) else f"failed: {exc.__class__.__name__}"
             raise Unreachable(f"{method} {path} {failure}") from None
-        self._metrics.commercetools_requests.labels(method, str(response.status_code)).inc()
-        if response.status_code == 401:
+        self._metrics.commercetools_requests.labels(method, str(status)).inc()
+        if status == 401:
             self._tokens.invalidate(token)
             raise _Unauthorized
-        return _decode(method, path, response)
+        if status >= 300:
+            _raise_for(method, path, status, content)
+        return content
 
 
-def _decode(method: str, path: str, response: httpx.Response) -> Any:
-    status = response.status_code
-    if status < 300:
-        return response.json()
+def _raise_for(method: str, path: str, status: int, content: bytes) -> None:
     what = f"{method} {path} answered HTTP {status}"
-    first_error = _first_error(response)
+    first_error = _first_error(content)
     if status == 404:
         raise NotFound(what)
     if status == 409 and first_error.get("code") == "ConcurrentModification":
@@ -150,9 +156,13 @@ def _decode(method: str, path: str, response: httpx.Response) -> Any:
     raise Rejected(f"{what}: {code} {message}".rstrip())
 
 
-def _first_error(response: httpx.Response) -> dict[str, Any]:
+def _first_error(content: bytes) -> dict[str, Any]:
     try:
-        errors = response.json().get("errors") or [{}]
+        errors = json.loads(content).get("errors") or [{}]
     except (ValueError, AttributeError):
         return {}
     return errors[0] if isinstance(errors[0], dict) else {}
+
+
+def _compact_json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
