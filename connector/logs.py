@@ -6,18 +6,20 @@ As a last line of defence, values under sensitive-looking keys are masked before
 """
 
 import logging
+import re
 import sys
 from typing import Any, Literal, TextIO
 
+import orjson
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
-SENSITIVE_KEYS = ("secret", "password", "token", "authorization", "api_key", "apikey", "card")
+SENSITIVE_KEY = re.compile("secret|password|token|authorization|api_?key|card", re.IGNORECASE)
 
 
 def mask_sensitive(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
     for key in event:
-        if any(word in key.lower() for word in SENSITIVE_KEYS):
+        if SENSITIVE_KEY.search(key):
             event[key] = "***"
     return event
 
@@ -27,7 +29,8 @@ def configure_logging(
 ) -> None:
     stream = stream or sys.stderr
     as_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
-    renderer: Any = structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer()
+    # orjson renders a line in a fraction of the standard library's time (structlog's documented fast path).
+    renderer: Any = structlog.processors.JSONRenderer(_orjson_text) if as_json else structlog.dev.ConsoleRenderer()
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -52,3 +55,7 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(max(numeric_level, logging.WARNING))
+
+
+def _orjson_text(event: EventDict, **_: Any) -> str:
+    return orjson.dumps(event, default=str).decode()

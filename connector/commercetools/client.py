@@ -5,10 +5,10 @@ aiohttp transport) taking 38% of the worker's CPU, more than the requests themse
 Benchmark). Payments are parsed by pydantic straight from the response bytes.
 """
 
-import json
 from typing import Any
 
 import aiohttp
+import orjson
 from pydantic import SecretStr
 
 from connector.commercetools.auth import AuthenticationFailed, TokenSource
@@ -90,18 +90,18 @@ class CommercetoolsClient:
     async def find_by_key(self, endpoint: str, key: str) -> dict[str, Any] | None:
         """A resource (``endpoint``: types, subscriptions, ...) by its key; None when there is none."""
         try:
-            found: dict[str, Any] = json.loads(await self._request("GET", f"/{endpoint}/key={key}"))
+            found: dict[str, Any] = orjson.loads(await self._request("GET", f"/{endpoint}/key={key}"))
         except NotFound:
             return None
         return found
 
     async def create_resource(self, endpoint: str, draft: dict[str, Any]) -> dict[str, Any]:
-        created: dict[str, Any] = json.loads(await self._request("POST", f"/{endpoint}", draft))
+        created: dict[str, Any] = orjson.loads(await self._request("POST", f"/{endpoint}", draft))
         return created
 
     async def update_resource(self, endpoint: str, resource: dict[str, Any], actions: list[dict[str, Any]]) -> dict[str, Any]:
         body = {"version": resource["version"], "actions": actions}
-        updated: dict[str, Any] = json.loads(await self._request("POST", f"/{endpoint}/{resource['id']}", body))
+        updated: dict[str, Any] = orjson.loads(await self._request("POST", f"/{endpoint}/{resource['id']}", body))
         return updated
 
     async def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> bytes:
@@ -158,11 +158,11 @@ def _raise_for(method: str, path: str, status: int, content: bytes) -> None:
 
 def _first_error(content: bytes) -> dict[str, Any]:
     try:
-        errors = json.loads(content).get("errors") or [{}]
+        errors = orjson.loads(content).get("errors") or [{}]
     except (ValueError, AttributeError):
         return {}
     return errors[0] if isinstance(errors[0], dict) else {}
 
 
 def _compact_json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
+    return orjson.dumps(value).decode()
