@@ -128,6 +128,7 @@ async def check_and_report(
     assert len(per_transaction) == len(transactions)
 
 
+@pytest.mark.timeout(600)  # publishing, a session timeout's wait for the takeover, and up to 300 s to settle
 @pytest.mark.parametrize("queue", ["kafka"], indirect=True)  # Pub/Sub: the crash case above (see KILLS)
 async def test_the_other_worker_of_the_group_takes_over(
     queue: EventQueue, ct_url: str, project_key: str, ct: CommercetoolsClient, tmp_path: Path, reliability_report: dict[str, Any]
