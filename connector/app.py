@@ -1,6 +1,7 @@
 """Builds a worker from settings and runs it until told to stop."""
 
 import asyncio
+import gc
 from dataclasses import replace
 
 from connector.adapters.registry import AdapterRegistry
@@ -93,6 +94,9 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
             await ct.check_credentials()
             token_obtained.set()
             await ct.ensure_type(interaction_type_draft(worker_settings.interaction_type_key))
+            # What start-up allocated (modules, models, schemas) lives as long as the process: keep it
+            # out of the garbage collector's full scans, which otherwise revisit it on every pass.
+            gc.freeze()
             await worker.run(stop)
     finally:
         await registry.aclose()

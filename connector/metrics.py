@@ -6,10 +6,13 @@ what it does; ``/metrics`` (connector.ops_http) renders the registry. Labels are
 """
 
 from collections.abc import Callable, Iterator, Mapping
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+M = TypeVar("M", Counter, Gauge, Histogram)
 
 # PSP round trips: tens of milliseconds to a few seconds.
 PSP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -59,6 +62,15 @@ class Metrics:
             "connector_dead_letters", "Deliveries moved to the dead-letter destination", registry=self.registry
         )
         self.in_flight = Gauge("connector_in_flight", "Deliveries being processed now", registry=self.registry)
+        self._children: dict[tuple[int, tuple[str, ...]], Counter | Gauge | Histogram] = {}
+
+    def labelled(self, metric: M, *labels: str) -> M:
+        """``metric.labels(*labels)``, remembered: the library's own lookup costs a lock and checks per call."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child  # type: ignore[return-value]
 
     def watch_lag(self, lag: Callable[[], Mapping[str, int]]) -> None:
         """Reports ``lag()`` (messages behind, per partition) on every scrape."""

@@ -113,11 +113,12 @@ class Worker:
                 attempt += 1
                 continue
             await delivery.ack()
-            log.info("delivery.processed", outcome=result.outcome, transactions=len(result.results))
+            # Debug: each transaction has its own info line, and /metrics counts deliveries by result.
+            log.debug("delivery.processed", outcome=result.outcome, transactions=len(result.results))
             self._count(trigger.message_type, result.outcome)
             return
 
     def _count(self, message_type: str, result: str) -> None:
-        self._metrics.deliveries.labels(message_type, result).inc()
+        self._metrics.labelled(self._metrics.deliveries, message_type, result).inc()
         if result == "dead_lettered":
             self._metrics.dead_letters.inc()

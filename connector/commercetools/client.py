@@ -80,6 +80,10 @@ class CommercetoolsClient:
         body = {"version": version, "actions": actions}
         return Payment.model_validate_json(await self._request("POST", f"/payments/{payment_id}", body))
 
+    async def store_update(self, payment_id: str, version: int, actions: list[dict[str, Any]]) -> None:
+        """``update_payment`` for a caller that needs nothing back: the answer is not parsed."""
+        await self._request("POST", f"/payments/{payment_id}", {"version": version, "actions": actions})
+
     async def create_payment(self, draft: dict[str, Any]) -> Payment:
         return Payment.model_validate_json(await self._request("POST", "/payments", draft))
 
@@ -106,7 +110,7 @@ class CommercetoolsClient:
 
     async def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> bytes:
         """The response body of a successful request; typed errors otherwise."""
-        retried = self._metrics.retries.labels("commercetools").inc
+        retried = self._metrics.labelled(self._metrics.retries, "commercetools").inc
         return await retry(lambda: self._send_authorized(method, path, body), on=TRANSIENT, backoff=self._retry, on_retry=retried)
 
     async def _send_authorized(self, method: str, path: str, body: dict[str, Any] | None) -> bytes:
@@ -127,10 +131,10 @@ class CommercetoolsClient:
             ) as response:
                 status, content = response.status, await response.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
-            self._metrics.commercetools_requests.labels(method, "error").inc()
+            self._metrics.labelled(self._metrics.commercetools_requests, method, "error").inc()
             failure = "timed out" if isinstance(exc, TimeoutError) else f"failed: {exc.__class__.__name__}"
             raise Unreachable(f"{method} {path} {failure}") from None
-        self._metrics.commercetools_requests.labels(method, str(status)).inc()
+        self._metrics.labelled(self._metrics.commercetools_requests, method, str(status)).inc()
         if status == 401:
             self._tokens.invalidate(token)
             raise _Unauthorized

@@ -9,11 +9,12 @@ The protocol (DESIGN.md section 3) in terms of these functions:
    payment, and states only ever move forward.
 """
 
-import json
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+
+import orjson
 
 from connector.adapters.contract import OPERATION_FOR, Operation, Outcome
 from connector.models.payment import Payment, Transaction, TransactionState, TransactionType
@@ -258,15 +259,19 @@ def _interaction(
         "transactionId": work.transaction.id,
         "idempotencyKey": work.idempotency_key,
         "createdAt": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        "request": _clip(json.dumps(request, sort_keys=True)),
+        "request": _clip(_json(request)),
     }
     if work.operation is not None:
         fields["operation"] = work.operation.value
     if response is not None:
-        fields["response"] = _clip(json.dumps(response, sort_keys=True))
+        fields["response"] = _clip(_json(response))
     if interaction_id:
         fields["interactionId"] = interaction_id
     return {"action": "addInterfaceInteraction", "type": {"typeId": "type", "key": type_key}, "fields": fields}
+
+
+def _json(summary: dict[str, Any]) -> str:
+    return orjson.dumps(summary, option=orjson.OPT_SORT_KEYS).decode()
 
 
 def _clip(text: str) -> str:

@@ -32,6 +32,8 @@ class PaymentStore(Protocol):
 
     async def update_payment(self, payment_id: str, version: int, actions: list[dict[str, Any]]) -> Payment: ...
 
+    async def store_update(self, payment_id: str, version: int, actions: list[dict[str, Any]]) -> None: ...
+
 
 # PSP calls retried with the same idempotency key, within the delivery's own timeout.
 PSP_BACKOFF = Backoff(attempts=3, budget_s=20.0, wait_initial_s=0.5)
@@ -139,7 +141,7 @@ class Processor:
                     current, work.transaction, work.idempotency_key, self._settings.project_key
                 ))  # fmt: skip
             log.info("transaction.outcome", state=outcome.state.value, code=outcome.code, psp_reference=outcome.psp_reference)
-            self._metrics.transactions.labels(work.transaction.type.value, outcome.state.value).inc()
+            self._metrics.labelled(self._metrics.transactions, work.transaction.type.value, outcome.state.value).inc()
             current = decisions.apply_outcome(current, work.transaction.id, outcome)
             results.append(Result(work, outcome))
         structlog.contextvars.unbind_contextvars("transaction_id")
@@ -147,7 +149,7 @@ class Processor:
 
     async def _call_psp(self, route: Route, operation: Operation, request: OperationRequest) -> Outcome:
         method = getattr(route.adapter, operation.value)  # each Operation names its PaymentAdapter method
-        latency = self._metrics.psp_call_seconds.labels(route.interface, operation.value)
+        latency = self._metrics.labelled(self._metrics.psp_call_seconds, route.interface, operation.value)
 
         async def timed_call() -> Outcome:
             started = time.perf_counter()
@@ -157,7 +159,7 @@ class Processor:
             finally:
                 latency.observe(time.perf_counter() - started)
 
-        retried = self._metrics.retries.labels("psp").inc
+        retried = self._metrics.labelled(self._metrics.retries, "psp").inc
         # Every attempt carries the same idempotency key.
         return await retry(timed_call, on=PspUnavailable, backoff=self._settings.psp_backoff, on_retry=retried)
 
@@ -167,7 +169,7 @@ class Processor:
             if not actions:
                 return
             try:
-                await self._store.update_payment(payment.id, payment.version, actions)
+                await self._store.store_update(payment.id, payment.version, actions)
                 return
             except ConcurrentModification:
                 # Someone else wrote meanwhile: decide again from what is there now, never call the PSP again.

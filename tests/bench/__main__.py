@@ -135,7 +135,7 @@ class Metrics:
             sums = self.scrape()
             if sums["connector_deliveries_total"] >= count:
                 return sums
-            time.sleep(0.1)
+            time.sleep(0.5)  # a scrape costs the worker CPU: Prometheus scrapes every 15 s or so
         raise TimeoutError(f"the worker handled {self.scrape()['connector_deliveries_total']} of {count} deliveries")
 
 
