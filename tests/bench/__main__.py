@@ -215,7 +215,7 @@ async def measure_connector(
             profiler.wait(timeout=120)
             write_profile(work / "profile.raw", HERE / "profile.txt")
 
-        rate = tx_per_s / 2 * len(saturation) / saturation_tx  # deliveries per second at half the throughput
+        rate = tx_per_s * args.latency_load * len(saturation) / saturation_tx  # deliveries per second
         print(f"latency at {rate:.0f} deliveries/s ...", file=sys.stderr)
         published = await publish(bootstrap, "bench-connector", [body for _, body in paced], rate_per_s=rate)
         metrics.wait_for_deliveries(len(saturation) + len(paced), timeout_s=300)
@@ -304,6 +304,7 @@ def main() -> None:
     parser.add_argument("--payments", type=int, default=int(os.environ.get("BENCH_PAYMENTS", 5000)))
     parser.add_argument("--latency-ms", type=int, default=int(os.environ.get("BENCH_LATENCY_MS", 50)))
     parser.add_argument("--in-flight", type=int, default=64)
+    parser.add_argument("--latency-load", type=float, default=0.5, help="latency phase load, as a share of the throughput")
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     figures = asyncio.run(run(args))
