@@ -71,7 +71,7 @@ class WorkerSettings(BaseSettings):
     max_attempts: int = Field(default=5, ge=1)
     claim_lease_s: float = Field(default=30.0, gt=0)
     http_host: str = Field(default="0.0.0.0", description="address of /healthz, /readyz and /metrics")
-    http_port: int = Field(default=8080, ge=0, le=65535)
+    http_port: int = Field(default=8080, ge=0, le=65535, description="0: any free port (tests, the demo)")
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -135,7 +135,7 @@ async def run_demo(queue: LocalQueue, ct_url: str, timeout_s: float = 60.0) -> b
             client_secret=SecretStr("demo-secret"), auth_url=ct_url, api_url=ct_url,
         ),
         without_files(
-            WorkerSettings, source=queue.name,
+            WorkerSettings, source=queue.name, http_port=0,  # any free port: 8080 may be taken here
             adapters=[AdapterRoute(interface=INTERFACE, adapter="sandbox", settings={"ledger_path": ledger, "latency_ms": 50})],
         ),
         **queue.source_settings(),

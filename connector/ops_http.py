@@ -14,6 +14,8 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from connector.errors import ConfigurationError
+
 log = structlog.get_logger("connector.ops_http")
 
 ReadinessChecks = Mapping[str, Callable[[], bool]]
@@ -33,8 +35,12 @@ class OpsServer:
 
     async def __aenter__(self) -> "OpsServer":
         await self._runner.setup()
-        await web.TCPSite(self._runner, self._host, self._port).start()
-        log.info("ops_http.listening", host=self._host, port=self._port)
+        try:
+            await web.TCPSite(self._runner, self._host, self._port).start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            raise ConfigurationError(f"CONNECTOR_HTTP_PORT {self._port} on {self._host} cannot be used: {exc.strerror}") from None
+        log.info("ops_http.listening", addresses=[f"{host}:{port}" for host, port, *_ in self._runner.addresses])
         return self
 
     async def __aexit__(self, *_: type[BaseException] | BaseException | TracebackType | None) -> None:

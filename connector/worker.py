@@ -113,8 +113,9 @@ class Worker:
                 attempt += 1
                 continue
             await delivery.ack()
-            # Debug: each transaction has its own info line, and /metrics counts deliveries by result.
-            log.debug("delivery.processed", outcome=result.outcome, transactions=len(result.results))
+            # A delivery that did its work is told by its transactions' own lines: debug is enough then.
+            log_processed = log.debug if result.outcome == "done" else log.info
+            log_processed("delivery.processed", outcome=result.outcome, transactions=len(result.results))
             self._count(trigger.message_type, result.outcome)
             return
 

@@ -37,7 +37,7 @@ def settings_for(
             CommercetoolsSettings, project_key=project_key, client_id="test-client",
             client_secret=SecretStr(CLIENT_SECRET), auth_url=ct_url, api_url=ct_url,
         ),
-        without_files(WorkerSettings, source=queue.name, adapters=[route, *routes], **worker),
+        without_files(WorkerSettings, source=queue.name, adapters=[route, *routes], **({"http_port": 0} | worker)),
         **queue.source_settings(),
     )  # fmt: skip
 

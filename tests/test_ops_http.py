@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import socket
 from pathlib import Path
 
 import httpx
@@ -10,7 +11,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from connector.commercetools.client import CommercetoolsClient
 from connector.demo import as_json, payment_draft, wait_until_settled
+from connector.errors import ConfigurationError
+from connector.metrics import Metrics
 from connector.models.payment import Payment
+from connector.ops_http import OpsServer
 from connector.peers import messages
 from connector.peers.kafka import LocalKafka
 from tests.fault_proxies import FaultyHttp, free_port
@@ -159,3 +163,14 @@ async def _write_once_claimed(ct: CommercetoolsClient, payment: Payment) -> None
                 await ct.update_payment(current.id, current.version, [{"action": "setKey", "key": "other-writer"}])
                 return
             await asyncio.sleep(0.01)
+
+
+async def test_a_port_in_use_is_a_clear_configuration_error() -> None:
+    """Two workers on one host with one CONNECTOR_HTTP_PORT: the second says which setting to change."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigurationError, match=f"CONNECTOR_HTTP_PORT {port} on 127.0.0.1 cannot be used"):
+            async with OpsServer("127.0.0.1", port, Metrics().registry, {}):
+                pass

@@ -44,6 +44,7 @@ def worker_environment(queue: EventQueue, ct_url: str, project_key: str, ledger:
         "CTP_PROJECT_KEY": project_key, "CTP_CLIENT_ID": "test-client", "CTP_CLIENT_SECRET": CLIENT_SECRET,
         "CTP_AUTH_URL": ct_url, "CTP_API_URL": ct_url, "CONNECTOR_ADAPTERS": json.dumps([route]),
         "CONNECTOR_LOG_FORMAT": "json", "CONNECTOR_LOG_LEVEL": "warning", "CONNECTOR_CLAIM_LEASE_S": "2",
+        "CONNECTOR_HTTP_PORT": "0",  # any free port: two workers run side by side
         "CONNECTOR_MAX_IN_FLIGHT": "16",
     }  # fmt: skip
 

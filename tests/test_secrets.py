@@ -55,7 +55,7 @@ async def test_no_secret_in_logs_or_interactions(
         **os.environ, **queue.environment(),
         "CTP_PROJECT_KEY": project_key, "CTP_CLIENT_ID": "test-client", "CTP_CLIENT_SECRET": CLIENT_SECRET,
         "CTP_AUTH_URL": ct_url, "CTP_API_URL": ct_url, "CONNECTOR_ADAPTERS": json.dumps(routes),
-        "CONNECTOR_LOG_FORMAT": "json", "CONNECTOR_LOG_LEVEL": "debug",
+        "CONNECTOR_LOG_FORMAT": "json", "CONNECTOR_LOG_LEVEL": "debug", "CONNECTOR_HTTP_PORT": "0",
     }  # fmt: skip
     worker = subprocess.Popen([sys.executable, "-m", "connector", "run"], env=environment, stderr=subprocess.PIPE, text=True)
     try:
