@@ -105,7 +105,7 @@ class Worker:
                 log.warning(
                     "delivery.retrying", error=failure_policy.describe(exc), attempt=attempt, delay_s=round(decision.delay_s, 3)
                 )
-                self._metrics.retries.labels("delivery").inc()
+                self._metrics.labelled(self._metrics.retries, "delivery").inc()
                 if await delivery.retry_later(decision.delay_s):
                     self._count(trigger.message_type, "handed_back")
                     return  # the queue brings it back

@@ -122,7 +122,7 @@ class Processor:
                 return await self._store.update_payment(payment.id, payment.version, actions), plan
             except ConcurrentModification:
                 log.info("claim.conflict", version=payment.version)
-                self._metrics.conflicts.labels("claim").inc()
+                self._metrics.labelled(self._metrics.conflicts, "claim").inc()
                 payment, fetched = await self._store.get_payment(payment.id), True
         raise RetryableError(f"claim kept conflicting after {self._settings.max_conflicts} attempts")
 
@@ -174,7 +174,7 @@ class Processor:
             except ConcurrentModification:
                 # Someone else wrote meanwhile: decide again from what is there now, never call the PSP again.
                 log.info("outcome.conflict", version=payment.version)
-                self._metrics.conflicts.labels("outcome").inc()
+                self._metrics.labelled(self._metrics.conflicts, "outcome").inc()
                 payment = await self._store.get_payment(payment.id)
         raise RetryableError(f"outcome write kept conflicting after {self._settings.max_conflicts} attempts")
 
