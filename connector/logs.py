@@ -5,6 +5,7 @@ structlog's contextvars, so every line carries it without a logger being passed 
 As a last line of defence, values under sensitive-looking keys are masked before rendering.
 """
 
+import functools
 import logging
 import re
 import sys
@@ -19,9 +20,15 @@ SENSITIVE_KEY = re.compile("secret|password|token|authorization|api_?key|card", 
 
 def mask_sensitive(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
     for key in event:
-        if SENSITIVE_KEY.search(key):
+        if _is_sensitive(key):
             event[key] = "***"
     return event
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_sensitive(key: str) -> bool:
+    """Remembered: a program logs few distinct keys, and this runs for every key of every line."""
+    return SENSITIVE_KEY.search(key) is not None
 
 
 def configure_logging(

@@ -41,7 +41,7 @@ class Plan:
     @property
     def needs_payment_method(self) -> bool:
         """Authorizations and direct charges need the token, which messages carry masked."""
-        return any(w.operation in (Operation.AUTHORIZE, Operation.CHARGE) for w in self.work)
+        return any(w.operation is Operation.AUTHORIZE or w.operation is Operation.CHARGE for w in self.work)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,17 +128,23 @@ class _Totals:
 
     @classmethod
     def of(cls, payment: Payment) -> "_Totals":
-        def total(kind: TransactionType, *states: TransactionState) -> int:
-            return sum(t.amount.cent_amount for t in payment.transactions if t.type is kind and t.state in states)
-
-        live = (TransactionState.SUCCESS, TransactionState.PENDING)
-        return cls(
-            has_authorization=any(t.type is TransactionType.AUTHORIZATION for t in payment.transactions),
-            authorized=total(TransactionType.AUTHORIZATION, TransactionState.SUCCESS),
-            charged=total(TransactionType.CHARGE, *live),
-            refunded=total(TransactionType.REFUND, *live),
-            cancelled=total(TransactionType.CANCEL_AUTHORIZATION, TransactionState.SUCCESS) > 0,
-        )
+        # One pass: this runs for every transaction the connector executes.
+        authorized = charged = refunded = cancelled = 0
+        has_authorization = False
+        for t in payment.transactions:
+            amount, state = t.amount.cent_amount, t.state
+            live = state is TransactionState.SUCCESS or state is TransactionState.PENDING
+            match t.type:
+                case TransactionType.AUTHORIZATION:
+                    has_authorization = True
+                    authorized += amount if state is TransactionState.SUCCESS else 0
+                case TransactionType.CHARGE:
+                    charged += amount if live else 0
+                case TransactionType.REFUND:
+                    refunded += amount if live else 0
+                case TransactionType.CANCEL_AUTHORIZATION:
+                    cancelled += amount if state is TransactionState.SUCCESS else 0
+        return cls(has_authorization, authorized, charged, refunded, cancelled > 0)
 
 
 def claim_actions(work: Iterable[Work], *, type_key: str, now: datetime) -> list[Action]:

@@ -142,8 +142,9 @@ class Processor:
                 ))  # fmt: skip
             log.info("transaction.outcome", state=outcome.state.value, code=outcome.code, psp_reference=outcome.psp_reference)
             self._metrics.labelled(self._metrics.transactions, work.transaction.type.value, outcome.state.value).inc()
-            current = decisions.apply_outcome(current, work.transaction.id, outcome)
             results.append(Result(work, outcome))
+            if len(results) < len(plan.work):  # the next transaction's checks see this outcome
+                current = decisions.apply_outcome(current, work.transaction.id, outcome)
         structlog.contextvars.unbind_contextvars("transaction_id")
         return results
 
