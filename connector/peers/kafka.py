@@ -73,7 +73,10 @@ class LocalKafka:
 
     def _java(self) -> list[str]:
         log_config = f"-Dlog4j.configuration=file:{self._workdir / 'log4j.properties'}"
-        return ["java", "-Xms256m", "-Xmx768m", log_config, "-cp", f"{ensure_jars()}/*"]
+        # C1 only: on two shared cores, the C2 compiler threads took 0.1 to 0.4 of a core for tens of
+        # seconds of traffic (measured in the benchmark's latency phase); with C1 the broker settles
+        # in about 3 s, at 0.3 of a core for 250 records/s against 0.5 to 1.0 with C2.
+        return ["java", "-Xms256m", "-Xmx768m", "-XX:TieredStopAtLevel=1", log_config, "-cp", f"{ensure_jars()}/*"]
 
     def _launch(self) -> None:
         with self.log_file.open("wb") as log:  # a fresh log: readiness is read from it

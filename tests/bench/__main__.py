@@ -3,7 +3,7 @@
 1. Load: N payments (default 5,000) in a mix of transaction types, their deliveries in both
    formats, all published to a local Kafka topic (6 partitions) before the worker starts; the
    commercetools emulator; the sandbox PSP with a fixed latency (default 50 ms). An unmeasured
-   baseline run over 1,000 more payments warms the emulator and the broker up first.
+   baseline run over 2,000 more payments, published at 400/s, warms the emulator and the broker up.
 2. Saturation: one worker process drains the topic: transactions per second (first to last PSP
    call in the sandbox ledger), CPU per transaction (the process's CPU time, start-up included,
    over the transactions), peak RSS, commercetools requests per transaction (from /metrics).
@@ -63,7 +63,8 @@ MIX: list[tuple[tuple[tuple[str, int], ...], tuple[tuple[str, int], ...], str]] 
     ((("Charge", 4000),), (("Refund", 4000),), "added"),
 ]
 NO_TOKEN_MIX = [MIX[6], MIX[7]]
-WARM_UP_PAYMENTS = 1000
+WARM_UP_PAYMENTS = 2000
+WARM_UP_RATE = 400  # deliveries per second
 
 
 class Load:
@@ -180,13 +181,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         baseline = await baseline_load.create(args.payments, MIX)
         topics = ("bench-connector", "bench-connector.dlq", "bench-baseline", "bench-warm-up")
         await create_topics(bootstrap, *topics, partitions=PARTITIONS)
-        for topic, deliveries in (("bench-warm-up", warm_up), ("bench-connector", saturation), ("bench-baseline", baseline)):
+        for topic, deliveries in (("bench-connector", saturation), ("bench-baseline", baseline)):
             await publish(bootstrap, topic, [body for _, body in deliveries])
 
-        # The emulator and the broker run their update and fetch paths slowly until the JIT has
-        # compiled them; whichever side ran first paid for that (about 15% more emulator CPU per
-        # transaction, measured), so an unmeasured baseline run pays instead.
-        run_baseline(args, work / "warm-up-ledger.sqlite", url, bootstrap, "bench-warm-up", len(warm_up))
+        # The emulator and the broker run slowly until their JITs have compiled the paths a run takes:
+        # whichever side ran first paid about 15% more emulator CPU per transaction (measured), and
+        # the broker pays for paced traffic (one record per request, as in the latency phase) for
+        # its first seconds. An unmeasured baseline run over paced deliveries pays instead.
+        print(f"warm-up: {len(warm_up)} deliveries at {WARM_UP_RATE}/s ...", file=sys.stderr)
+        warming = start_baseline(args, work / "warm-up-ledger.sqlite", url, bootstrap, "bench-warm-up", len(warm_up))
+        await publish(bootstrap, "bench-warm-up", [body for _, body in warm_up], rate_per_s=WARM_UP_RATE)
+        finish_baseline(warming)
         figures = await measure_connector(args, work, url, bootstrap, ct, saturation, saturation_tx, paced, no_token)
         figures |= measure_baseline(args, work, url, bootstrap, len(baseline))
         for c in (ct, baseline_ct, warm_up_ct):
@@ -256,7 +261,7 @@ async def measure_connector(
 def measure_baseline(args: argparse.Namespace, work: Path, url: str, bootstrap: str, deliveries: int) -> dict[str, Any]:
     print("baseline ...", file=sys.stderr)
     ledger = work / "baseline-ledger.sqlite"
-    usage = run_baseline(args, ledger, url, bootstrap, "bench-baseline", deliveries)
+    usage = finish_baseline(start_baseline(args, ledger, url, bootstrap, "bench-baseline", deliveries))
     transactions = len(SandboxLedger(ledger).execution_times())
     return {
         "baseline_tx_per_s": round(ledger_rate(ledger), 1),
@@ -265,18 +270,22 @@ def measure_baseline(args: argparse.Namespace, work: Path, url: str, bootstrap: 
     }
 
 
-def run_baseline(
+def start_baseline(
     args: argparse.Namespace, ledger: Path, url: str, bootstrap: str, project_and_topic: str, deliveries: int
-) -> resource.struct_rusage:
-    """Runs tests/bench/baseline.py over one topic of one project; returns its resource usage."""
+) -> subprocess.Popen[bytes]:
+    """Starts tests/bench/baseline.py over one topic of one project."""
     config = {
         "ct_url": url, "project_key": project_and_topic, "bootstrap_servers": bootstrap, "topic": project_and_topic,
         "ledger_path": str(ledger), "latency_ms": args.latency_ms, "concurrency": args.in_flight, "type_key": TYPE_KEY,
         "deliveries": deliveries, "timeout_s": 900,
     }  # fmt: skip
-    baseline = subprocess.Popen([sys.executable, "-m", "tests.bench.baseline", json.dumps(config)], stdout=subprocess.PIPE)
+    return subprocess.Popen([sys.executable, "-m", "tests.bench.baseline", json.dumps(config)], stdout=subprocess.PIPE)
+
+
+def finish_baseline(baseline: subprocess.Popen[bytes]) -> resource.struct_rusage:
+    """Waits for the baseline to handle its deliveries; returns its resource usage."""
     _, status, usage = os.wait4(baseline.pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, f"the baseline failed on {project_and_topic}"
+    assert os.waitstatus_to_exitcode(status) == 0, "the baseline failed"
     return usage
 
 
