@@ -52,7 +52,7 @@ async def test_metrics_move_during_a_run_and_healthz_ignores_a_commercetools_out
     async with FaultyHttp(ct_url) as faults, httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
         settings = settings_for(
             queue, ct_url=f"http://127.0.0.1:{faults.port}", project_key=project_key, ledger=tmp_path / "ledger.sqlite",
-            latency_ms=100, http_host="127.0.0.1", http_port=port,
+            latency_ms=500, http_host="127.0.0.1", http_port=port,  # PSP calls long enough for a scrape to see them
         )  # fmt: skip
         async with running_worker(settings):
             async with asyncio.timeout(60):
@@ -64,10 +64,12 @@ async def test_metrics_move_during_a_run_and_healthz_ignores_a_commercetools_out
             created = [messages.payment_created(project_key, as_json(p), "platform") for p in payments]
             await queue.publish([b"{not json", *created])
             busy = {"in_flight": 0.0, "lag": 0.0}
-            while not all(t.state.value != "Initial" for p in await _all(ct, payments) for t in p.transactions):
+            while True:  # scrape first: reading 40 payments back takes longer than a scrape
                 samples = await scrape(http)
                 busy["in_flight"] = max(busy["in_flight"], value(samples, "connector_in_flight"))
                 busy["lag"] = max(busy["lag"], sum(matching(samples, "connector_consumer_lag").values()))
+                if all(t.state.value != "Initial" for p in await _all(ct, payments) for t in p.transactions):
+                    break
                 await asyncio.sleep(0.05)
             await asyncio.sleep(1.5)  # a commit interval, so that the lag returns to 0
             after_run = await scrape(http)
