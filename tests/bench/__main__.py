@@ -4,13 +4,17 @@
    formats, all published to a local Kafka topic (6 partitions) before the worker starts; the
    commercetools emulator; the sandbox PSP with a fixed latency (default 50 ms). An unmeasured
    baseline run over 2,000 more payments, published at 400/s, warms the emulator and the broker up.
-2. Saturation: one worker process drains the topic: transactions per second (first to last PSP
-   call in the sandbox ledger), CPU per transaction (the process's CPU time, start-up included,
-   over the transactions), peak RSS, commercetools requests per transaction (from /metrics).
+2. Saturation, in three rounds, each the connector and then the baseline (tests/bench/baseline.py:
+   raw aiokafka and aiohttp, same concurrency) over loads of the same size: N payments, then N/2
+   twice. Throughput: transactions per second from the first to the last PSP call of the round in
+   the sandbox ledger; the figures are the medians of the rounds, and ``ratio`` the median of the
+   rounds' ratios, because this machine's speed drifts by more than 10% between runs a minute apart.
+   From the first round (the whole backlog in the topic before the worker starts): CPU per
+   transaction (the process's CPU time, start-up included), peak RSS, commercetools requests per
+   transaction (from /metrics).
 3. Latency: more deliveries, published at half the measured throughput: p50 and p99 from publish
    to the outcome stored (the payment's lastModifiedAt).
 4. Without a token: PaymentCreated deliveries of refunds and cancels only: requests per delivery.
-5. Baseline: the same load for tests/bench/baseline.py (raw aiokafka and aiohttp, same concurrency).
 
 Prints one JSON line and writes it to tests/bench/result.json. ``--profile`` adds a py-spy
 profile of the worker during the saturation phase (top entries in tests/bench/profile.txt).
@@ -65,6 +69,10 @@ MIX: list[tuple[tuple[tuple[str, int], ...], tuple[tuple[str, int], ...], str]] 
 NO_TOKEN_MIX = [MIX[6], MIX[7]]
 WARM_UP_PAYMENTS = 2000
 WARM_UP_RATE = 400  # deliveries per second
+ROUNDS = 3
+
+
+Deliveries = list[tuple[str, bytes]]  # (payment id, delivery body)
 
 
 class Load:
@@ -72,9 +80,8 @@ class Load:
 
     def __init__(self, ct: CommercetoolsClient, project_key: str) -> None:
         self._ct, self._project_key = ct, project_key
-        self.transactions = 0
 
-    async def create(self, count: int, mix: list[Any]) -> list[tuple[str, bytes]]:
+    async def create(self, count: int, mix: list[Any]) -> Deliveries:
         limit = asyncio.Semaphore(32)
 
         async def one(index: int) -> tuple[str, bytes]:
@@ -94,9 +101,12 @@ class Load:
                     self._project_key, as_json(payment), as_json(payment)["transactions"][-1], fmt
                 )
 
-        created = await asyncio.gather(*(one(i) for i in range(count)))
-        self.transactions += sum(len(mix[i % len(mix)][1]) for i in range(count))
-        return list(created)
+        return list(await asyncio.gather(*(one(i) for i in range(count))))
+
+
+def transactions_in(deliveries: Deliveries, mix: list[Any] = MIX) -> int:
+    """How many Initial transactions ``Load.create(len(deliveries), mix)`` made."""
+    return sum(len(mix[i % len(mix)][1]) for i in range(len(deliveries)))
 
 
 async def publish(bootstrap: str, topic: str, bodies: list[bytes], rate_per_s: float | None = None) -> list[float]:
@@ -153,9 +163,9 @@ def process_peak_rss_mb(pid: int) -> float:
     return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) / 1024
 
 
-def ledger_rate(path: Path) -> float:
-    """Executions per second, from the first to the last."""
-    times = SandboxLedger(path).execution_times()
+def ledger_rate(path: Path, since: float = 0.0) -> float:
+    """Executions per second, from the first to the last (of those at or after ``since``, Unix time)."""
+    times = [at for at in SandboxLedger(path).execution_times() if at >= since]
     return (len(times) - 1) / (times[-1] - times[0])
 
 
@@ -172,37 +182,36 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for c in (ct, baseline_ct, warm_up_ct):
             await c.ensure_type(interaction_type_draft(TYPE_KEY))
         load, baseline_load = Load(ct, "bench-connector"), Load(baseline_ct, "bench-baseline")
-        print(f"creating {args.payments} payments twice, and more for the warm-up and latency phases ...", file=sys.stderr)
+        print(f"creating {args.payments} payments twice, and more for the rounds, the warm-up and latency ...", file=sys.stderr)
+        sizes = [args.payments] + [args.payments // 2] * (ROUNDS - 1)
         warm_up = await Load(warm_up_ct, "bench-warm-up").create(WARM_UP_PAYMENTS, MIX)
-        saturation = await load.create(args.payments, MIX)
-        saturation_tx = load.transactions
+        rounds = [(await load.create(size, MIX), await baseline_load.create(size, MIX)) for size in sizes]
         paced = await load.create(args.payments // 4, MIX)
         no_token = await load.create(200, NO_TOKEN_MIX)
-        baseline = await baseline_load.create(args.payments, MIX)
-        topics = ("bench-connector", "bench-connector.dlq", "bench-baseline", "bench-warm-up")
-        await create_topics(bootstrap, *topics, partitions=PARTITIONS)
-        for topic, deliveries in (("bench-connector", saturation), ("bench-baseline", baseline)):
-            await publish(bootstrap, topic, [body for _, body in deliveries])
+        baseline_topics = [f"bench-baseline-{index}" for index in range(ROUNDS)]
+        await create_topics(bootstrap, "bench-connector", "bench-connector.dlq", "bench-warm-up", *baseline_topics,
+                            partitions=PARTITIONS)  # fmt: skip
+        await publish(bootstrap, "bench-connector", [body for _, body in rounds[0][0]])
+        for topic, (_, baseline) in zip(baseline_topics, rounds, strict=True):
+            await publish(bootstrap, topic, [body for _, body in baseline])
 
         # The emulator and the broker run slowly until their JITs have compiled the paths a run takes:
         # whichever side ran first paid about 15% more emulator CPU per transaction (measured), and
         # the broker pays for paced traffic (one record per request, as in the latency phase) for
         # its first seconds. An unmeasured baseline run over paced deliveries pays instead.
         print(f"warm-up: {len(warm_up)} deliveries at {WARM_UP_RATE}/s ...", file=sys.stderr)
-        warming = start_baseline(args, work / "warm-up-ledger.sqlite", url, bootstrap, "bench-warm-up", len(warm_up))
+        warming = start_baseline(args, work / "warm-up.sqlite", url, bootstrap, "bench-warm-up", "bench-warm-up", len(warm_up))
         await publish(bootstrap, "bench-warm-up", [body for _, body in warm_up], rate_per_s=WARM_UP_RATE)
         finish_baseline(warming)
-        figures = await measure_connector(args, work, url, bootstrap, ct, saturation, saturation_tx, paced, no_token)
-        figures |= measure_baseline(args, work, url, bootstrap, len(baseline))
+        figures = await measure(args, work, url, bootstrap, ct, rounds, paced, no_token)
         for c in (ct, baseline_ct, warm_up_ct):
             await c.aclose()
-    figures["ratio"] = round(figures["tx_per_s"] / figures["baseline_tx_per_s"], 3)
     return figures
 
 
-async def measure_connector(
+async def measure(
     args: argparse.Namespace, work: Path, url: str, bootstrap: str, ct: CommercetoolsClient,
-    saturation: list[tuple[str, bytes]], saturation_tx: int, paced: list[tuple[str, bytes]], no_token: list[tuple[str, bytes]],
+    rounds: list[tuple[Deliveries, Deliveries]], paced: Deliveries, no_token: Deliveries,
 ) -> dict[str, Any]:  # fmt: skip
     port, ledger = free_port(), work / "connector-ledger.sqlite"
     route = {
@@ -217,22 +226,38 @@ async def measure_connector(
         "CONNECTOR_HTTP_HOST": "127.0.0.1", "CONNECTOR_HTTP_PORT": str(port), "CONNECTOR_LOG_FORMAT": "json",
     }  # fmt: skip
     metrics = Metrics(port)
+    backlog, backlog_tx = rounds[0][0], transactions_in(rounds[0][0])
+    rates: list[tuple[float, float]] = []  # (connector, baseline) per round
     with (work / "worker.log").open("wb") as log:
         worker = subprocess.Popen([sys.executable, "-m", "connector", "run"], env=environment, stderr=log)
     try:
         profiler = start_profiler(worker.pid, work) if args.profile else None
-        print("saturation ...", file=sys.stderr)
-        at_saturation = metrics.wait_for_deliveries(len(saturation), timeout_s=900)
-        cpu_s, rss_mb = process_cpu_s(worker.pid), process_peak_rss_mb(worker.pid)
-        tx_per_s = ledger_rate(ledger)
-        if profiler is not None:
-            profiler.wait(timeout=120)
-            write_profile(work / "profile.raw", HERE / "profile.txt")
+        handled, started = 0, 0.0
+        for index, (deliveries, baseline) in enumerate(rounds):
+            print(f"saturation round {index + 1} of {len(rounds)}: {len(deliveries)} deliveries each ...", file=sys.stderr)
+            if index > 0:  # the first round's deliveries were in the topic before the worker started
+                started = time.time()
+                await publish(bootstrap, "bench-connector", [body for _, body in deliveries])
+            handled += len(deliveries)
+            sums = metrics.wait_for_deliveries(handled, timeout_s=900)
+            if index == 0:
+                at_backlog, cpu_s, rss_mb = sums, process_cpu_s(worker.pid), process_peak_rss_mb(worker.pid)
+                if profiler is not None:
+                    profiler.wait(timeout=120)
+                    write_profile(work / "profile.raw", HERE / "profile.txt")
+            baseline_ledger = work / f"baseline-ledger-{index}.sqlite"
+            topic = f"bench-baseline-{index}"
+            usage = finish_baseline(start_baseline(args, baseline_ledger, url, bootstrap, "bench-baseline", topic, len(baseline)))
+            if index == 0:
+                baseline_cpu_s, baseline_rss_mb = usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+            rates.append((ledger_rate(ledger, since=started), ledger_rate(baseline_ledger)))
+        tx_per_s = statistics.median(connector for connector, _ in rates)
 
-        rate = tx_per_s * args.latency_load * len(saturation) / saturation_tx  # deliveries per second
+        rate = tx_per_s * args.latency_load * len(paced) / transactions_in(paced)  # deliveries per second
         print(f"latency at {rate:.0f} deliveries/s ...", file=sys.stderr)
         published = await publish(bootstrap, "bench-connector", [body for _, body in paced], rate_per_s=rate)
-        metrics.wait_for_deliveries(len(saturation) + len(paced), timeout_s=300)
+        handled += len(paced)
+        metrics.wait_for_deliveries(handled, timeout_s=300)
         latencies = [
             (_timestamp((await ct.get_payment(payment_id)).last_modified_at) - at) * 1000
             for (payment_id, _), at in zip(paced, published, strict=True)
@@ -240,42 +265,33 @@ async def measure_connector(
 
         before = metrics.scrape()["connector_commercetools_requests_total"]
         await publish(bootstrap, "bench-connector", [body for _, body in no_token])
-        after = metrics.wait_for_deliveries(len(saturation) + len(paced) + len(no_token), timeout_s=300)
+        after = metrics.wait_for_deliveries(handled + len(no_token), timeout_s=300)
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=60)
     percentiles = statistics.quantiles(latencies, n=100)
     return {
-        "payments": len(saturation), "transactions": saturation_tx, "tx_per_s": round(tx_per_s, 1),
+        "payments": len(backlog), "transactions": backlog_tx, "rounds_tx_per_s": [[round(c, 1), round(b, 1)] for c, b in rates],
+        "tx_per_s": round(tx_per_s, 1), "baseline_tx_per_s": round(statistics.median(b for _, b in rates), 1),
+        "ratio": round(statistics.median(c / b for c, b in rates), 3),
         "p50_ms": round(percentiles[49], 1), "p99_ms": round(percentiles[98], 1), "latency_load_deliveries_per_s": round(rate, 1),
-        "cpu_ms_per_tx": round(cpu_s * 1000 / saturation_tx, 2), "rss_mb_peak": round(rss_mb, 1),
-        "ct_requests_per_tx": round(at_saturation["connector_commercetools_requests_total"] / saturation_tx, 2),
+        "cpu_ms_per_tx": round(cpu_s * 1000 / backlog_tx, 2), "rss_mb_peak": round(rss_mb, 1),
+        "baseline_cpu_ms_per_tx": round(baseline_cpu_s * 1000 / backlog_tx, 2), "baseline_rss_mb_peak": round(baseline_rss_mb, 1),
+        "ct_requests_per_tx": round(at_backlog["connector_commercetools_requests_total"] / backlog_tx, 2),
         "ct_requests_per_payment_created_without_token": round(
             (after["connector_commercetools_requests_total"] - before) / len(no_token), 2
         ),
-        "deliveries_by_result": {k.split(":", 1)[1]: int(v) for k, v in at_saturation.items() if k.startswith("deliveries:")},
+        "deliveries_by_result": {k.split(":", 1)[1]: int(v) for k, v in at_backlog.items() if k.startswith("deliveries:")},
         "sandbox_latency_ms": args.latency_ms, "in_flight": args.in_flight,
     }  # fmt: skip
 
 
-def measure_baseline(args: argparse.Namespace, work: Path, url: str, bootstrap: str, deliveries: int) -> dict[str, Any]:
-    print("baseline ...", file=sys.stderr)
-    ledger = work / "baseline-ledger.sqlite"
-    usage = finish_baseline(start_baseline(args, ledger, url, bootstrap, "bench-baseline", deliveries))
-    transactions = len(SandboxLedger(ledger).execution_times())
-    return {
-        "baseline_tx_per_s": round(ledger_rate(ledger), 1),
-        "baseline_cpu_ms_per_tx": round((usage.ru_utime + usage.ru_stime) * 1000 / transactions, 2),
-        "baseline_rss_mb_peak": round(usage.ru_maxrss / 1024, 1),
-    }
-
-
 def start_baseline(
-    args: argparse.Namespace, ledger: Path, url: str, bootstrap: str, project_and_topic: str, deliveries: int
+    args: argparse.Namespace, ledger: Path, url: str, bootstrap: str, project_key: str, topic: str, deliveries: int
 ) -> subprocess.Popen[bytes]:
     """Starts tests/bench/baseline.py over one topic of one project."""
     config = {
-        "ct_url": url, "project_key": project_and_topic, "bootstrap_servers": bootstrap, "topic": project_and_topic,
+        "ct_url": url, "project_key": project_key, "bootstrap_servers": bootstrap, "topic": topic,
         "ledger_path": str(ledger), "latency_ms": args.latency_ms, "concurrency": args.in_flight, "type_key": TYPE_KEY,
         "deliveries": deliveries, "timeout_s": 900,
     }  # fmt: skip
