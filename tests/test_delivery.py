@@ -81,6 +81,7 @@ def test_malformed_embedded_payment_falls_back_to_fetching() -> None:
     [
         (b"{not json", "not valid JSON"),
         (b"\xff\xfe", "not valid JSON"),
+        (b'{"notificationType": NaN}', "NaN"),  # the standard library accepts it; JSON does not
         (b"[1, 2]", "JSON list"),
         (b'{"notificationType": "Message"}', "resource"),
         (b'{"notificationType": "Message", "resource": {"typeId": "payment", "id": "../../etc"}}', "resource.id"),

@@ -9,9 +9,10 @@ The protocol (DESIGN.md section 3) in terms of these functions:
    payment, and states only ever move forward.
 """
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from types import MappingProxyType
 from typing import Any
 
 import orjson
@@ -20,6 +21,7 @@ from connector.adapters.contract import OPERATION_FOR, Operation, Outcome
 from connector.models.payment import Payment, Transaction, TransactionState, TransactionType
 
 MAX_INTERACTION_TEXT = 4000
+NOTHING_SETTLED: Mapping[str, TransactionState] = MappingProxyType({})
 
 Action = dict[str, Any]
 
@@ -127,12 +129,12 @@ class _Totals:
     cancelled: bool
 
     @classmethod
-    def of(cls, payment: Payment) -> "_Totals":
+    def of(cls, payment: Payment, settled: Mapping[str, TransactionState] = NOTHING_SETTLED) -> "_Totals":
         # One pass: this runs for every transaction the connector executes.
         authorized = charged = refunded = cancelled = 0
         has_authorization = False
         for t in payment.transactions:
-            amount, state = t.amount.cent_amount, t.state
+            amount, state = t.amount.cent_amount, settled.get(t.id, t.state)
             live = state is TransactionState.SUCCESS or state is TransactionState.PENDING
             match t.type:
                 case TransactionType.AUTHORIZATION:
@@ -182,7 +184,7 @@ def outcome_actions(payment: Payment, results: Sequence[Result], *, type_key: st
     forward only); the same PSP call under the same key cannot have said anything else.
     """
     actions: list[Action] = []
-    stored = payment
+    settled: dict[str, TransactionState] = {}
     last: Outcome | None = None
     for result in results:
         current = payment.transaction(result.work.transaction.id)
@@ -206,19 +208,22 @@ def outcome_actions(payment: Payment, results: Sequence[Result], *, type_key: st
                 interaction_id=outcome.psp_reference,
             )
         )  # fmt: skip
-        stored = apply_outcome(stored, transaction_id, outcome)
+        settled[transaction_id] = outcome.state
         last = outcome
     if last is not None:
-        actions.append({"action": "setStatusInterfaceCode", "interfaceCode": payment_status_code(stored)})
+        actions.append({"action": "setStatusInterfaceCode", "interfaceCode": payment_status_code(payment, settled)})
         actions.append({"action": "setStatusInterfaceText", "interfaceText": _clip(f"{last.code}: {last.text}")})
     return actions
 
 
-def payment_status_code(payment: Payment) -> str:
-    """The PSP's view of the whole payment, in the generic payments vocabulary."""
-    totals = _Totals.of(payment)
-    states = [t.state for t in payment.transactions]
-    succeeded = {t.type for t in payment.transactions if t.state is TransactionState.SUCCESS}
+def payment_status_code(payment: Payment, settled: Mapping[str, TransactionState] = NOTHING_SETTLED) -> str:
+    """The PSP's view of the whole payment, in the generic payments vocabulary.
+
+    ``settled``: new states of some transactions (by id), not stored yet.
+    """
+    totals = _Totals.of(payment, settled)
+    states = [settled.get(t.id, t.state) for t in payment.transactions]
+    succeeded = {t.type for t, state in zip(payment.transactions, states, strict=True) if state is TransactionState.SUCCESS}
     if TransactionType.REFUND in succeeded:
         return "refunded" if totals.refunded >= totals.charged else "partial_refund"
     if TransactionType.CHARGE in succeeded:
