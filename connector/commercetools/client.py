@@ -9,7 +9,7 @@ from typing import Any
 
 import aiohttp
 import orjson
-from pydantic import SecretStr
+from pydantic import BaseModel, SecretStr
 
 from connector.commercetools.auth import AuthenticationFailed, TokenSource
 from connector.errors import ConcurrentModification, NotFound, RateLimited, Rejected, ServerError, Unreachable
@@ -77,12 +77,18 @@ class CommercetoolsClient:
         return Payment.model_validate_json(await self._request("GET", f"/payments/{payment_id}"))
 
     async def update_payment(self, payment_id: str, version: int, actions: list[dict[str, Any]]) -> Payment:
-        body = {"version": version, "actions": actions}
-        return Payment.model_validate_json(await self._request("POST", f"/payments/{payment_id}", body))
+        return Payment.model_validate_json(await self._post_update(payment_id, version, actions))
+
+    async def update_version(self, payment_id: str, version: int, actions: list[dict[str, Any]]) -> int:
+        """``update_payment`` for a caller that knows the rest: only the new version is read from the answer."""
+        return _Versioned.model_validate_json(await self._post_update(payment_id, version, actions)).version
 
     async def store_update(self, payment_id: str, version: int, actions: list[dict[str, Any]]) -> None:
         """``update_payment`` for a caller that needs nothing back: the answer is not parsed."""
-        await self._request("POST", f"/payments/{payment_id}", {"version": version, "actions": actions})
+        await self._post_update(payment_id, version, actions)
+
+    async def _post_update(self, payment_id: str, version: int, actions: list[dict[str, Any]]) -> bytes:
+        return await self._request("POST", f"/payments/{payment_id}", {"version": version, "actions": actions})
 
     async def create_payment(self, draft: dict[str, Any]) -> Payment:
         return Payment.model_validate_json(await self._request("POST", "/payments", draft))
@@ -141,6 +147,10 @@ class CommercetoolsClient:
         if status >= 300:
             _raise_for(method, path, status, content)
         return content
+
+
+class _Versioned(BaseModel):
+    version: int
 
 
 def _raise_for(method: str, path: str, status: int, content: bytes) -> None:

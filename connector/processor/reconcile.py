@@ -30,7 +30,7 @@ class PaymentStore(Protocol):
 
     async def get_payment(self, payment_id: str) -> Payment: ...
 
-    async def update_payment(self, payment_id: str, version: int, actions: list[dict[str, Any]]) -> Payment: ...
+    async def update_version(self, payment_id: str, version: int, actions: list[dict[str, Any]]) -> int: ...
 
     async def store_update(self, payment_id: str, version: int, actions: list[dict[str, Any]]) -> None: ...
 
@@ -99,7 +99,7 @@ class Processor:
         return Reconciled(payment.id, "done", tuple(results))
 
     async def _claim(self, payment: Payment, *, fetched: bool) -> tuple[Payment, Plan]:
-        """Claims the payment's Initial transactions; returns the claimed payment and its plan.
+        """Claims the payment's Initial transactions; returns the payment at its claimed version, and the plan.
 
         ``fetched`` tells whether ``payment`` was read through the API: a message's copy may be
         stale and carries the payment method token masked.
@@ -119,11 +119,16 @@ class Processor:
                 continue
             actions = decisions.claim_actions(plan.work, type_key=self._settings.interaction_type_key, now=now)
             try:
-                return await self._store.update_payment(payment.id, payment.version, actions), plan
+                version = await self._store.update_version(payment.id, payment.version, actions)
             except ConcurrentModification:
                 log.info("claim.conflict", version=payment.version)
                 self._metrics.labelled(self._metrics.conflicts, "claim").inc()
                 payment, fetched = await self._store.get_payment(payment.id), True
+                continue
+            # The update was checked against the version read, so the payment is now that one plus the
+            # claim's interactions, which nothing after the claim reads: parsing the answer would cost
+            # more than the rest of the claim.
+            return payment.model_copy(update={"version": version}), plan
         raise RetryableError(f"claim kept conflicting after {self._settings.max_conflicts} attempts")
 
     async def _execute(self, payment: Payment, plan: Plan, route: Route | UnknownAccount) -> list[Result]:
