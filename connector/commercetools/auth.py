@@ -43,9 +43,13 @@ class TokenSource:
         self._refresh_at = 0.0
         self._lock = asyncio.Lock()
 
+    def current(self) -> str | None:
+        """The cached token while it is fresh; None when ``get`` must fetch one."""
+        return self._token if self._clock() < self._refresh_at else None
+
     async def get(self) -> str:
-        if self._token is not None and self._clock() < self._refresh_at:
-            return self._token
+        if (token := self.current()) is not None:
+            return token
         async with self._lock:  # one refresh for all the requests that found the token stale
             if self._token is None or self._clock() >= self._refresh_at:
                 await self._fetch()

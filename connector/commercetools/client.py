@@ -21,10 +21,6 @@ TRANSIENT = (RateLimited, ServerError, Unreachable)
 COMMERCETOOLS_BACKOFF = Backoff(attempts=5, budget_s=30.0, wait_initial_s=0.1, wait_max_s=5.0)
 
 
-class _Unauthorized(Exception):
-    """The API refused our token: fetch a new one and send again."""
-
-
 class CommercetoolsClient:
     def __init__(
         self,
@@ -117,36 +113,29 @@ class CommercetoolsClient:
     async def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> bytes:
         """The response body of a successful request; typed errors otherwise."""
         retried = self._metrics.labelled(self._metrics.retries, "commercetools").inc
-        return await retry(lambda: self._send_authorized(method, path, body), on=TRANSIENT, backoff=self._retry, on_retry=retried)
-
-    async def _send_authorized(self, method: str, path: str, body: dict[str, Any] | None) -> bytes:
-        try:
-            return await self._send(method, path, body)
-        except _Unauthorized:
-            # The token was revoked or expired early: one more try with a fresh one.
-            try:
-                return await self._send(method, path, body)
-            except _Unauthorized:
-                raise AuthenticationFailed(f"{method} {path}: a fresh token was refused too") from None
+        return await retry(lambda: self._send(method, path, body), on=TRANSIENT, backoff=self._retry, on_retry=retried)
 
     async def _send(self, method: str, path: str, body: dict[str, Any] | None) -> bytes:
-        token = await self._tokens.get()
-        try:
-            async with self._http.request(
-                method, self._base + path, json=body, headers={"Authorization": f"Bearer {token}"}
-            ) as response:
-                status, content = response.status, await response.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            self._metrics.labelled(self._metrics.commercetools_requests, method, "error").inc()
-            failure = "timed out" if isinstance(exc, TimeoutError) else f"failed: {exc.__class__.__name__}"
-            raise Unreachable(f"{method} {path} {failure}") from None
-        self._metrics.labelled(self._metrics.commercetools_requests, method, str(status)).inc()
-        if status == 401:
-            self._tokens.invalidate(token)
-            raise _Unauthorized
-        if status >= 300:
-            _raise_for(method, path, status, content)
-        return content
+        """One request; after a 401 (a token revoked or expired early), one more with a fresh token."""
+        for _ in range(2):
+            token = self._tokens.current() or await self._tokens.get()  # no coroutine on the hot path
+            try:
+                async with self._http.request(
+                    method, self._base + path, json=body, headers={"Authorization": f"Bearer {token}"}
+                ) as response:
+                    status, content = response.status, await response.read()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                self._metrics.labelled(self._metrics.commercetools_requests, method, "error").inc()
+                failure = "timed out" if isinstance(exc, TimeoutError) else f"failed: {exc.__class__.__name__}"
+                raise Unreachable(f"{method} {path} {failure}") from None
+            self._metrics.labelled(self._metrics.commercetools_requests, method, str(status)).inc()
+            if status == 401:
+                self._tokens.invalidate(token)
+                continue
+            if status >= 300:
+                _raise_for(method, path, status, content)
+            return content
+        raise AuthenticationFailed(f"{method} {path}: a fresh token was refused too")
 
 
 class _Versioned(BaseModel):
