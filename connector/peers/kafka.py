@@ -57,12 +57,13 @@ class LocalKafka:
 
     def start(self) -> "LocalKafka":
         properties = self._write_config()
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        subprocess.run(
-            [*self._java(), "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(properties)],
-            check=True,
+        formatted = subprocess.run(
+            [*self._java(), "kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(properties)],
             capture_output=True,
+            text=True,
         )
+        if formatted.returncode != 0:
+            raise RuntimeError(f"formatting the Kafka broker's storage failed: {formatted.stderr.strip()[-500:]}")
         self._launch()
         return self
 
@@ -145,3 +146,10 @@ async def create_topics(bootstrap_servers: str, *names: str, partitions: int = 4
             await admin.create_topics(new)
     finally:
         await admin.close()
+
+
+def _cluster_id() -> str:
+    """A random cluster id that, like Kafka's own, never starts with '-': the format tool would take it for an option."""
+    while (cluster_id := base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")).startswith("-"):
+        pass
+    return cluster_id
