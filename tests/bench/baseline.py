@@ -11,6 +11,7 @@ Usage: python -m tests.bench.baseline CONFIG_JSON  (the keys are read in ``main`
 """
 
 import asyncio
+import gc
 import json
 import sys
 import time
@@ -24,6 +25,7 @@ from aiokafka import AIOKafkaConsumer
 
 from connector.adapters.contract import Operation
 from connector.adapters.sandbox import Execution, SandboxLedger, simulate
+from connector.app import GC_THRESHOLDS
 
 OPERATIONS = {"Authorization": Operation.AUTHORIZE, "Charge": Operation.CHARGE, "Refund": Operation.REFUND,
               "CancelAuthorization": Operation.CANCEL_AUTHORIZATION}  # fmt: skip
@@ -95,6 +97,7 @@ class Baseline:
 
 
 async def main(config: dict[str, Any]) -> None:
+    gc.set_threshold(*GC_THRESHOLDS)  # the connector's runtime, so that the code is what differs
     ledger = SandboxLedger(config["ledger_path"])
     session = {"connector": aiohttp.TCPConnector(limit=config["concurrency"]), "json_serialize": _json_text}
     async with aiohttp.ClientSession(**session) as http:
