@@ -261,9 +261,9 @@ async def measure(
         rate = tx_per_s * args.latency_load * len(paced) / transactions_in(paced)  # deliveries per second
         print(f"latency at {rate:.0f} deliveries/s ...", file=sys.stderr)
         # This process stands in for commercetools' side of the Subscription, which in production runs on
-        # other machines: at its normal priority, publishing one record at a time took a tenth of a core
-        # from the worker and the emulator, and their queues grew into the latency tail (README).
-        # Lowered for good: the phases after this one are not timed.
+        # other machines. Publishing one record at a time takes it 0.15 to 0.2 of a core; at its normal
+        # priority it took that from the emulator and the worker when all wanted a core at once, and
+        # their queues grew into the latency tail (README). Lowered for good: what follows is not timed.
         os.nice(10)
         published = await publish(bootstrap, "bench-connector", [body for _, body in paced], rate_per_s=rate)
         handled += len(paced)
