@@ -1,7 +1,9 @@
 """``connector demo``: the whole product on one machine, with the sandbox PSP.
 
-Starts a local Kafka broker (or uses ``KAFKA_BOOTSTRAP_SERVERS``), or with ``--source pubsub`` the
-Pub/Sub emulator (or uses ``PUBSUB_EMULATOR_HOST``), and the commercetools emulator;
+Starts a local Kafka broker (a container of the official image when a Docker engine answers and the
+image can be had, else the broker from Maven jars; or uses ``KAFKA_BOOTSTRAP_SERVERS``), and says
+which in its first line; or with ``--source pubsub`` the Pub/Sub emulator (or uses
+``PUBSUB_EMULATOR_HOST``); and the commercetools emulator;
 creates payments with every transaction type, publishes their deliveries in both formats (with a
 duplicate, the subscription's test delivery and a malformed one), runs the worker until every
 transaction has left Initial, and prints each transaction's final state and PSP reference.
@@ -24,8 +26,8 @@ from connector.commercetools.client import CommercetoolsClient
 from connector.config import CommercetoolsSettings, Settings, WorkerSettings, without_files
 from connector.models.payment import Payment
 from connector.peers import messages
+from connector.peers.broker import choose_broker
 from connector.peers.ctmock import LocalCommercetools
-from connector.peers.kafka import LocalKafka
 from connector.peers.pubsub import LocalPubSub
 from connector.peers.queues import KafkaTopic, LocalQueue, PubSubTopic
 
@@ -83,7 +85,9 @@ def local_peers(source: Literal["kafka", "pubsub"]) -> Iterator[tuple[LocalQueue
                 stack.enter_context(LocalPubSub())
             queue = PubSubTopic()
         else:
-            queue = KafkaTopic(os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or stack.enter_context(LocalKafka()).bootstrap_servers)
+            broker = choose_broker()
+            print(broker.line, flush=True)
+            queue = KafkaTopic(stack.enter_context(broker.start()))
         yield queue, stack.enter_context(LocalCommercetools()).url
 
 

@@ -1,11 +1,12 @@
 """Real peers for the suite, started once per session on 127.0.0.1 and stopped at its end.
 
-Kafka: ``KAFKA_BOOTSTRAP_SERVERS`` when set; else testcontainers' Kafka container when a Docker
-engine answers; else a real broker from Maven Central jars. commercetools: the npm emulator.
-A peer that cannot start fails the tests that need it; nothing is skipped.
+Kafka: ``KAFKA_BOOTSTRAP_SERVERS`` when set; else a container of the official ``apache/kafka`` image
+when a Docker engine answers (a stand-in with its interface, built here, when no registry gives the
+image); else a real broker from Maven Central jars. The first line of the report says which.
+commercetools: the npm emulator. A peer that cannot start fails the tests that need it; nothing is
+skipped.
 """
 
-import contextlib
 import json
 import os
 import uuid
@@ -18,43 +19,37 @@ from pydantic import SecretStr
 
 from connector.commercetools.client import CommercetoolsClient
 from connector.commercetools.interaction_type import interaction_type_draft
+from connector.peers.broker import BrokerChoice, choose_broker
 from connector.peers.ctmock import LocalCommercetools
-from connector.peers.kafka import LocalKafka
+from connector.peers.docker_engine import answering_engine
 from connector.peers.pubsub import LocalPubSub, installed_emulator
 from connector.retrying import Backoff
+from tests.docker_images import KafkaStandIn
 from tests.localstripe_peer import LocalStripe
 from tests.queues import EventQueue, KafkaQueue, PubSubQueue
 from tests.support import INTERACTION_TYPE_KEY
 
 REPORT_FILE = Path(__file__).parent.parent / ".cache" / "reliability.json"
+BROKER = pytest.StashKey[BrokerChoice]()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    config.stash[BROKER] = choose_broker(KafkaStandIn())
+    return config.stash[BROKER].line
 
 
 def _docker_answers() -> bool:
-    if not (os.environ.get("DOCKER_HOST") or os.path.exists("/var/run/docker.sock")):
-        return False
-    import docker
-
-    with contextlib.suppress(Exception):
-        client = docker.from_env(timeout=3)
-        try:
-            return bool(client.ping())
-        finally:
-            client.close()
-    return False
+    client, _ = answering_engine()
+    if client is not None:
+        client.close()
+    return client is not None
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap() -> Iterator[str]:
-    if servers := os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+def kafka_bootstrap(pytestconfig: pytest.Config) -> Iterator[str]:
+    choice = pytestconfig.stash.get(BROKER, None) or choose_broker(KafkaStandIn())  # no header without the terminal
+    with choice.start() as servers:
         yield servers
-    elif _docker_answers():
-        from testcontainers.kafka import KafkaContainer
-
-        with KafkaContainer() as container:
-            yield container.get_bootstrap_server()
-    else:
-        with LocalKafka() as broker:
-            yield broker.bootstrap_servers
 
 
 @pytest.fixture(scope="session")
@@ -106,12 +101,12 @@ def pubsub_emulator() -> Iterator[str]:
         yield host
     elif not installed_emulator() and _docker_answers():
         from testcontainers.core.container import DockerContainer
-        from testcontainers.core.waiting_utils import wait_for_logs
+        from testcontainers.core.wait_strategies import LogMessageWaitStrategy
 
         image = "gcr.io/google.com/cloudsdktool/google-cloud-cli:emulators"
         command = "gcloud beta emulators pubsub start --host-port=0.0.0.0:8085"
-        with DockerContainer(image).with_command(command).with_exposed_ports(8085) as container:
-            wait_for_logs(container, "Server started", timeout=120)
+        ready = LogMessageWaitStrategy("Server started").with_startup_timeout(120)
+        with DockerContainer(image).with_command(command).with_exposed_ports(8085).waiting_for(ready) as container:
             host = os.environ["PUBSUB_EMULATOR_HOST"] = f"{container.get_container_host_ip()}:{container.get_exposed_port(8085)}"
             yield host
             del os.environ["PUBSUB_EMULATOR_HOST"]

@@ -58,7 +58,7 @@ class LocalKafka:
     def start(self) -> "LocalKafka":
         properties = self._write_config()
         formatted = subprocess.run(
-            [*self._java(), "kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(properties)],
+            [*self._java(), "kafka.tools.StorageTool", "format", "-t", cluster_id(), "-c", str(properties)],
             capture_output=True,
             text=True,
         )
@@ -148,8 +148,8 @@ async def create_topics(bootstrap_servers: str, *names: str, partitions: int = 4
         await admin.close()
 
 
-def _cluster_id() -> str:
+def cluster_id() -> str:
     """A random cluster id that, like Kafka's own, never starts with '-': the format tool would take it for an option."""
-    while (cluster_id := base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")).startswith("-"):
+    while (candidate := base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")).startswith("-"):
         pass
-    return cluster_id
+    return candidate

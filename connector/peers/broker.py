@@ -1,0 +1,83 @@
+"""Which Kafka broker the local stack runs, and the one line that says so.
+
+``KAFKA_BOOTSTRAP_SERVERS``, when set, names a broker that is already running. Otherwise a container of
+the official image when a Docker engine answers and the image can be had (the tests may bring a
+stand-in built here where no registry is reachable); otherwise the broker from Maven jars, with the
+reason. A fallback to the Maven broker is another real broker, not a skip.
+"""
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from connector.peers.docker_engine import answering_engine, image_available
+from connector.peers.kafka import LocalKafka
+from connector.peers.kafka_container import OFFICIAL_IMAGE, KafkaContainer
+
+if TYPE_CHECKING:
+    import docker
+
+
+class StandInImage(Protocol):
+    """An image with the official one's interface, built on entry and removed on exit."""
+
+    image: str
+
+    def __enter__(self) -> str: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+@dataclass(frozen=True)
+class BrokerChoice:
+    line: str  # "Kafka: ...", said before anything else
+    start: Callable[[], AbstractContextManager[str]]  # yields the bootstrap servers; stops the broker on exit
+
+
+def choose_broker(stand_in: StandInImage | None = None) -> BrokerChoice:
+    if servers := os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        return BrokerChoice(f"Kafka: the broker at {servers} (KAFKA_BOOTSTRAP_SERVERS)", lambda: contextlib.nullcontext(servers))
+    client, where = answering_engine()
+    if client is None:
+        return BrokerChoice(f"Kafka: a local broker from Maven jars, not a container: {where}", _maven)
+    try:
+        missing = image_available(client, OFFICIAL_IMAGE)
+        reaper_missing = _reaper_missing(client)
+    finally:
+        client.close()
+    if missing is None:
+        line = f"Kafka: a container of {OFFICIAL_IMAGE} (Docker engine at {where})"
+        return BrokerChoice(line, lambda: _container(OFFICIAL_IMAGE, None, reaper_missing))
+    if stand_in is not None:
+        line = f"Kafka: a container of {stand_in.image}, a stand-in for {OFFICIAL_IMAGE} built here: {missing}"
+        return BrokerChoice(line, lambda: _container(stand_in.image, stand_in, reaper_missing))
+    return BrokerChoice(f"Kafka: a local broker from Maven jars, not a container: {missing}", _maven)
+
+
+@contextlib.contextmanager
+def _maven() -> Iterator[str]:
+    with LocalKafka() as broker:
+        yield broker.bootstrap_servers
+
+
+@contextlib.contextmanager
+def _container(image: str, stand_in: StandInImage | None, reaper_missing: bool) -> Iterator[str]:
+    if reaper_missing:
+        # testcontainers' reaper removes containers of a process that died; without its image, the
+        # container is removed by this context alone.
+        from testcontainers.core.config import testcontainers_config
+
+        testcontainers_config.ryuk_disabled = True
+    with contextlib.ExitStack() as stack:
+        if stand_in is not None:
+            stack.enter_context(stand_in)
+        yield stack.enter_context(KafkaContainer(image)).bootstrap_servers
+
+
+def _reaper_missing(client: "docker.DockerClient") -> bool:
+    from testcontainers.core.config import testcontainers_config
+
+    return not testcontainers_config.ryuk_disabled and image_available(client, testcontainers_config.ryuk_image) is not None

@@ -1,0 +1,93 @@
+"""The worker's image as production runs it: built from the Dockerfile, run with a read-only root file
+system as its non-root user, against the session's Kafka broker and the commercetools emulator.
+
+The engine is the one the environment points at, else one the test starts (and installs) for itself;
+the base is the official Python image where a registry gives it, else a stand-in built here with
+debootstrap (tests/docker_images.py). A test that cannot get an engine fails; it never skips.
+"""
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+
+import docker
+import httpx
+import pytest
+
+from connector.commercetools.client import CommercetoolsClient
+from connector.demo import as_json, payment_draft, wait_until_settled
+from connector.peers import free_port, messages
+from tests.docker_engine import docker_engine
+from tests.docker_images import connector_image, python_base
+from tests.queues import KafkaQueue
+from tests.support import CLIENT_SECRET
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[docker.DockerClient]:
+    with docker_engine() as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def image(engine: docker.DockerClient) -> Iterator[str]:
+    with python_base(engine) as base, connector_image(engine, base) as tag:
+        yield tag
+
+
+@pytest.mark.timeout(900)  # the set-up builds a base (debootstrap) and the image on a machine with no registry
+async def test_the_image_runs_read_only_as_its_user_processes_a_delivery_and_is_healthy(
+    engine: docker.DockerClient, image: str, kafka_bootstrap: str, ct_url: str, project_key: str, ct: CommercetoolsClient
+) -> None:
+    queue = KafkaQueue(kafka_bootstrap)
+    await queue.create()
+    payment = await ct.create_payment(payment_draft(2000, (("Authorization", 2000),), (("Charge", 2000),)))
+    port = free_port()
+    route = {"interface": "sandbox", "adapter": "sandbox", "settings": {"ledger_path": "/tmp/sandbox.sqlite", "latency_ms": 0}}
+    environment = {
+        **queue.environment(),
+        "CTP_PROJECT_KEY": project_key, "CTP_CLIENT_ID": "test-client", "CTP_CLIENT_SECRET": CLIENT_SECRET,
+        "CTP_AUTH_URL": ct_url, "CTP_API_URL": ct_url,
+        "CONNECTOR_ADAPTERS": json.dumps([route]), "CONNECTOR_HTTP_HOST": "127.0.0.1", "CONNECTOR_HTTP_PORT": str(port),
+    }  # fmt: skip
+    # The host's network: the broker and the emulator listen on 127.0.0.1 only. /tmp is the one writable
+    # place, as the Kubernetes Deployment's emptyDir; the user is the image's own (no --user here).
+    container = engine.containers.run(
+        image, detach=True, read_only=True, network_mode="host", tmpfs={"/tmp": "size=64m"}, environment=environment
+    )
+    try:
+        settings = engine.api.inspect_container(container.id)
+        assert settings["Config"]["User"] == "10001:10001" and settings["HostConfig"]["ReadonlyRootfs"]
+        written = container.exec_run(["sh", "-c", "id -u; touch /opt/connector/written"])
+        assert written.output.decode().splitlines()[0] == "10001" and written.exit_code != 0, written.output
+
+        await queue.publish([messages.payment_created(project_key, as_json(payment), "platform")])
+        settled = await wait_until_settled(ct, [payment.id], timeout_s=120)
+        assert [t.state.value for t in settled[0].transactions] == ["Success", "Success"]
+
+        async with httpx.AsyncClient(timeout=5) as http:
+            assert (await http.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200
+        # The image's own HEALTHCHECK (`connector healthcheck`): its first probe runs one interval after the start.
+        assert await _health(engine, container.id, timeout_s=120) == "healthy"
+
+        container.stop(timeout=30)
+        assert container.wait(timeout=30)["StatusCode"] == 0
+        log = container.logs().decode(errors="replace")
+        assert '"event": "worker.stopped"' in log or "worker.stopped" in log
+        assert CLIENT_SECRET not in log
+    finally:
+        container.remove(force=True)
+
+
+async def _health(engine: docker.DockerClient, container_id: str, timeout_s: float) -> str:
+    deadline = time.monotonic() + timeout_s
+    status = "unknown"
+    while time.monotonic() < deadline:
+        status = engine.api.inspect_container(container_id)["State"].get("Health", {}).get("Status", "none")
+        if status in ("healthy", "unhealthy"):
+            return str(status)
+        await asyncio.sleep(1)
+    return status
