@@ -18,8 +18,9 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(BIN)/connector demo
 
+# PYTEST_ARGS narrows the run (CI's second pass), e.g. make test PYTEST_ARGS='-k "not pubsub"'.
 test: install lint
-	$(BIN)/pytest
+	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check connector tests

@@ -1,5 +1,5 @@
 """What ships besides the code: the Dockerfile, the dependency lock, the Kubernetes manifests and the
-compose file, linted and validated against their schemas (no Docker engine or cluster runs here)."""
+compose file, linted and validated against their schemas (the image itself is built and run in test_image)."""
 
 import re
 import shutil
