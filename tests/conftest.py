@@ -48,6 +48,9 @@ def _docker_answers() -> bool:
 @pytest.fixture(scope="session")
 def kafka_bootstrap(pytestconfig: pytest.Config) -> Iterator[str]:
     choice = pytestconfig.stash.get(BROKER, None) or choose_broker(KafkaStandIn())  # no header without the terminal
+    # CI says which broker each of its passes must get, so a silent fallback cannot pass for the other path.
+    expected = os.environ.get("TEST_KAFKA_EXPECTED")
+    assert expected in (None, choice.kind), f"TEST_KAFKA_EXPECTED={expected}, but {choice.line}"
     with choice.start() as servers:
         yield servers
 

@@ -22,14 +22,21 @@ from connector.peers.docker_engine import answering_engine
 from tests.debian import ensure_command
 
 
+class EngineUnavailable(RuntimeError):
+    """No engine answers and none could be installed or started here."""
+
+
 @contextlib.contextmanager
 def docker_engine(start_timeout_s: float = 60.0) -> Iterator[docker.DockerClient]:
-    client, _ = answering_engine()
+    client, where = answering_engine()
     if client is not None:
         with contextlib.closing(client):
             yield client
         return
-    dockerd = ensure_command("dockerd", "docker.io")
+    try:
+        dockerd = ensure_command("dockerd", "docker.io")
+    except RuntimeError as error:
+        raise EngineUnavailable(f"{where}, and none can be started: {error}") from error
     workdir = Path(tempfile.mkdtemp(prefix="connector-dockerd-"))
     socket = f"unix://{workdir}/docker.sock"
     log = workdir / "dockerd.log"
@@ -40,7 +47,10 @@ def docker_engine(start_timeout_s: float = 60.0) -> Iterator[docker.DockerClient
             stdout=output, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
-        client = _wait_answering(socket, process, log, start_timeout_s)
+        try:
+            client = _wait_answering(socket, process, log, start_timeout_s)
+        except (RuntimeError, TimeoutError) as error:
+            raise EngineUnavailable(f"{where}, and the one started here failed: {error}") from error
         with contextlib.closing(client):
             yield client
     finally:

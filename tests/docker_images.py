@@ -8,6 +8,7 @@ Maven jars are), so a second run skips debootstrap.
 """
 
 import contextlib
+import os
 import re
 import shutil
 import subprocess
@@ -56,18 +57,23 @@ def connector_image(client: docker.DockerClient, base: str) -> Iterator[str]:
 
 @contextlib.contextmanager
 def built_image(client: docker.DockerClient, tag: str, **build: Any) -> Iterator[None]:
-    """``docker build`` with the host's network (pip and apt reach their registries through it); on exit
-    the image and every layer the build made (its build stages' too) are removed."""
-    _, log = client.images.build(tag=tag, network_mode="host", rm=True, forcerm=True, pull=False, **build)
-    layers, cached = [], False
-    for line in (entry.get("stream", "").strip() for entry in log):
-        if layer := re.fullmatch(r"---> ([0-9a-f]{12})", line):
-            layers += [] if cached else [layer[1]]  # a cached layer was there before the build: it stays
-        cached = line == "---> Using cache"
+    """``docker build`` with the host's network (pip and apt reach their registries through it); on exit,
+    or when the build fails, the image and every layer the build made (its build stages' too) are removed."""
+    layers: list[str] = []
     try:
+        log = client.api.build(tag=tag, network_mode="host", rm=True, forcerm=True, pull=False, decode=True, **build)
+        cached = False
+        for entry in log:
+            if "error" in entry:
+                raise docker.errors.BuildError(entry["error"], [])
+            line = entry.get("stream", "").strip()
+            if layer := re.fullmatch(r"---> ([0-9a-f]{12})", line):
+                layers += [] if cached else [layer[1]]  # a cached layer was there before the build: it stays
+            cached = line == "---> Using cache"
         yield
     finally:
-        client.images.remove(tag, force=True)
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            client.images.remove(tag, force=True)
         for layer in reversed(layers):  # a tagged one is a FROM image (a base of another context): it stays
             with contextlib.suppress(docker.errors.APIError):
                 if not client.images.get(layer).tags:
@@ -82,6 +88,11 @@ class KafkaStandIn:
 
     def __init__(self) -> None:
         self._stack = contextlib.ExitStack()
+
+    def cannot_build(self) -> str | None:
+        if os.geteuid() != 0:
+            return "building it takes root (debootstrap)"
+        return None
 
     def __enter__(self) -> str:
         client, where = answering_engine()
@@ -113,11 +124,12 @@ def debian_image(client: docker.DockerClient, name: str, packages: list[str], st
     repository, tag = f"{STAND_IN}/{name}".rsplit(":", 1)
     labels = f"LABEL connector.stand-in-for={stands_in_for}" if stands_in_for else "LABEL connector.stand-in=base"
     changes = [f"ENV PATH={PATH}", "ENV LANG=C.UTF-8", labels, f"CMD {cmd}"]
-    client.api.import_image(src=str(tarball), repository=repository, tag=tag, changes=changes)
     try:
+        client.api.import_image(src=str(tarball), repository=repository, tag=tag, changes=changes)
         yield f"{repository}:{tag}"
     finally:
-        client.images.remove(f"{repository}:{tag}", force=True)
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            client.images.remove(f"{repository}:{tag}", force=True)
 
 
 def _root_filesystem(name: str, packages: list[str]) -> Path:

@@ -3,11 +3,14 @@ system as its non-root user, against the session's Kafka broker and the commerce
 
 The engine is the one the environment points at, else one the test starts (and installs) for itself;
 the base is the official Python image where a registry gives it, else a stand-in built here with
-debootstrap (tests/docker_images.py). A test that cannot get an engine fails; it never skips.
+debootstrap (tests/docker_images.py). Without an engine it fails when ``CI`` is set, and is skipped
+with the reason elsewhere (a developer's machine without Docker, as a user who is not root).
 """
 
 import asyncio
+import contextlib
 import json
+import os
 import time
 from collections.abc import Iterator
 
@@ -18,7 +21,7 @@ import pytest
 from connector.commercetools.client import CommercetoolsClient
 from connector.demo import as_json, payment_draft, wait_until_settled
 from connector.peers import free_port, messages
-from tests.docker_engine import docker_engine
+from tests.docker_engine import EngineUnavailable, docker_engine
 from tests.docker_images import connector_image, python_base
 from tests.queues import KafkaQueue
 from tests.support import CLIENT_SECRET
@@ -28,7 +31,13 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def engine() -> Iterator[docker.DockerClient]:
-    with docker_engine() as client:
+    with contextlib.ExitStack() as stack:
+        try:
+            client = stack.enter_context(docker_engine())
+        except EngineUnavailable as error:
+            if os.environ.get("CI"):
+                pytest.fail(f"no Docker engine for the image test: {error}")
+            pytest.skip(f"no Docker engine for the image test: {error}")
         yield client
 
 
@@ -76,7 +85,7 @@ async def test_the_image_runs_read_only_as_its_user_processes_a_delivery_and_is_
         container.stop(timeout=30)
         assert container.wait(timeout=30)["StatusCode"] == 0
         log = container.logs().decode(errors="replace")
-        assert '"event": "worker.stopped"' in log or "worker.stopped" in log
+        assert "worker.stopped" in [json.loads(line).get("event") for line in log.splitlines() if line.startswith("{")]
         assert CLIENT_SECRET not in log
     finally:
         container.remove(force=True)

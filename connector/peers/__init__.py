@@ -1,6 +1,7 @@
 """Local stand-ins for the connector's peers, for the demo and the tests: a real Apache Kafka broker
-from Maven Central jars and the commercetools emulator from npm. Each installs what it needs on first
-use into the cache folder and binds 127.0.0.1 only. Not used in production."""
+(in a container of the official image when a Docker engine answers and has it, else from Maven
+Central jars; see ``broker``) and the commercetools emulator from npm. Each installs what it needs on
+first use into the cache folder and binds 127.0.0.1 only. Not used in production."""
 
 import os
 import socket

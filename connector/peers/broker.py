@@ -11,9 +11,9 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
-from connector.peers.docker_engine import answering_engine, image_available
+from connector.peers.docker_engine import answering_engine, has_bridge_network, image_available
 from connector.peers.kafka import LocalKafka
 from connector.peers.kafka_container import OFFICIAL_IMAGE, KafkaContainer
 
@@ -26,6 +26,10 @@ class StandInImage(Protocol):
 
     image: str
 
+    def cannot_build(self) -> str | None:
+        """None when this machine can build it; else why not."""
+        ...
+
     def __enter__(self) -> str: ...
 
     def __exit__(self, *exc: object) -> None: ...
@@ -33,28 +37,33 @@ class StandInImage(Protocol):
 
 @dataclass(frozen=True)
 class BrokerChoice:
+    kind: Literal["given", "container", "maven"]
     line: str  # "Kafka: ...", said before anything else
     start: Callable[[], AbstractContextManager[str]]  # yields the bootstrap servers; stops the broker on exit
 
 
 def choose_broker(stand_in: StandInImage | None = None) -> BrokerChoice:
     if servers := os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        return BrokerChoice(f"Kafka: the broker at {servers} (KAFKA_BOOTSTRAP_SERVERS)", lambda: contextlib.nullcontext(servers))
+        line = f"Kafka: the broker at {servers} (KAFKA_BOOTSTRAP_SERVERS)"
+        return BrokerChoice("given", line, lambda: contextlib.nullcontext(servers))
     client, where = answering_engine()
     if client is None:
-        return BrokerChoice(f"Kafka: a local broker from Maven jars, not a container: {where}", _maven)
+        return BrokerChoice("maven", f"Kafka: a local broker from Maven jars, not a container: {where}", _maven)
     try:
         missing = image_available(client, OFFICIAL_IMAGE)
-        reaper_missing = _reaper_missing(client)
+        published = has_bridge_network(client)
+        without_reaper = _reaper_missing(client)
     finally:
         client.close()
+    how = "published on 127.0.0.1" if published else "on the host's network"
     if missing is None:
-        line = f"Kafka: a container of {OFFICIAL_IMAGE} (Docker engine at {where})"
-        return BrokerChoice(line, lambda: _container(OFFICIAL_IMAGE, None, reaper_missing))
-    if stand_in is not None:
-        line = f"Kafka: a container of {stand_in.image}, a stand-in for {OFFICIAL_IMAGE} built here: {missing}"
-        return BrokerChoice(line, lambda: _container(stand_in.image, stand_in, reaper_missing))
-    return BrokerChoice(f"Kafka: a local broker from Maven jars, not a container: {missing}", _maven)
+        line = f"Kafka: a container of {OFFICIAL_IMAGE}, {how} (Docker engine at {where})"
+        return BrokerChoice("container", line, lambda: _container(OFFICIAL_IMAGE, None, published, without_reaper))
+    if stand_in is not None and (cannot := stand_in.cannot_build()) is None:
+        line = f"Kafka: a container of {stand_in.image}, a stand-in for {OFFICIAL_IMAGE} built here, {how}: {missing}"
+        return BrokerChoice("container", line, lambda: _container(stand_in.image, stand_in, published, without_reaper))
+    reason = missing if stand_in is None else f"{missing}; and no stand-in: {cannot}"
+    return BrokerChoice("maven", f"Kafka: a local broker from Maven jars, not a container: {reason}", _maven)
 
 
 @contextlib.contextmanager
@@ -64,17 +73,11 @@ def _maven() -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def _container(image: str, stand_in: StandInImage | None, reaper_missing: bool) -> Iterator[str]:
-    if reaper_missing:
-        # testcontainers' reaper removes containers of a process that died; without its image, the
-        # container is removed by this context alone.
-        from testcontainers.core.config import testcontainers_config
-
-        testcontainers_config.ryuk_disabled = True
+def _container(image: str, stand_in: StandInImage | None, published: bool, without_reaper: bool) -> Iterator[str]:
     with contextlib.ExitStack() as stack:
         if stand_in is not None:
             stack.enter_context(stand_in)
-        yield stack.enter_context(KafkaContainer(image)).bootstrap_servers
+        yield stack.enter_context(KafkaContainer(image, published=published, without_reaper=without_reaper)).bootstrap_servers
 
 
 def _reaper_missing(client: "docker.DockerClient") -> bool:
