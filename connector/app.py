@@ -17,8 +17,8 @@ from connector.worker import DELIVERY_BACKOFF, Worker, WorkerLimits
 
 # The garbage collector's young-generation threshold, raised from Python's 700. Each delivery keeps
 # a few dozen objects alive while it waits on the network (its task, frames, buffered records), so
-# at the default a young collection of about 0.5 ms ran every 14 deliveries, pausing everything in
-# flight: 6% of the worker's CPU, and 6 to 14% of its throughput in the benchmark (README).
+# at the default a young collection ran every few deliveries and paused everything in flight
+# (measured in the benchmark: docs/design.md, 'Decisions').
 GC_THRESHOLDS = (10_000, 10, 10)
 
 

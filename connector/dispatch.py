@@ -1,8 +1,8 @@
 """Runs work concurrently across payments and strictly in order within one payment.
 
-Queues promise no order and Kafka records are not keyed by payment (DESIGN.md section 2), so two
-deliveries for one payment may arrive together: the second waits for the first, and then usually
-finds nothing left to do.
+Queues promise no order and Kafka records are not keyed by payment (docs/design.md, 'Processing
+protocol'), so two deliveries for one payment may arrive together: the second waits for the first,
+and then usually finds nothing left to do.
 """
 
 import asyncio

@@ -1,6 +1,6 @@
 """The Stripe adapter, on the official SDK's async client (PaymentIntents).
 
-Mapping (DESIGN.md section 3):
+Mapping (docs/design.md, 'Processing protocol'; the Stripe table in docs/adapters.md):
 - Authorization: a PaymentIntent with manual capture, confirmed with ``paymentMethodInfo.token``.
 - Charge: capture of the payment's successful Authorization (partial amounts allowed), or an
   automatic-capture PaymentIntent when the payment has no Authorization.

@@ -1,8 +1,8 @@
 """Async commercetools API client: payments and types, typed errors, bounded retries.
 
-aiohttp, directly: the benchmark's profile showed httpx's request and response models (over its
-aiohttp transport) taking 38% of the worker's CPU, more than the requests themselves (README,
-Benchmark). Payments are parsed by pydantic straight from the response bytes.
+aiohttp, directly: in the benchmark's profile httpx's request and response models (over its aiohttp
+transport) cost more CPU than the requests themselves (docs/design.md, 'Decisions'). Payments are
+parsed by pydantic straight from the response bytes.
 """
 
 from typing import Any

@@ -1,7 +1,7 @@
 """The commercetools emulator (npm ``@labdigital/commercetools-mock``) on 127.0.0.1.
 
 It accepts any client credentials, emits no messages, and checks versions only for actions that
-change something (DESIGN.md section 5).
+change something (docs/design.md, 'Decisions').
 """
 
 import select

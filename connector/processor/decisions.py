@@ -1,6 +1,6 @@
 """What to do with a payment, decided from data alone: no I/O, no clock (``now`` is passed in).
 
-The protocol (DESIGN.md section 3) in terms of these functions:
+The protocol (docs/design.md, 'Processing protocol') in terms of these functions:
 1. ``plan_work``: the Initial transactions to execute, unless another worker's claim is still fresh.
 2. ``claim_actions``: one update that adds a ``request`` interaction per transaction (the claim).
 3. For each claimed transaction, in payment order: ``refusal_for`` (money rules checked before any

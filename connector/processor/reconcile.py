@@ -1,4 +1,4 @@
-"""The reconcile protocol: load, claim, execute at the PSP, store the outcome (DESIGN.md section 3).
+"""The reconcile protocol: load, claim, execute at the PSP, store the outcome (docs/design.md, 'Processing protocol').
 
 Every decision comes from ``connector.processor.decisions``; this module only does the I/O around
 them, and answers each 409 by refetching the payment and deciding again.
