@@ -145,14 +145,24 @@ async def test_the_other_worker_of_the_group_takes_over(
     payments = await publish_payments(ct, queue, project_key, PAYMENTS // 2)
     ledger = tmp_path / "ledger.sqlite"
     environment = worker_environment(queue, ct_url, project_key, ledger)
-    workers = [spawn_worker(environment) for _ in range(2)]
+    logs = [tmp_path / f"worker-{index}.log" for index in range(2)]
+    workers = []
+    for log_path in logs:
+        with log_path.open("wb") as log:
+            workers.append(spawn_worker(environment, stderr=log))
     try:
         async with asyncio.timeout(60):
             while not ledger.exists() or len(SandboxLedger(ledger).executions()) < len(payments) // 10:
                 await asyncio.sleep(0.2)
         workers[0].send_signal(signal.SIGKILL)
         await asyncio.to_thread(workers[0].wait, 10)
-        settled = await wait_until_settled(ct, [p.id for p in payments], timeout_s=SETTLE_AFTER_KILLS_S)
+        async with asyncio.TaskGroup() as tasks:  # the survivor exiting on its own ends the wait at once
+            settling = tasks.create_task(wait_until_settled(ct, [p.id for p in payments], timeout_s=SETTLE_AFTER_KILLS_S))
+            survivor = tasks.create_task(asyncio.to_thread(workers[1].wait, SETTLE_AFTER_KILLS_S + 10))
+            await asyncio.wait([settling, survivor], return_when=asyncio.FIRST_COMPLETED)
+            assert not survivor.done(), f"the surviving worker exited with {workers[1].returncode}: {logs[1].read_text()[-3000:]}"
+            survivor.cancel()
+        settled = settling.result()
         workers[1].send_signal(signal.SIGTERM)
         await asyncio.to_thread(workers[1].wait, 60)
     finally:

@@ -1,5 +1,7 @@
 """The sandbox PSP simulator: outcome rules and idempotency keys, shared through its ledger."""
 
+import multiprocessing
+import multiprocessing.synchronize
 from pathlib import Path
 
 import pytest
@@ -82,3 +84,22 @@ async def test_a_lost_answer_is_recovered_by_retrying_with_the_same_key(tmp_path
     [execution] = SandboxLedger(tmp_path / "l.sqlite").executions()
     assert outcome.state is TransactionState.SUCCESS and outcome.psp_reference == execution.psp_reference
     assert execution.calls == 2
+
+
+def _open_ledger(path: str, start: "multiprocessing.synchronize.Barrier") -> None:
+    start.wait(timeout=30)
+    SandboxLedger(path).close()
+
+
+def test_workers_starting_together_all_open_a_new_ledger(tmp_path: Path) -> None:
+    """Two workers of one test start at the same moment on a new ledger file: every one of them opens it
+    (SQLite answered the WAL switch of all but the first with "database is locked", and a worker died)."""
+    context = multiprocessing.get_context("fork")  # no import after the barrier: the opens coincide
+    for round_ in range(20):
+        start = context.Barrier(4)
+        processes = [context.Process(target=_open_ledger, args=(str(tmp_path / f"{round_}.sqlite"), start)) for _ in range(4)]
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join(timeout=60)
+        assert [p.exitcode for p in processes] == [0, 0, 0, 0]

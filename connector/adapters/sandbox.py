@@ -73,12 +73,27 @@ class Execution:
     calls: int
 
 
+def _switch_to_wal(db: sqlite3.Connection, timeout_s: float) -> None:
+    """``PRAGMA journal_mode=WAL``, retried while another process holds the lock: SQLite does not call
+    its busy handler for this switch, so two workers opening a new ledger at once got "database is
+    locked" at once, and one of them did not start."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+        time.sleep(0.02)
+
+
 class SandboxLedger:
     """Operations executed by the simulator. Several processes may share one file."""
 
     def __init__(self, path: str | Path) -> None:
         self._db = sqlite3.connect(str(path), timeout=10.0, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        _switch_to_wal(self._db, timeout_s=10.0)
         # Never fsync: the ledger must outlive a worker process, not the machine, and the checkpoints'
         # fsyncs stalled the worker's event loop for 5 to 7 ms every few hundred calls (a real PSP's
         # disk does not block the worker).
