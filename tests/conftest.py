@@ -7,6 +7,7 @@ commercetools: the npm emulator. A peer that cannot start fails the tests that n
 skipped.
 """
 
+import contextlib
 import json
 import os
 import uuid
@@ -31,11 +32,36 @@ from tests.support import INTERACTION_TYPE_KEY
 
 REPORT_FILE = Path(__file__).parent.parent / ".cache" / "reliability.json"
 BROKER = pytest.StashKey[BrokerChoice]()
+CLEANUP = pytest.StashKey[contextlib.ExitStack]()
+STAND_IN_FAILED = pytest.StashKey[str]()
 
 
 def pytest_report_header(config: pytest.Config) -> str:
     config.stash[BROKER] = choose_broker(KafkaStandIn())
     return config.stash[BROKER].line
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A stand-in Kafka image is built before the first test, outside any test's time limit."""
+    choice = config.stash.get(BROKER, None)
+    if choice is not None and choice.stand_in is not None and any(map(_uses_kafka, items)):
+        config.stash[CLEANUP] = contextlib.ExitStack()
+        try:
+            config.stash[CLEANUP].enter_context(choice.stand_in)
+        except Exception as error:  # the tests that need Kafka fail with it; the others run
+            config.stash[STAND_IN_FAILED] = f"the Kafka stand-in image could not be built: {error}"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if (cleanup := config.stash.get(CLEANUP, None)) is not None:
+        cleanup.close()
+
+
+def _uses_kafka(item: pytest.Item) -> bool:
+    callspec = getattr(item, "callspec", None)
+    return "kafka_bootstrap" in getattr(item, "fixturenames", ()) or (
+        callspec is not None and callspec.params.get("queue") == "kafka"
+    )
 
 
 def _docker_answers() -> bool:
@@ -47,6 +73,8 @@ def _docker_answers() -> bool:
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap(pytestconfig: pytest.Config) -> Iterator[str]:
+    if failed := pytestconfig.stash.get(STAND_IN_FAILED, None):
+        raise RuntimeError(failed)
     choice = pytestconfig.stash.get(BROKER, None) or choose_broker(KafkaStandIn())  # no header without the terminal
     # CI says which broker each of its passes must get, so a silent fallback cannot pass for the other path.
     expected = os.environ.get("TEST_KAFKA_EXPECTED")

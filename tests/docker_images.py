@@ -82,12 +82,14 @@ def built_image(client: docker.DockerClient, tag: str, **build: Any) -> Iterator
 
 class KafkaStandIn:
     """A stand-in for the official Kafka image (tests/containers/kafka) on the default engine; built on
-    entry, removed on exit. See ``connector.peers.broker``."""
+    the first entry, removed on the last exit (the suite enters it before its first test, outside any
+    test's time limit, and the broker's start enters it again). See ``connector.peers.broker``."""
 
     image = f"{STAND_IN}/kafka:{OFFICIAL_KAFKA.split(':')[1]}"
 
     def __init__(self) -> None:
         self._stack = contextlib.ExitStack()
+        self._entered = 0
 
     def cannot_build(self) -> str | None:
         if os.geteuid() != 0:
@@ -95,8 +97,12 @@ class KafkaStandIn:
         return None
 
     def __enter__(self) -> str:
+        self._entered += 1
+        if self._entered > 1:
+            return self.image
         client, where = answering_engine()
         if client is None:
+            self._entered -= 1
             raise RuntimeError(f"cannot build {self.image}: {where}")
         self._stack.callback(client.close)
         try:
@@ -109,12 +115,15 @@ class KafkaStandIn:
                 built = built_image(client, self.image, fileobj=context, custom_context=True, buildargs=build_args)
                 self._stack.enter_context(built)
         except BaseException:
+            self._entered -= 1
             self._stack.close()
             raise
         return self.image
 
     def __exit__(self, *_: object) -> None:
-        self._stack.close()
+        self._entered -= 1
+        if self._entered == 0:
+            self._stack.close()
 
 
 @contextlib.contextmanager

@@ -94,7 +94,7 @@ def _open_ledger(path: str, start: "multiprocessing.synchronize.Barrier") -> Non
 def test_workers_starting_together_all_open_a_new_ledger(tmp_path: Path) -> None:
     """Two workers of one test start at the same moment on a new ledger file: every one of them opens it
     (SQLite answered the WAL switch of all but the first with "database is locked", and a worker died)."""
-    context = multiprocessing.get_context("fork")  # no import after the barrier: the opens coincide
+    context = multiprocessing.get_context("forkserver")  # children of a process without threads
     for round_ in range(20):
         start = context.Barrier(4)
         processes = [context.Process(target=_open_ledger, args=(str(tmp_path / f"{round_}.sqlite"), start)) for _ in range(4)]
@@ -102,4 +102,6 @@ def test_workers_starting_together_all_open_a_new_ledger(tmp_path: Path) -> None
             process.start()
         for process in processes:
             process.join(timeout=60)
+            if process.is_alive():
+                process.kill()
         assert [p.exitcode for p in processes] == [0, 0, 0, 0]

@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from connector.peers.docker_engine import answering_engine, has_bridge_network, image_available
@@ -40,6 +41,7 @@ class BrokerChoice:
     kind: Literal["given", "container", "maven"]
     line: str  # "Kafka: ...", said before anything else
     start: Callable[[], AbstractContextManager[str]]  # yields the bootstrap servers; stops the broker on exit
+    stand_in: StandInImage | None = None  # the image ``start`` builds first, when it is a stand-in
 
 
 def choose_broker(stand_in: StandInImage | None = None) -> BrokerChoice:
@@ -52,16 +54,16 @@ def choose_broker(stand_in: StandInImage | None = None) -> BrokerChoice:
     try:
         missing = image_available(client, OFFICIAL_IMAGE)
         published = has_bridge_network(client)
-        without_reaper = _reaper_missing(client)
+        without_reaper = not published or _reaper_missing(client)  # the reaper needs a published port
     finally:
         client.close()
     how = "published on 127.0.0.1" if published else "on the host's network"
     if missing is None:
         line = f"Kafka: a container of {OFFICIAL_IMAGE}, {how} (Docker engine at {where})"
-        return BrokerChoice("container", line, lambda: _container(OFFICIAL_IMAGE, None, published, without_reaper))
+        return BrokerChoice("container", line, partial(_container, OFFICIAL_IMAGE, None, published, without_reaper))
     if stand_in is not None and (cannot := stand_in.cannot_build()) is None:
         line = f"Kafka: a container of {stand_in.image}, a stand-in for {OFFICIAL_IMAGE} built here, {how}: {missing}"
-        return BrokerChoice("container", line, lambda: _container(stand_in.image, stand_in, published, without_reaper))
+        return BrokerChoice("container", line, partial(_container, stand_in.image, stand_in, published, without_reaper), stand_in)
     reason = missing if stand_in is None else f"{missing}; and no stand-in: {cannot}"
     return BrokerChoice("maven", f"Kafka: a local broker from Maven jars, not a container: {reason}", _maven)
 
