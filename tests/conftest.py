@@ -36,15 +36,23 @@ CLEANUP = pytest.StashKey[contextlib.ExitStack]()
 STAND_IN_FAILED = pytest.StashKey[str]()
 
 
+def broker_choice(config: pytest.Config) -> BrokerChoice:
+    """The session's Kafka broker, chosen once (the header says it, unless -q hides the header)."""
+    if BROKER not in config.stash:
+        config.stash[BROKER] = choose_broker(KafkaStandIn())
+    return config.stash[BROKER]
+
+
 def pytest_report_header(config: pytest.Config) -> str:
-    config.stash[BROKER] = choose_broker(KafkaStandIn())
-    return config.stash[BROKER].line
+    return broker_choice(config).line
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """A stand-in Kafka image is built before the first test, outside any test's time limit."""
-    choice = config.stash.get(BROKER, None)
-    if choice is not None and choice.stand_in is not None and any(map(_uses_kafka, items)):
+    if config.option.collectonly or not any(map(_uses_kafka, items)):
+        return
+    choice = broker_choice(config)
+    if choice.stand_in is not None:
         config.stash[CLEANUP] = contextlib.ExitStack()
         try:
             config.stash[CLEANUP].enter_context(choice.stand_in)
@@ -75,7 +83,7 @@ def _docker_answers() -> bool:
 def kafka_bootstrap(pytestconfig: pytest.Config) -> Iterator[str]:
     if failed := pytestconfig.stash.get(STAND_IN_FAILED, None):
         raise RuntimeError(failed)
-    choice = pytestconfig.stash.get(BROKER, None) or choose_broker(KafkaStandIn())  # no header without the terminal
+    choice = broker_choice(pytestconfig)
     # CI says which broker each of its passes must get, so a silent fallback cannot pass for the other path.
     expected = os.environ.get("TEST_KAFKA_EXPECTED")
     assert expected in (None, choice.kind), f"TEST_KAFKA_EXPECTED={expected}, but {choice.line}"
