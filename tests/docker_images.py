@@ -85,7 +85,8 @@ class KafkaStandIn:
     the first entry, removed on the last exit (the suite enters it before its first test, outside any
     test's time limit, and the broker's start enters it again). See ``connector.peers.broker``."""
 
-    image = f"{STAND_IN}/kafka:{OFFICIAL_KAFKA.split(':')[1]}"
+    version = OFFICIAL_KAFKA.split(":")[1]
+    image = f"{STAND_IN}/kafka:{version}"
 
     def __init__(self) -> None:
         self._stack = contextlib.ExitStack()
@@ -111,7 +112,7 @@ class KafkaStandIn:
             with tempfile.TemporaryFile() as context:
                 _kafka_context(context)
                 context.seek(0)
-                build_args = {"BASE_IMAGE": base, "KAFKA_VERSION": OFFICIAL_KAFKA.split(":")[1]}
+                build_args = {"BASE_IMAGE": base, "KAFKA_VERSION": self.version}
                 built = built_image(client, self.image, fileobj=context, custom_context=True, buildargs=build_args)
                 self._stack.enter_context(built)
         except BaseException:
