@@ -15,8 +15,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
+SOURCE ?= kafka
+
 demo: install
-	$(BIN)/connector demo
+	$(BIN)/python -m tests.stack.demo --source $(SOURCE)
 
 # PYTEST_ARGS narrows the run (CI's second pass), e.g. make test PYTEST_ARGS='-k "not pubsub"'.
 test: install lint

@@ -1,14 +1,12 @@
-"""Command line: ``connector run`` (the worker), ``setup``, ``healthcheck`` and ``demo``."""
+"""Command line: ``connector run`` (the worker), ``setup`` and ``healthcheck``: what works in the image."""
 
 import asyncio
 import contextlib
 import json
-import logging
 import signal
-import sys
 import urllib.request
 from collections.abc import Iterator
-from typing import Annotated, Literal
+from typing import Annotated
 
 import structlog
 import typer
@@ -78,17 +76,6 @@ def healthcheck(
     except OSError:
         healthy = False
     raise typer.Exit(0 if healthy else 1)
-
-
-@app.command()
-def demo(source: Annotated[Literal["kafka", "pubsub"], typer.Option(help="the queue to run on")] = "kafka") -> None:
-    """Show the connector at work on this machine: a local queue, the commercetools emulator, the sandbox PSP."""
-    configure_logging("console" if sys.stderr.isatty() else "json", "warning")
-    # A fresh broker answers the first group join with a retried coordinator error: noise in a demo.
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    from connector.demo import main as demo_main
-
-    raise typer.Exit(demo_main(source))
 
 
 @contextlib.contextmanager

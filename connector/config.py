@@ -6,10 +6,12 @@ Each group has its own prefix: ``CTP_`` for commercetools (the names commercetoo
 variable, as Docker and Kubernetes mount secrets). Errors name the variable and never its value.
 """
 
+import ipaddress
 import os
 import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
@@ -74,6 +76,7 @@ class WorkerSettings(BaseSettings):
     http_port: int = Field(default=8080, ge=0, le=65535, description="0: any free port (tests, the demo)")
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    allow_sandbox: bool = Field(default=False, description="the sandbox PSP simulator may serve a route")
 
 
 class SubscriptionSettings(BaseSettings):
@@ -124,10 +127,41 @@ class Settings:
     ) -> None:
         if (kafka is None) == (pubsub is None):
             raise ValueError("settings need exactly one source: Kafka or Pub/Sub")
+        if problems := sandbox_problems(commercetools.api_url, worker):
+            raise ConfigurationError("invalid settings:\n" + "\n".join(f"  {p}" for p in problems))
         self.commercetools = commercetools
         self.worker = worker
         self.kafka = kafka
         self.pubsub = pubsub
+
+
+SANDBOX_ADAPTER = "sandbox"
+
+
+def sandbox_problems(api_url: str, worker: WorkerSettings) -> list[str]:
+    """Why the sandbox may not serve these routes. It answers Success without moving money, so a route
+    to it is honoured only with ``CONNECTOR_ALLOW_SANDBOX`` set, and only against a commercetools API
+    on this machine (loopback) or named by a single-label host (a compose or container service name):
+    a real project's API always has a dotted public name (docs/design.md, 'The sandbox')."""
+    routed = [i for i, route in enumerate(worker.adapters) if route.adapter == SANDBOX_ADAPTER]
+    if not routed:
+        return []
+    where = ", ".join(f"CONNECTOR_ADAPTERS[{i}]" for i in routed)
+    if not worker.allow_sandbox:
+        return [
+            f"{where}: routes to the sandbox, a PSP simulator that moves no money; set CONNECTOR_ALLOW_SANDBOX=true to allow it"
+        ]
+    if not is_local_host(urlsplit(api_url).hostname or ""):
+        return [f"{where}: the sandbox runs only against a local commercetools API, and CTP_API_URL names a public host"]
+    return []
+
+
+def is_local_host(host: str) -> bool:
+    """Loopback, or a single-label name (``localhost``, a container or compose service name)."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return bool(host) and "." not in host.rstrip(".")
 
 
 G = TypeVar("G", bound=BaseSettings)

@@ -20,14 +20,14 @@ from pydantic import SecretStr
 
 from connector.commercetools.client import CommercetoolsClient
 from connector.commercetools.interaction_type import interaction_type_draft
-from connector.peers.broker import BrokerChoice, choose_broker
-from connector.peers.ctmock import LocalCommercetools
-from connector.peers.docker_engine import answering_engine
-from connector.peers.pubsub import LocalPubSub, installed_emulator
 from connector.retrying import Backoff
 from tests.docker_images import KafkaStandIn
 from tests.localstripe_peer import LocalStripe
 from tests.queues import EventQueue, KafkaQueue, PubSubQueue
+from tests.stack.broker import BrokerChoice, choose_broker
+from tests.stack.ctmock import LocalCommercetools
+from tests.stack.docker_engine import answering_engine
+from tests.stack.pubsub import LocalPubSub, installed_emulator
 from tests.support import INTERACTION_TYPE_KEY
 
 REPORT_FILE = Path(__file__).parent.parent / ".cache" / "reliability.json"

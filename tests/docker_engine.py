@@ -18,9 +18,9 @@ from pathlib import Path
 
 import docker
 
-from connector.peers import terminate
-from connector.peers.docker_engine import CALL_TIMEOUT_S, answering_engine
 from tests.debian import ensure_command
+from tests.stack import terminate
+from tests.stack.docker_engine import CALL_TIMEOUT_S, answering_engine
 
 
 class EngineUnavailable(RuntimeError):

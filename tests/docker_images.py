@@ -21,11 +21,11 @@ from typing import IO, Any
 
 import docker
 
-from connector.peers import cache_dir
-from connector.peers.docker_engine import answering_engine, image_available
-from connector.peers.kafka import ensure_jars
-from connector.peers.kafka_container import OFFICIAL_IMAGE as OFFICIAL_KAFKA
 from tests.debian import ensure_command
+from tests.stack import cache_dir
+from tests.stack.docker_engine import answering_engine, image_available
+from tests.stack.kafka import ensure_jars
+from tests.stack.kafka_container import OFFICIAL_IMAGE as OFFICIAL_KAFKA
 
 ROOT = Path(__file__).resolve().parent.parent
 OFFICIAL_PYTHON = "python:3.11-slim-bookworm"  # the Dockerfile's default base
@@ -83,7 +83,7 @@ def built_image(client: docker.DockerClient, tag: str, **build: Any) -> Iterator
 class KafkaStandIn:
     """A stand-in for the official Kafka image (tests/containers/kafka) on the default engine; built on
     the first entry, removed on the last exit (the suite enters it before its first test, outside any
-    test's time limit, and the broker's start enters it again). See ``connector.peers.broker``."""
+    test's time limit, and the broker's start enters it again). See ``tests.stack.broker``."""
 
     version = OFFICIAL_KAFKA.split(":")[1]
     image = f"{STAND_IN}/kafka:{version}"

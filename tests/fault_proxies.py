@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 from aiohttp import ClientSession, web
 
-from connector.peers import free_port, terminate
 from tests.go_tools import go_install
+from tests.stack import free_port, terminate
 
 TOXIPROXY = "github.com/Shopify/toxiproxy/v2/cmd/server@v2.5.0"
 

@@ -6,7 +6,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from connector.peers import cache_dir
+from tests.stack import cache_dir
 
 
 def go_install(package: str) -> Path:

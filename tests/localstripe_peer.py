@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl
 
 import httpx
 
-from connector.peers import free_port, terminate
+from tests.stack import free_port, terminate
 
 
 def serve(port: int) -> None:

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from google.cloud import pubsub_v1
 
-from connector.peers.queues import PARTITIONS, PUBSUB_PROJECT, KafkaTopic, LocalQueue, PubSubTopic
+from tests.stack.queues import PARTITIONS, PUBSUB_PROJECT, KafkaTopic, LocalQueue, PubSubTopic
 
 
 class EventQueue(LocalQueue, Protocol):

@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,15 +32,34 @@ def settings_for(
     **worker: Any,
 ) -> Settings:
     """A worker on ``queue`` against the session's peers: the sandbox serves ``sandbox``, ``routes`` the rest."""
-    route = AdapterRoute(interface="sandbox", adapter="sandbox", settings={"ledger_path": str(ledger), "latency_ms": latency_ms})
+    route = AdapterRoute.model_validate(sandbox_route(ledger, latency_ms))
     return Settings(
         without_files(
             CommercetoolsSettings, project_key=project_key, client_id="test-client",
             client_secret=SecretStr(CLIENT_SECRET), auth_url=ct_url, api_url=ct_url,
         ),
-        without_files(WorkerSettings, source=queue.name, adapters=[route, *routes], **({"http_port": 0} | worker)),
+        without_files(
+            WorkerSettings, source=queue.name, adapters=[route, *routes], **({"http_port": 0, "allow_sandbox": True} | worker)
+        ),
         **queue.source_settings(),
     )  # fmt: skip
+
+
+def sandbox_route(ledger: Path | str, latency_ms: int = 0) -> dict[str, Any]:
+    """The route of the ``sandbox`` interface to the PSP simulator, keeping its ledger at ``ledger``."""
+    return {"interface": "sandbox", "adapter": "sandbox", "settings": {"ledger_path": str(ledger), "latency_ms": latency_ms}}
+
+
+def worker_environment(queue: EventQueue, *, ct_url: str, project_key: str, routes: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """The variables of a ``connector run`` process (or container) on ``queue`` against the session's peers;
+    the sandbox is allowed (the emulator is local). The host's own environment is not included."""
+    return {
+        **queue.environment(),
+        "CTP_PROJECT_KEY": project_key, "CTP_CLIENT_ID": "test-client", "CTP_CLIENT_SECRET": CLIENT_SECRET,
+        "CTP_AUTH_URL": ct_url, "CTP_API_URL": ct_url,
+        "CONNECTOR_ADAPTERS": json.dumps(list(routes)), "CONNECTOR_ALLOW_SANDBOX": "true",
+        "CONNECTOR_LOG_FORMAT": "json", "CONNECTOR_HTTP_PORT": "0",  # any free port: workers run side by side
+    }  # fmt: skip
 
 
 @contextlib.asynccontextmanager

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from connector.config import load_settings
+from connector.config import is_local_host, load_settings
 from connector.errors import ConfigurationError
 
-ROUTES = json.dumps([{"interface": "sandbox", "adapter": "sandbox"}])
+ROUTES = json.dumps([{"interface": "STRIPE", "adapter": "stripe", "settings": {"secret_key": "sk_test_config"}}])
 
 
 @pytest.fixture(autouse=True)
@@ -36,7 +36,7 @@ def test_sources_combine_with_the_environment_first(tmp_path: Path, monkeypatch:
     assert settings.commercetools.project_key == "from-env"
     assert settings.commercetools.client_id == "dotenv-id"
     assert settings.commercetools.client_secret.get_secret_value() == "mounted-secret"
-    assert settings.kafka.topic == "payments" and settings.worker.adapters[0].adapter == "sandbox"
+    assert settings.kafka.topic == "payments" and settings.worker.adapters[0].adapter == "stripe"
     assert "mounted-secret" not in repr(settings.commercetools)
 
 
@@ -75,3 +75,44 @@ def test_the_kubernetes_secret_layout_is_read_from_files(tmp_path: Path, monkeyp
     assert settings.kafka is not None and settings.kafka.sasl_password is not None
     assert settings.kafka.sasl_username == "confluent-key"
     assert settings.kafka.sasl_password.get_secret_value() == "confluent-secret"
+
+
+def _sandbox_environment(monkeypatch: pytest.MonkeyPatch, **variables: str) -> None:
+    routes = [
+        {"interface": "STRIPE", "adapter": "stripe", "settings": {"secret_key": "sk_test_x"}},
+        {"interface": "sbx", "adapter": "sandbox"},
+    ]
+    base = {
+        "CTP_PROJECT_KEY": "p", "CTP_CLIENT_ID": "c", "CTP_CLIENT_SECRET": "s", "KAFKA_BOOTSTRAP_SERVERS": "b:9092",
+        "KAFKA_TOPIC": "t", "CONNECTOR_ADAPTERS": json.dumps(routes),
+    }  # fmt: skip
+    for name, value in (base | variables).items():
+        monkeypatch.setenv(name, value)
+
+
+def test_a_route_to_the_sandbox_needs_the_opt_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sandbox answers Success and moves no money: a route to it by mistake would let orders through unpaid."""
+    _sandbox_environment(monkeypatch, CTP_API_URL="http://127.0.0.1:8989")
+    with pytest.raises(ConfigurationError, match=r"CONNECTOR_ADAPTERS\[1\]: .*set CONNECTOR_ALLOW_SANDBOX=true"):
+        load_settings(env_file=None, secrets_dir=tmp_path)
+    monkeypatch.setenv("CONNECTOR_ALLOW_SANDBOX", "true")
+    assert load_settings(env_file=None, secrets_dir=tmp_path).worker.allow_sandbox
+
+
+def test_the_sandbox_refuses_a_public_commercetools_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Even with the opt-in, the sandbox never writes to a project reached by a public name (the default API URL)."""
+    _sandbox_environment(monkeypatch, CONNECTOR_ALLOW_SANDBOX="true")
+    with pytest.raises(ConfigurationError, match="CTP_API_URL names a public host"):
+        load_settings(env_file=None, secrets_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("host", "local"),
+    [
+        ("127.0.0.1", True), ("127.8.0.1", True), ("::1", True), ("localhost", True), ("commercetools", True),
+        ("api.europe-west1.gcp.commercetools.com", False), ("10.0.0.5", False), ("192.168.1.4", False),
+        ("localhost.example.com", False), ("", False),
+    ],
+)  # fmt: skip
+def test_local_hosts_are_loopback_or_single_label_names(host: str, local: bool) -> None:
+    assert is_local_host(host) is local

@@ -6,7 +6,7 @@ import pytest
 
 from connector.errors import BadDelivery
 from connector.models.delivery import Ignored, PaymentTrigger, parse_delivery
-from connector.peers import messages
+from tests.stack import messages
 
 PAYMENT = {
     "id": "pay-1",

@@ -17,9 +17,9 @@ import pytest
 import structlog
 
 from connector.commercetools.client import CommercetoolsClient
-from connector.demo import as_json
-from connector.peers import messages
 from tests.queues import EventQueue
+from tests.stack import messages
+from tests.stack.demo import as_json
 from tests.support import CLIENT_SECRET, settings_for
 
 pytestmark = pytest.mark.reliability

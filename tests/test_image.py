@@ -19,12 +19,12 @@ import httpx
 import pytest
 
 from connector.commercetools.client import CommercetoolsClient
-from connector.demo import as_json, payment_draft, wait_until_settled
-from connector.peers import free_port, messages
 from tests.docker_engine import EngineUnavailable, docker_engine
 from tests.docker_images import connector_image, python_base
 from tests.queues import KafkaQueue
-from tests.support import CLIENT_SECRET
+from tests.stack import free_port, messages
+from tests.stack.demo import as_json, payment_draft, wait_until_settled
+from tests.support import CLIENT_SECRET, sandbox_route, worker_environment
 
 pytestmark = pytest.mark.e2e
 
@@ -55,12 +55,9 @@ async def test_the_image_runs_read_only_as_its_user_processes_a_delivery_and_is_
     await queue.create()
     payment = await ct.create_payment(payment_draft(2000, (("Authorization", 2000),), (("Charge", 2000),)))
     port = free_port()
-    route = {"interface": "sandbox", "adapter": "sandbox", "settings": {"ledger_path": "/tmp/sandbox.sqlite", "latency_ms": 0}}
-    environment = {
-        **queue.environment(),
-        "CTP_PROJECT_KEY": project_key, "CTP_CLIENT_ID": "test-client", "CTP_CLIENT_SECRET": CLIENT_SECRET,
-        "CTP_AUTH_URL": ct_url, "CTP_API_URL": ct_url,
-        "CONNECTOR_ADAPTERS": json.dumps([route]), "CONNECTOR_HTTP_HOST": "127.0.0.1", "CONNECTOR_HTTP_PORT": str(port),
+    routes = [sandbox_route("/tmp/sandbox.sqlite")]
+    environment = worker_environment(queue, ct_url=ct_url, project_key=project_key, routes=routes) | {
+        "CONNECTOR_HTTP_HOST": "127.0.0.1", "CONNECTOR_HTTP_PORT": str(port),
     }  # fmt: skip
     # The host's network: the broker and the emulator listen on 127.0.0.1 only. /tmp is the one writable
     # place, as the Kubernetes Deployment's emptyDir; the user is the image's own (no --user here).
@@ -100,3 +97,14 @@ async def _health(engine: docker.DockerClient, container_id: str, timeout_s: flo
             return str(status)
         await asyncio.sleep(1)
     return status
+
+
+def test_the_image_holds_no_local_stack_and_offers_only_what_works_in_it(engine: docker.DockerClient, image: str) -> None:
+    """No Kafka jar downloader, emulator launcher or demo in the image; ``--help`` lists run, setup, healthcheck."""
+    help_text = engine.containers.run(image, ["--help"], remove=True).decode()
+    assert all(command in help_text for command in ("run", "setup", "healthcheck")) and "demo" not in help_text, help_text
+    package = "/opt/connector/lib/python3.11/site-packages/connector"
+    find = f"find {package} -name pom.xml -o -name '*.mjs' -o -name package.json -o -name 'demo*' -o -name peers -o -name stack"
+    found = engine.containers.run(image, ["-c", find], entrypoint="sh", remove=True).decode()
+    assert engine.containers.run(image, ["-c", f"ls {package}/cli.py"], entrypoint="sh", remove=True)  # the package is there
+    assert found == "", found

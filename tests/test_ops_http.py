@@ -10,15 +10,15 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from connector.commercetools.client import CommercetoolsClient
-from connector.demo import as_json, payment_draft, wait_until_settled
 from connector.errors import ConfigurationError
 from connector.metrics import Metrics
 from connector.models.payment import Payment
 from connector.ops_http import OpsServer
-from connector.peers import messages
-from connector.peers.kafka import LocalKafka
 from tests.fault_proxies import FaultyHttp, free_port
 from tests.queues import EventQueue, KafkaQueue
+from tests.stack import messages
+from tests.stack.demo import as_json, payment_draft, wait_until_settled
+from tests.stack.kafka import LocalKafka
 from tests.support import running_worker, settings_for
 
 pytestmark = pytest.mark.e2e

@@ -13,24 +13,25 @@ from connector.adapters.contract import OperationRequest, Outcome
 from connector.adapters.registry import AdapterRegistry
 from connector.adapters.sandbox import SandboxAdapter, SandboxLedger
 from connector.commercetools.client import CommercetoolsClient
-from connector.demo import as_json, payment_draft
 from connector.errors import ClaimHeld, PspUnavailable
 from connector.models.delivery import PaymentTrigger
 from connector.models.payment import Payment
 from connector.processor.decisions import idempotency_key
 from connector.processor.reconcile import Processor, ProcessorSettings
 from connector.retrying import Backoff
+from tests.sandbox_ledger import executions
+from tests.stack.demo import as_json, payment_draft
 from tests.support import INTERACTION_TYPE_KEY, ConcurrentWriter
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> SandboxLedger:
-    return SandboxLedger(tmp_path / "ledger.sqlite")
+def ledger(tmp_path: Path) -> Path:
+    return tmp_path / "ledger.sqlite"
 
 
 @pytest.fixture
-async def sandbox(ledger: SandboxLedger) -> AsyncIterator[SandboxAdapter]:
-    adapter = SandboxAdapter(ledger)
+async def sandbox(ledger: Path) -> AsyncIterator[SandboxAdapter]:
+    adapter = SandboxAdapter(SandboxLedger(ledger))
     yield adapter
 
 
@@ -48,14 +49,14 @@ def interactions(payment: Payment, kind: str) -> list[dict[str, Any]]:
 
 
 async def test_authorization_is_executed_and_recorded(
-    ct: CommercetoolsClient, sandbox: SandboxAdapter, ledger: SandboxLedger, project_key: str
+    ct: CommercetoolsClient, sandbox: SandboxAdapter, ledger: Path, project_key: str
 ) -> None:
     """Claim, PSP call and outcome: state, PSP reference, both interactions and the payment status."""
     payment = await ct.create_payment(payment_draft(1000, (), (("Authorization", 1000),)))
     result = await processor_for(ct, sandbox, project_key).reconcile(trigger(payment))
     stored = await ct.get_payment(payment.id)
     [transaction] = stored.transactions
-    [execution] = ledger.executions()
+    [execution] = executions(ledger)
     assert result.outcome == "done"
     assert transaction.state.value == "Success" and transaction.interaction_id == execution.psp_reference
     [request], [response] = interactions(stored, "request"), interactions(stored, "response")
@@ -68,7 +69,7 @@ async def test_authorization_is_executed_and_recorded(
 
 
 async def test_redelivery_executes_nothing(
-    ct: CommercetoolsClient, sandbox: SandboxAdapter, ledger: SandboxLedger, project_key: str
+    ct: CommercetoolsClient, sandbox: SandboxAdapter, ledger: Path, project_key: str
 ) -> None:
     """A second delivery for a finished payment calls no PSP and writes nothing."""
     payment = await ct.create_payment(payment_draft(1000, (), (("Charge", 1000),)))
@@ -78,11 +79,11 @@ async def test_redelivery_executes_nothing(
     again = await processor.reconcile(trigger(payment, embedded=True))
     assert again.outcome == "nothing_to_do"
     assert (await ct.get_payment(payment.id)).version == version
-    assert [e.calls for e in ledger.executions()] == [1]
+    assert [e.calls for e in executions(ledger)] == [1]
 
 
 async def test_stale_embedded_payment_is_refetched_on_conflict(
-    ct: CommercetoolsClient, sandbox: SandboxAdapter, ledger: SandboxLedger, project_key: str
+    ct: CommercetoolsClient, sandbox: SandboxAdapter, ledger: Path, project_key: str
 ) -> None:
     """A refund claimed on an outdated embedded copy gets a 409, refetches and still ends right."""
     payment = await ct.create_payment(payment_draft(5000, (("Charge", 5000),), (("Refund", 2000),)))
@@ -90,11 +91,11 @@ async def test_stale_embedded_payment_is_refetched_on_conflict(
     await processor_for(ct, sandbox, project_key).reconcile(trigger(payment, embedded=True))
     stored = await ct.get_payment(payment.id)
     assert stored.key == "changed-meanwhile" and stored.transactions[1].state.value == "Success"
-    assert len(ledger.executions()) == 1
+    assert len(executions(ledger)) == 1
 
 
 async def test_conflict_between_claim_and_outcome_is_recomputed(
-    ct: CommercetoolsClient, sandbox: SandboxAdapter, ledger: SandboxLedger, project_key: str
+    ct: CommercetoolsClient, sandbox: SandboxAdapter, ledger: Path, project_key: str
 ) -> None:
     """Another writer between claim and outcome: 409, refetch, recompute, and no second PSP call."""
     payment = await ct.create_payment(payment_draft(3000, (), (("Charge", 3000),)))
@@ -103,11 +104,11 @@ async def test_conflict_between_claim_and_outcome_is_recomputed(
     assert stored.key == "other-writer"  # the other writer's change survives
     assert stored.transactions[0].state.value == "Success"
     assert len(interactions(stored, "response")) == 1
-    assert [e.calls for e in ledger.executions()] == [1]
+    assert [e.calls for e in executions(ledger)] == [1]
 
 
 async def test_fresh_claim_holds_and_stale_claim_is_taken_over(
-    ct: CommercetoolsClient, sandbox: SandboxAdapter, ledger: SandboxLedger, project_key: str
+    ct: CommercetoolsClient, sandbox: SandboxAdapter, ledger: Path, project_key: str
 ) -> None:
     """Another worker's fresh claim makes us wait; once its lease ran out we take over with the same key."""
     payment = await ct.create_payment(payment_draft(1000, (), (("Charge", 1000),)))
@@ -122,15 +123,15 @@ async def test_fresh_claim_holds_and_stale_claim_is_taken_over(
     processor = processor_for(ct, sandbox, project_key, lease_s=0.5)
     with pytest.raises(ClaimHeld):
         await processor.reconcile(trigger(payment))
-    assert ledger.executions() == []
+    assert executions(ledger) == []
     await asyncio.sleep(0.6)
     assert (await processor.reconcile(trigger(payment))).outcome == "done"
-    [execution] = ledger.executions()
+    [execution] = executions(ledger)
     assert execution.idempotency_key == idempotency_key(transaction.id, transaction.type)
 
 
 async def test_unknown_account_fails_readably(
-    ct: CommercetoolsClient, sandbox: SandboxAdapter, ledger: SandboxLedger, project_key: str
+    ct: CommercetoolsClient, sandbox: SandboxAdapter, ledger: Path, project_key: str
 ) -> None:
     """A payment on an account with no route fails with a readable text and no PSP call."""
     draft = payment_draft(1000, (), (("Charge", 1000),))
@@ -140,7 +141,7 @@ async def test_unknown_account_fails_readably(
     stored = await ct.get_payment(payment.id)
     assert stored.transactions[0].state.value == "Failure"
     assert "mars" in (stored.payment_status.interface_text or "")
-    assert ledger.executions() == []
+    assert executions(ledger) == []
 
 
 async def test_payments_of_other_interfaces_are_left_alone(
@@ -179,7 +180,7 @@ class Unreachable:
 
 
 async def test_psp_faults_are_retried_with_the_same_key(
-    ct: CommercetoolsClient, sandbox: SandboxAdapter, ledger: SandboxLedger, project_key: str
+    ct: CommercetoolsClient, sandbox: SandboxAdapter, ledger: Path, project_key: str
 ) -> None:
     """A PSP that is unreachable twice is called a third time with the same idempotency key."""
     payment = await ct.create_payment(payment_draft(1000, (), (("Charge", 1000),)))
@@ -188,16 +189,16 @@ async def test_psp_faults_are_retried_with_the_same_key(
     await Processor(ct, AdapterRegistry({("sandbox", None): flaky}), settings).reconcile(trigger(payment))
     assert len(flaky.keys) == 3 and len(set(flaky.keys)) == 1
     assert (await ct.get_payment(payment.id)).transactions[0].state.value == "Success"
-    assert [e.calls for e in ledger.executions()] == [1]
+    assert [e.calls for e in executions(ledger)] == [1]
 
 
 async def test_psp_that_executes_then_times_out_executes_once(
-    ct: CommercetoolsClient, sandbox: SandboxAdapter, ledger: SandboxLedger, project_key: str
+    ct: CommercetoolsClient, sandbox: SandboxAdapter, ledger: Path, project_key: str
 ) -> None:
     """The PSP executes but its answer is lost: the retry with the same key creates no second execution."""
     payment = await ct.create_payment(payment_draft(1077, (), (("Charge", 1077),)))
     settings = ProcessorSettings(project_key, INTERACTION_TYPE_KEY, psp_backoff=Backoff(attempts=3, wait_initial_s=0.01))
     await Processor(ct, AdapterRegistry({("sandbox", None): sandbox}), settings).reconcile(trigger(payment))
-    [execution] = ledger.executions()
+    [execution] = executions(ledger)
     stored = await ct.get_payment(payment.id)
     assert execution.calls == 2 and stored.transactions[0].interaction_id == execution.psp_reference

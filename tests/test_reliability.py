@@ -4,7 +4,6 @@ Figures go to the session's reliability report (printed by ``make reliability``)
 """
 
 import asyncio
-import json
 import os
 import random
 import signal
@@ -16,15 +15,15 @@ from typing import Any
 
 import pytest
 
-from connector.adapters.sandbox import SandboxLedger
 from connector.commercetools.client import CommercetoolsClient
-from connector.demo import as_json, payment_draft, wait_until_settled
 from connector.models.payment import Payment
-from connector.peers import messages
-from connector.peers.kafka import LocalKafka
 from tests.fault_proxies import FaultyHttp, Toxiproxy
 from tests.queues import EventQueue, KafkaQueue
-from tests.support import CLIENT_SECRET
+from tests.sandbox_ledger import executions
+from tests.stack import messages
+from tests.stack.demo import as_json, payment_draft, wait_until_settled
+from tests.stack.kafka import LocalKafka
+from tests.support import sandbox_route, worker_environment
 
 pytestmark = pytest.mark.reliability
 
@@ -37,16 +36,13 @@ SETTLE_AFTER_KILLS_S = 600
 FINAL = {"Success", "Failure", "Pending"}
 
 
-def worker_environment(queue: EventQueue, ct_url: str, project_key: str, ledger: Path) -> dict[str, str]:
-    route = {"interface": "sandbox", "adapter": "sandbox", "settings": {"ledger_path": str(ledger), "latency_ms": 40}}
-    return {
-        **os.environ, **queue.environment(),
-        "CTP_PROJECT_KEY": project_key, "CTP_CLIENT_ID": "test-client", "CTP_CLIENT_SECRET": CLIENT_SECRET,
-        "CTP_AUTH_URL": ct_url, "CTP_API_URL": ct_url, "CONNECTOR_ADAPTERS": json.dumps([route]),
-        "CONNECTOR_LOG_FORMAT": "json", "CONNECTOR_LOG_LEVEL": "warning", "CONNECTOR_CLAIM_LEASE_S": "2",
-        "CONNECTOR_HTTP_PORT": "0",  # any free port: two workers run side by side
-        "CONNECTOR_MAX_IN_FLIGHT": "16",
-    }  # fmt: skip
+def crash_worker_environment(queue: EventQueue, ct_url: str, project_key: str, ledger: Path) -> dict[str, str]:
+    environment = worker_environment(queue, ct_url=ct_url, project_key=project_key, routes=[sandbox_route(ledger, 40)])
+    return (
+        os.environ
+        | environment
+        | {"CONNECTOR_LOG_LEVEL": "warning", "CONNECTOR_CLAIM_LEASE_S": "2", "CONNECTOR_MAX_IN_FLIGHT": "16"}
+    )
 
 
 async def create_payments(ct: CommercetoolsClient, count: int) -> list[Payment]:
@@ -81,7 +77,7 @@ async def test_sigkill_at_random_moments_loses_nothing_and_executes_nothing_twic
     """1,000 transactions; the worker is killed (SIGKILL) mid-run and restarted, 5 times: no loss, no double execution."""
     payments = await publish_payments(ct, queue, project_key, PAYMENTS)
     ledger = tmp_path / "ledger.sqlite"
-    environment = worker_environment(queue, ct_url, project_key, ledger)
+    environment = crash_worker_environment(queue, ct_url, project_key, ledger)
     rng = random.Random(5)
     kills = restarts = 0
     executed_at_kill: list[int] = []
@@ -90,7 +86,7 @@ async def test_sigkill_at_random_moments_loses_nothing_and_executes_nothing_twic
     try:
         while kills < KILLS[queue.name]:
             await asyncio.sleep(rng.uniform(1.0, 4.0))
-            done = len(SandboxLedger(ledger).executions()) if ledger.exists() else 0
+            done = len(executions(ledger)) if ledger.exists() else 0
             if done >= len(payments) * 3 // 4:
                 break  # too late for a kill to test anything
             worker.send_signal(signal.SIGKILL)
@@ -123,7 +119,7 @@ async def check_and_report(
     """Adds the run's figures to the report, then asserts: nothing lost, nothing twice, nothing stuck."""
     transactions = [t for p in settled for t in p.transactions]
     lost = sum(1 for t in transactions if t.state.value not in FINAL or not t.interaction_id)
-    per_transaction = Counter(e.transaction_id for e in SandboxLedger(ledger).executions())
+    per_transaction = Counter(e.transaction_id for e in executions(ledger))
     doubles = sum(count - 1 for count in per_transaction.values())
     stuck = await queue.unfinished()
     figures = {
@@ -144,7 +140,7 @@ async def test_the_other_worker_of_the_group_takes_over(
     """Two workers share the consumer group (or subscription); one is killed mid-run and the other finishes its partitions."""
     payments = await publish_payments(ct, queue, project_key, PAYMENTS // 2)
     ledger = tmp_path / "ledger.sqlite"
-    environment = worker_environment(queue, ct_url, project_key, ledger)
+    environment = crash_worker_environment(queue, ct_url, project_key, ledger)
     logs = [tmp_path / f"worker-{index}.log" for index in range(2)]
     workers = []
     for log_path in logs:
@@ -152,7 +148,7 @@ async def test_the_other_worker_of_the_group_takes_over(
             workers.append(spawn_worker(environment, stderr=log))
     try:
         async with asyncio.timeout(60):
-            while not ledger.exists() or len(SandboxLedger(ledger).executions()) < len(payments) // 10:
+            while not ledger.exists() or len(executions(ledger)) < len(payments) // 10:
                 await asyncio.sleep(0.2)
         workers[0].send_signal(signal.SIGKILL)
         await asyncio.to_thread(workers[0].wait, 10)
@@ -170,7 +166,7 @@ async def test_the_other_worker_of_the_group_takes_over(
             if worker.poll() is None:
                 worker.kill()
     assert workers[1].returncode == 0
-    assert len(SandboxLedger(ledger).executions()) == len(payments)
+    assert len(executions(ledger)) == len(payments)
     await check_and_report(queue, settled, ledger, reliability_report, kills=1, restarts=0)
 
 
@@ -183,10 +179,10 @@ async def test_the_worker_reconnects_after_a_broker_restart(
         await queue.create()
         payments = await publish_payments(ct, queue, project_key, PAYMENTS // 2)
         ledger = tmp_path / "ledger.sqlite"
-        worker = spawn_worker(worker_environment(queue, ct_url, project_key, ledger))
+        worker = spawn_worker(crash_worker_environment(queue, ct_url, project_key, ledger))
         try:
             async with asyncio.timeout(60):
-                while not ledger.exists() or len(SandboxLedger(ledger).executions()) < len(payments) // 5:
+                while not ledger.exists() or len(executions(ledger)) < len(payments) // 5:
                     await asyncio.sleep(0.2)
             await asyncio.to_thread(broker.restart)
             settled = await wait_until_settled(ct, [p.id for p in payments], timeout_s=300)
@@ -210,12 +206,12 @@ async def test_commercetools_faults_are_retried_and_nothing_is_lost(
     async with FaultyHttp(ct_url) as http_faults:
         with Toxiproxy() as toxiproxy:
             address = "http://" + toxiproxy.proxy("commercetools", f"127.0.0.1:{http_faults.port}")
-            environment = worker_environment(queue, address, project_key, ledger) | {"CTP_TIMEOUT_S": "2"}
+            environment = crash_worker_environment(queue, address, project_key, ledger) | {"CTP_TIMEOUT_S": "2"}
             with log_path.open("wb") as log:
                 worker = spawn_worker(environment, stderr=log)
             try:
                 async with asyncio.timeout(60):
-                    while not ledger.exists() or not SandboxLedger(ledger).executions():
+                    while not ledger.exists() or not executions(ledger):
                         await asyncio.sleep(0.2)
                 await toxiproxy.toxic("commercetools", "latency", {"latency": 300, "jitter": 200}, seconds=3)
                 await http_faults.burst(429, seconds=2)

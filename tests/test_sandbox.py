@@ -10,6 +10,7 @@ from connector.adapters.contract import Operation, OperationRequest
 from connector.adapters.sandbox import SandboxAdapter, SandboxLedger, create_adapter, simulate
 from connector.errors import PspUnavailable
 from connector.models.payment import Payment, TransactionState
+from tests.sandbox_ledger import executions
 
 
 def request(amount: int, key: str = "key-1", kind: str = "Charge") -> OperationRequest:
@@ -46,7 +47,7 @@ async def test_a_repeated_key_executes_once(tmp_path: Path) -> None:
     second = await adapter.charge(request(1000))
     await adapter.aclose()
     assert first == second and first.psp_reference
-    [execution] = SandboxLedger(tmp_path / "ledger.sqlite").executions()
+    [execution] = executions(tmp_path / "ledger.sqlite")
     assert (execution.calls, execution.idempotency_key, execution.transaction_id) == (2, "key-1", "tx-1")
 
 
@@ -56,7 +57,7 @@ async def test_a_reused_key_with_other_terms_is_refused(tmp_path: Path) -> None:
     await adapter.charge(request(1000))
     refused = await adapter.charge(request(999))
     assert refused.state is TransactionState.FAILURE and refused.code == "idempotency_key_reused"
-    assert len(SandboxLedger(tmp_path / "l.sqlite").executions()) == 1
+    assert len(executions(tmp_path / "l.sqlite")) == 1
 
 
 async def test_the_payment_method_is_masked_in_summaries(tmp_path: Path) -> None:
@@ -81,7 +82,7 @@ async def test_a_lost_answer_is_recovered_by_retrying_with_the_same_key(tmp_path
     with pytest.raises(PspUnavailable):
         await adapter.charge(request(1077))
     outcome = await adapter.charge(request(1077))
-    [execution] = SandboxLedger(tmp_path / "l.sqlite").executions()
+    [execution] = executions(tmp_path / "l.sqlite")
     assert outcome.state is TransactionState.SUCCESS and outcome.psp_reference == execution.psp_reference
     assert execution.calls == 2
 

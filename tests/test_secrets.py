@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from connector.commercetools.client import CommercetoolsClient
-from connector.demo import as_json, wait_until_settled
-from connector.peers import messages
 from tests.localstripe_peer import LocalStripe
 from tests.queues import EventQueue
-from tests.support import CLIENT_SECRET
+from tests.stack import messages
+from tests.stack.demo import as_json, wait_until_settled
+from tests.support import CLIENT_SECRET, sandbox_route, worker_environment
 
 pytestmark = pytest.mark.reliability
 
@@ -48,15 +48,11 @@ async def test_no_secret_in_logs_or_interactions(
         + [b"{not json", messages.resource_created(project_key)]
     )
     routes = [
-        {"interface": "sandbox", "adapter": "sandbox", "settings": {"ledger_path": str(tmp_path / "l.sqlite")}},
+        sandbox_route(tmp_path / "l.sqlite"),
         {"interface": "STRIPE", "adapter": "stripe", "settings": {"secret_key": STRIPE_KEY, "api_base": localstripe.url}},
     ]
-    environment = {
-        **os.environ, **queue.environment(),
-        "CTP_PROJECT_KEY": project_key, "CTP_CLIENT_ID": "test-client", "CTP_CLIENT_SECRET": CLIENT_SECRET,
-        "CTP_AUTH_URL": ct_url, "CTP_API_URL": ct_url, "CONNECTOR_ADAPTERS": json.dumps(routes),
-        "CONNECTOR_LOG_FORMAT": "json", "CONNECTOR_LOG_LEVEL": "debug", "CONNECTOR_HTTP_PORT": "0",
-    }  # fmt: skip
+    environment = os.environ | worker_environment(queue, ct_url=ct_url, project_key=project_key, routes=routes)
+    environment["CONNECTOR_LOG_LEVEL"] = "debug"
     worker = subprocess.Popen([sys.executable, "-m", "connector", "run"], env=environment, stderr=subprocess.PIPE, text=True)
     try:
         settled = await wait_until_settled(ct, [p.id for p in payments], timeout_s=60)

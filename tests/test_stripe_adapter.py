@@ -10,8 +10,8 @@ from connector.adapters.registry import AdapterRegistry, AdapterRoute
 from connector.adapters.stripe_adapter import StripeAdapter, create_adapter
 from connector.errors import ConfigurationError, PspUnavailable
 from connector.models.payment import Payment, TransactionState
-from connector.peers import free_port
 from tests.localstripe_peer import LocalStripe
+from tests.stack import free_port
 
 KEY = "sk_test_adapter_4f9a"
 

@@ -17,12 +17,12 @@ import pytest
 from connector.adapters.registry import AdapterRoute
 from connector.commercetools.client import CommercetoolsClient
 from connector.config import Settings
-from connector.demo import as_json, wait_until_settled
 from connector.models.payment import Payment
-from connector.peers import messages
 from connector.processor.decisions import idempotency_key
 from tests.localstripe_peer import LocalStripe
 from tests.queues import KafkaQueue
+from tests.stack import messages
+from tests.stack.demo import as_json, wait_until_settled
 from tests.support import INTERACTION_TYPE_KEY, running_worker, settings_for
 
 pytestmark = pytest.mark.e2e

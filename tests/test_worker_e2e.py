@@ -21,17 +21,26 @@ from connector.adapters.registry import AdapterRegistry
 from connector.adapters.sandbox import SandboxAdapter, SandboxLedger
 from connector.app import build_source
 from connector.commercetools.client import CommercetoolsClient
-from connector.demo import SCENARIOS, as_json, payment_draft, wait_until_settled
 from connector.errors import PspUnavailable
 from connector.models.payment import Payment
-from connector.peers import messages
-from connector.peers.pubsub import create_subscription
-from connector.peers.queues import PUBSUB_PROJECT
 from connector.processor.reconcile import Processor, ProcessorSettings
 from connector.retrying import Backoff
 from connector.worker import Worker, WorkerLimits
 from tests.queues import EventQueue, PubSubQueue
-from tests.support import CLIENT_SECRET, INTERACTION_TYPE_KEY, ConcurrentWriter, running_worker, settings_for
+from tests.sandbox_ledger import executions
+from tests.stack import messages
+from tests.stack.demo import SCENARIOS, as_json, payment_draft, wait_until_settled
+from tests.stack.pubsub import create_subscription
+from tests.stack.queues import PUBSUB_PROJECT
+from tests.support import (
+    CLIENT_SECRET,
+    INTERACTION_TYPE_KEY,
+    ConcurrentWriter,
+    running_worker,
+    sandbox_route,
+    settings_for,
+    worker_environment,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -75,7 +84,7 @@ async def test_many_payments_each_delivered_twice_shuffled_in_both_formats(
 
     states = {t.id: t.state.value for p in settled for t in p.transactions if t.id in expected}
     assert states == expected
-    ledger = SandboxLedger(tmp_path / "l.sqlite").executions()
+    ledger = executions(tmp_path / "l.sqlite")
     executed = Counter(e.transaction_id for e in ledger)
     refused = {tid for p in settled for t in p.transactions if (tid := t.id) in expected and not t.interaction_id}
     assert set(executed) == set(expected) - refused and max(executed.values()) == 1
@@ -118,8 +127,8 @@ async def test_another_writer_between_claim_and_outcome(
     payments = [await ct.create_payment(payment_draft(1000 + i, (), (("Charge", 1000 + i),))) for i in range(10)]
     await queue.publish([messages.payment_created(project_key, as_json(p), "cloudevents") for p in payments] * 2)
     settings = settings_for(queue, ct_url=ct_url, project_key=project_key, ledger=tmp_path / "l.sqlite")
-    ledger = SandboxLedger(tmp_path / "l.sqlite")
-    registry = AdapterRegistry({("sandbox", None): ConcurrentWriter(SandboxAdapter(ledger), ct)})
+    ledger = tmp_path / "l.sqlite"
+    registry = AdapterRegistry({("sandbox", None): ConcurrentWriter(SandboxAdapter(SandboxLedger(ledger)), ct)})
     processor = Processor(ct, registry, ProcessorSettings(project_key=project_key, interaction_type_key=INTERACTION_TYPE_KEY))
     stop = asyncio.Event()
     with structlog.testing.capture_logs() as logs:
@@ -129,7 +138,7 @@ async def test_another_writer_between_claim_and_outcome(
         await asyncio.wait_for(worker, timeout=30)
     assert all(p.key == "other-writer" and p.transactions[0].state.value == "Success" for p in settled)
     assert sum(1 for line in logs if line["event"] == "outcome.conflict") == len(payments)
-    assert sorted(e.calls for e in ledger.executions()) == [1] * len(payments)
+    assert sorted(e.calls for e in executions(ledger)) == [1] * len(payments)
 
 
 class FailingPsp:
@@ -156,14 +165,14 @@ async def test_pubsub_nacks_a_transient_failure_and_the_redelivery_succeeds(
     payment = await ct.create_payment(payment_draft(1000, (), (("Charge", 1000),)))
     await queue.publish([messages.payment_created(project_key, as_json(payment), "platform")])
     settings = settings_for(queue, ct_url=ct_url, project_key=project_key, ledger=tmp_path / "l.sqlite")
-    ledger = SandboxLedger(tmp_path / "l.sqlite")
+    ledger = tmp_path / "l.sqlite"
     calls = Counter[str]()
 
     def first_call_fails(request: OperationRequest) -> bool:
         calls[request.idempotency_key] += 1
         return calls[request.idempotency_key] == 1
 
-    flaky = FailingPsp(SandboxAdapter(ledger), first_call_fails)
+    flaky = FailingPsp(SandboxAdapter(SandboxLedger(ledger)), first_call_fails)
     processor = Processor(
         ct, AdapterRegistry({("sandbox", None): flaky}),
         ProcessorSettings(project_key=project_key, interaction_type_key=INTERACTION_TYPE_KEY, psp_backoff=Backoff(attempts=1)),
@@ -180,19 +189,14 @@ async def test_pubsub_nacks_a_transient_failure_and_the_redelivery_succeeds(
     ]
     assert handled == [("delivery.retrying", 1), ("delivery.processed", None)]
     assert settled.transactions[0].state.value == "Success"
-    assert [e.calls for e in ledger.executions()] == [1]
+    assert [e.calls for e in executions(ledger)] == [1]
     assert await queue.unfinished() == 0
 
 
 def worker_env(queue: EventQueue, ct_url: str, project_key: str, ledger: Path, latency_ms: int) -> dict[str, str]:
-    route = {"interface": "sandbox", "adapter": "sandbox", "settings": {"ledger_path": str(ledger), "latency_ms": latency_ms}}
-    return {
-        **os.environ, **queue.environment(),
-        "CTP_PROJECT_KEY": project_key, "CTP_CLIENT_ID": "test-client", "CTP_CLIENT_SECRET": CLIENT_SECRET,
-        "CTP_AUTH_URL": ct_url, "CTP_API_URL": ct_url,
-        "CONNECTOR_ADAPTERS": json.dumps([route]), "CONNECTOR_LOG_FORMAT": "json", "CONNECTOR_CLAIM_LEASE_S": "2",
-        "CONNECTOR_HTTP_PORT": "0",
-    }  # fmt: skip
+    routes = [sandbox_route(ledger, latency_ms)]
+    environment = worker_environment(queue, ct_url=ct_url, project_key=project_key, routes=routes)
+    return os.environ | environment | {"CONNECTOR_CLAIM_LEASE_S": "2"}
 
 
 async def test_sigterm_finishes_in_flight_work_and_exits_0(
@@ -206,7 +210,7 @@ async def test_sigterm_finishes_in_flight_work_and_exits_0(
     worker = subprocess.Popen([sys.executable, "-m", "connector", "run"], env=env, stderr=subprocess.PIPE, text=True)
     try:
         async with asyncio.timeout(60):
-            while not ledger.exists() or not SandboxLedger(ledger).executions():
+            while not ledger.exists() or not executions(ledger):
                 await asyncio.sleep(0.1)
         worker.send_signal(signal.SIGTERM)
         _, log = await asyncio.to_thread(worker.communicate, timeout=30)
@@ -216,7 +220,7 @@ async def test_sigterm_finishes_in_flight_work_and_exits_0(
     events = [json.loads(line)["event"] for line in log.splitlines() if line.startswith("{")]
     assert "worker.stopping" in events and "worker.stopped" in events
     assert CLIENT_SECRET not in log
-    finished_before_restart = len(SandboxLedger(ledger).executions())
+    finished_before_restart = len(executions(ledger))
     assert 0 < finished_before_restart < len(expected), "the stop came too late to test anything"
 
     restarted = subprocess.Popen([sys.executable, "-m", "connector", "run"], env=env, stderr=subprocess.DEVNULL)
@@ -226,8 +230,8 @@ async def test_sigterm_finishes_in_flight_work_and_exits_0(
         restarted.send_signal(signal.SIGTERM)
         await asyncio.to_thread(restarted.wait, timeout=30)
     assert {t.id: t.state.value for p in settled for t in p.transactions if t.id in expected} == expected
-    assert max(Counter(e.transaction_id for e in SandboxLedger(ledger).executions()).values()) == 1
-    assert all(e.calls == 1 for e in SandboxLedger(ledger).executions()), "work finished before SIGTERM came again"
+    assert max(Counter(e.transaction_id for e in executions(ledger)).values()) == 1
+    assert all(e.calls == 1 for e in executions(ledger)), "work finished before SIGTERM came again"
 
 
 @pytest.mark.parametrize(
@@ -238,14 +242,18 @@ async def test_sigterm_finishes_in_flight_work_and_exits_0(
         ({"CONNECTOR_ADAPTERS": "not json"}, "CONNECTOR_ADAPTERS"),
         ({"CONNECTOR_ADAPTERS": '[{"interface": "sandbox", "adapter": "nope"}]'}, "no adapter plugin named 'nope'"),
         ({"CONNECTOR_SOURCE": "pubsub"}, "PUBSUB_PROJECT_ID: Field required"),
+        # The sandbox answers Success without moving money: it needs the opt-in, and a local commercetools.
+        ({"CONNECTOR_ALLOW_SANDBOX": None}, "set CONNECTOR_ALLOW_SANDBOX=true"),
+        ({"CTP_API_URL": "https://api.europe-west1.gcp.commercetools.com"}, "CTP_API_URL names a public host"),
     ],
 )
 def test_bad_settings_exit_2_naming_the_setting(change: dict[str, str | None], named: str, tmp_path: Path) -> None:
     """A missing or invalid setting exits 2 with a message naming it, never printing the secret."""
     env = {
         **os.environ, "CTP_PROJECT_KEY": "p", "CTP_CLIENT_ID": "c", "CTP_CLIENT_SECRET": CLIENT_SECRET,
+        "CTP_AUTH_URL": "http://127.0.0.1:9", "CTP_API_URL": "http://127.0.0.1:9",
         "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9", "KAFKA_TOPIC": "t",
-        "CONNECTOR_ADAPTERS": json.dumps([{"interface": "sandbox", "adapter": "sandbox"}]),
+        "CONNECTOR_ADAPTERS": json.dumps([{"interface": "sandbox", "adapter": "sandbox"}]), "CONNECTOR_ALLOW_SANDBOX": "true",
     }  # fmt: skip
     for key, value in change.items():
         env.pop(key) if value is None else env.__setitem__(key, value)

@@ -2,7 +2,8 @@
 
 It keeps a ledger (an SQLite file, so that it outlives a worker process) of every operation it
 executed, keyed by idempotency key, and honours those keys like a real PSP: a repeated call returns
-the first outcome and only counts the call. Tests read the ledger to count executions.
+the first outcome and only counts the call. The tests read the ledger to count executions
+(``tests/sandbox_ledger.py``).
 
 Outcome rules, by the transaction amount's last two digits (``centAmount % 100``):
 - 13: an Authorization or Charge is declined (Failure, code ``card_declined``);
@@ -116,14 +117,6 @@ class SandboxLedger:
                 return proposed
             self._db.execute("UPDATE executions SET calls = calls + 1 WHERE idempotency_key = ?", (stored.idempotency_key,))
             return replace(stored, calls=stored.calls + 1)
-
-    def executions(self) -> list[Execution]:
-        rows = self._db.execute(f"SELECT {_COLUMNS} FROM executions ORDER BY executed_at").fetchall()
-        return [_execution(row) for row in rows]
-
-    def execution_times(self) -> list[float]:
-        """When each execution happened (Unix time), oldest first: the benchmark's throughput clock."""
-        return [at for (at,) in self._db.execute("SELECT executed_at FROM executions ORDER BY executed_at")]
 
     def close(self) -> None:
         self._db.close()

@@ -41,13 +41,13 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
-from connector.adapters.sandbox import SandboxLedger
 from connector.commercetools.client import CommercetoolsClient
 from connector.commercetools.interaction_type import interaction_type_draft
-from connector.demo import as_json, payment_draft
-from connector.peers import free_port, messages
-from connector.peers.ctmock import LocalCommercetools
-from connector.peers.kafka import LocalKafka, create_topics
+from tests.sandbox_ledger import execution_times
+from tests.stack import free_port, messages
+from tests.stack.ctmock import LocalCommercetools
+from tests.stack.demo import as_json, payment_draft
+from tests.stack.kafka import LocalKafka, create_topics
 
 HERE = Path(__file__).parent
 TYPE_KEY = "connector-payment-interaction"
@@ -168,7 +168,7 @@ def process_peak_rss_mb(pid: int) -> float:
 
 def ledger_rate(path: Path, since: float = 0.0) -> float:
     """Executions per second, from the first to the last (of those at or after ``since``, Unix time)."""
-    times = [at for at in SandboxLedger(path).execution_times() if at >= since]
+    times = [at for at in execution_times(path) if at >= since]
     return (len(times) - 1) / (times[-1] - times[0])
 
 
@@ -225,8 +225,9 @@ async def measure(
     environment = {
         **os.environ, "CTP_PROJECT_KEY": "bench-connector", "CTP_CLIENT_ID": "bench", "CTP_CLIENT_SECRET": "bench",
         "CTP_AUTH_URL": url, "CTP_API_URL": url, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "KAFKA_TOPIC": "bench-connector",
-        "CONNECTOR_ADAPTERS": json.dumps([route]), "CONNECTOR_MAX_IN_FLIGHT": str(args.in_flight),
-        "CONNECTOR_HTTP_HOST": "127.0.0.1", "CONNECTOR_HTTP_PORT": str(port), "CONNECTOR_LOG_FORMAT": "json",
+        "CONNECTOR_ADAPTERS": json.dumps([route]), "CONNECTOR_ALLOW_SANDBOX": "true",
+        "CONNECTOR_MAX_IN_FLIGHT": str(args.in_flight), "CONNECTOR_HTTP_HOST": "127.0.0.1", "CONNECTOR_HTTP_PORT": str(port),
+        "CONNECTOR_LOG_FORMAT": "json",
     }  # fmt: skip
     metrics = Metrics(port)
     backlog, backlog_tx = rounds[0][0], transactions_in(rounds[0][0])

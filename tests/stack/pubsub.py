@@ -14,7 +14,7 @@ from types import TracebackType
 
 from google.cloud import pubsub_v1
 
-from connector.peers import free_port, terminate
+from tests.stack import free_port, terminate
 
 LAUNCHERS = (
     "/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator",

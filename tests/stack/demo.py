@@ -1,4 +1,4 @@
-"""``connector demo``: the whole product on one machine, with the sandbox PSP.
+"""``make demo`` (``python -m tests.stack.demo``): the whole product on one machine, with the sandbox PSP.
 
 Starts a local Kafka broker (a container of the official image when a Docker engine answers and the
 image can be had, else the broker from Maven jars; or uses ``KAFKA_BOOTSTRAP_SERVERS``), and says
@@ -9,9 +9,12 @@ duplicate, the subscription's test delivery and a malformed one), runs the worke
 transaction has left Initial, and prints each transaction's final state and PSP reference.
 """
 
+import argparse
 import asyncio
 import contextlib
+import logging
 import os
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -24,12 +27,13 @@ from connector.adapters.registry import AdapterRoute
 from connector.app import build_commercetools, run_worker
 from connector.commercetools.client import CommercetoolsClient
 from connector.config import CommercetoolsSettings, Settings, WorkerSettings, without_files
+from connector.logs import configure_logging
 from connector.models.payment import Payment
-from connector.peers import messages
-from connector.peers.broker import choose_broker
-from connector.peers.ctmock import LocalCommercetools
-from connector.peers.pubsub import LocalPubSub
-from connector.peers.queues import KafkaTopic, LocalQueue, PubSubTopic
+from tests.stack import messages
+from tests.stack.broker import choose_broker
+from tests.stack.ctmock import LocalCommercetools
+from tests.stack.pubsub import LocalPubSub
+from tests.stack.queues import KafkaTopic, LocalQueue, PubSubTopic
 
 PROJECT_KEY = "demo"
 INTERFACE = "sandbox"
@@ -139,7 +143,7 @@ async def run_demo(queue: LocalQueue, ct_url: str, timeout_s: float = 60.0) -> b
             client_secret=SecretStr("demo-secret"), auth_url=ct_url, api_url=ct_url,
         ),
         without_files(
-            WorkerSettings, source=queue.name, http_port=0,  # any free port: 8080 may be taken here
+            WorkerSettings, source=queue.name, http_port=0, allow_sandbox=True,  # any free port: 8080 may be taken here
             adapters=[AdapterRoute(interface=INTERFACE, adapter="sandbox", settings={"ledger_path": ledger, "latency_ms": 50})],
         ),
         **queue.source_settings(),
@@ -168,3 +172,13 @@ async def run_demo(queue: LocalQueue, ct_url: str, timeout_s: float = 60.0) -> b
 def main(source: Literal["kafka", "pubsub"] = "kafka") -> int:
     with local_peers(source) as (queue, ct_url):
         return 0 if asyncio.run(run_demo(queue, ct_url)) else 1
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="make demo", description=__doc__.split("\n")[0])
+    parser.add_argument("--source", choices=["kafka", "pubsub"], default="kafka", help="the queue to run on")
+    arguments = parser.parse_args()
+    configure_logging("console" if sys.stderr.isatty() else "json", "warning")
+    # A fresh broker answers the first group join with a retried coordinator error: noise in a demo.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    sys.exit(main(arguments.source))

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from connector.peers.docker_engine import answering_engine, has_bridge_network, image_available
-from connector.peers.kafka import LocalKafka
-from connector.peers.kafka_container import OFFICIAL_IMAGE, KafkaContainer
+from tests.stack.docker_engine import answering_engine, has_bridge_network, image_available
+from tests.stack.kafka import LocalKafka
+from tests.stack.kafka_container import OFFICIAL_IMAGE, KafkaContainer
 
 if TYPE_CHECKING:
     import docker

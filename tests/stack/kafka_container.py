@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from types import TracebackType
 from typing import Any, cast
 
-from connector.peers import free_port
-from connector.peers.kafka import READY_LINE, cluster_id
+from tests.stack import free_port
+from tests.stack.kafka import READY_LINE, cluster_id
 
 # The version of the Maven broker (peers/kafka/pom.xml) and of deploy/docker-compose.yml.
 OFFICIAL_IMAGE = "apache/kafka:3.9.1"

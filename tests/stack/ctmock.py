@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 from types import TracebackType
 
-from connector.peers import cache_dir, terminate
+from tests.stack import cache_dir, terminate
 
 PACKAGE = Path(__file__).parent / "ctmock"
 

@@ -11,7 +11,7 @@ from types import TracebackType
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from connector.peers import cache_dir, free_port, terminate
+from tests.stack import cache_dir, free_port, terminate
 
 POM = Path(__file__).parent / "kafka" / "pom.xml"
 READY_LINE = "Kafka Server started"

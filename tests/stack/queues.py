@@ -9,8 +9,8 @@ from aiokafka import AIOKafkaProducer
 from google.cloud import pubsub_v1
 
 from connector.config import KafkaSettings, PubSubSettings, without_files
-from connector.peers.kafka import create_topics
-from connector.peers.pubsub import create_subscription
+from tests.stack.kafka import create_topics
+from tests.stack.pubsub import create_subscription
 
 PARTITIONS = 4
 PUBSUB_PROJECT = "local-project"
