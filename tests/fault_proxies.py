@@ -95,10 +95,15 @@ class FaultyHttp:
         if self._runner is not None:
             await self._runner.cleanup()
 
-    async def burst(self, status: int, seconds: float) -> None:
+    def burst(self, status: int, seconds: float) -> "asyncio.Task[None]":
+        """Answers ``status`` to every request from now on, for ``seconds``; the task ends with the burst."""
         self._burst = status
-        await asyncio.sleep(seconds)
-        self._burst = None
+
+        async def end() -> None:
+            await asyncio.sleep(seconds)  # the fault's length, not a wait for something to happen
+            self._burst = None
+
+        return asyncio.create_task(end())
 
     @property
     def url(self) -> str:

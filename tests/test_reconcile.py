@@ -1,6 +1,7 @@
-"""The reconcile protocol against the commercetools emulator and the sandbox PSP, without a queue."""
+"""The reconcile protocol against the commercetools emulator and the sandbox PSP, without a queue: what
+the in-memory tests (test_protocol.py) cannot prove, that the client's requests and the emulator's
+answers (JSON, versions, 404s and 409s over HTTP) carry the protocol."""
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -9,16 +10,15 @@ from typing import Any
 
 import pytest
 
-from connector.adapters.contract import OperationRequest, Outcome
 from connector.adapters.registry import AdapterRegistry
 from connector.adapters.sandbox import SandboxAdapter, SandboxLedger
 from connector.commercetools.client import CommercetoolsClient
-from connector.errors import ClaimHeld, PspUnavailable
+from connector.errors import ClaimHeld
 from connector.models.delivery import PaymentTrigger
 from connector.models.payment import Payment
 from connector.processor.decisions import idempotency_key
 from connector.processor.reconcile import Processor, ProcessorSettings
-from connector.retrying import Backoff
+from tests.fakes import ManualClock
 from tests.sandbox_ledger import executions
 from tests.stack.demo import as_json, payment_draft
 from tests.support import INTERACTION_TYPE_KEY, ConcurrentWriter
@@ -68,20 +68,6 @@ async def test_authorization_is_executed_and_recorded(
     assert stored.payment_status.interface_code == "reserved"
 
 
-async def test_redelivery_executes_nothing(
-    ct: CommercetoolsClient, sandbox: SandboxAdapter, ledger: Path, project_key: str
-) -> None:
-    """A second delivery for a finished payment calls no PSP and writes nothing."""
-    payment = await ct.create_payment(payment_draft(1000, (), (("Charge", 1000),)))
-    processor = processor_for(ct, sandbox, project_key)
-    await processor.reconcile(trigger(payment))
-    version = (await ct.get_payment(payment.id)).version
-    again = await processor.reconcile(trigger(payment, embedded=True))
-    assert again.outcome == "nothing_to_do"
-    assert (await ct.get_payment(payment.id)).version == version
-    assert [e.calls for e in executions(ledger)] == [1]
-
-
 async def test_stale_embedded_payment_is_refetched_on_conflict(
     ct: CommercetoolsClient, sandbox: SandboxAdapter, ledger: Path, project_key: str
 ) -> None:
@@ -107,98 +93,34 @@ async def test_conflict_between_claim_and_outcome_is_recomputed(
     assert [e.calls for e in executions(ledger)] == [1]
 
 
-async def test_fresh_claim_holds_and_stale_claim_is_taken_over(
-    ct: CommercetoolsClient, sandbox: SandboxAdapter, ledger: Path, project_key: str
-) -> None:
-    """Another worker's fresh claim makes us wait; once its lease ran out we take over with the same key."""
-    payment = await ct.create_payment(payment_draft(1000, (), (("Charge", 1000),)))
-    transaction = payment.transactions[0]
-    claim = {
-        "action": "addInterfaceInteraction", "type": {"typeId": "type", "key": INTERACTION_TYPE_KEY},
-        "fields": {"type": "request", "transactionId": transaction.id,
-                   "idempotencyKey": idempotency_key(transaction.id, transaction.type),
-                   "createdAt": datetime.now(UTC).isoformat()},
-    }  # fmt: skip
-    await ct.update_payment(payment.id, payment.version, [claim])
-    processor = processor_for(ct, sandbox, project_key, lease_s=0.5)
-    with pytest.raises(ClaimHeld):
-        await processor.reconcile(trigger(payment))
-    assert executions(ledger) == []
-    await asyncio.sleep(0.6)
-    assert (await processor.reconcile(trigger(payment))).outcome == "done"
-    [execution] = executions(ledger)
-    assert execution.idempotency_key == idempotency_key(transaction.id, transaction.type)
-
-
-async def test_unknown_account_fails_readably(
-    ct: CommercetoolsClient, sandbox: SandboxAdapter, ledger: Path, project_key: str
-) -> None:
-    """A payment on an account with no route fails with a readable text and no PSP call."""
-    draft = payment_draft(1000, (), (("Charge", 1000),))
-    draft["paymentMethodInfo"]["interfaceAccount"] = "mars"
-    payment = await ct.create_payment(draft)
-    await processor_for(ct, sandbox, project_key).reconcile(trigger(payment))
-    stored = await ct.get_payment(payment.id)
-    assert stored.transactions[0].state.value == "Failure"
-    assert "mars" in (stored.payment_status.interface_text or "")
-    assert executions(ledger) == []
-
-
-async def test_payments_of_other_interfaces_are_left_alone(
-    ct: CommercetoolsClient, sandbox: SandboxAdapter, project_key: str
-) -> None:
-    """A payment for an interface we do not serve is not touched."""
-    draft = payment_draft(1000, (), (("Charge", 1000),))
-    draft["paymentMethodInfo"]["paymentInterface"] = "someone-else"
-    payment = await ct.create_payment(draft)
-    result = await processor_for(ct, sandbox, project_key).reconcile(trigger(payment))
-    assert result.outcome == "not_ours"
-    assert (await ct.get_payment(payment.id)).version == payment.version
-
-
 async def test_deleted_payment_is_skipped(ct: CommercetoolsClient, sandbox: SandboxAdapter, project_key: str) -> None:
     """A delivery for a payment that no longer exists is skipped."""
     payment = Payment.model_validate(as_json(await ct.create_payment(payment_draft(1000, (), ()))) | {"id": "gone-0000"})
     assert (await processor_for(ct, sandbox, project_key).reconcile(trigger(payment))).outcome == "payment_not_found"
 
 
-class Unreachable:
-    """The sandbox behind a network that fails twice: a fault the simulator itself does not produce."""
-
-    def __init__(self, inner: SandboxAdapter) -> None:
-        self._inner = inner
-        self.keys: list[str] = []
-
-    async def charge(self, request: OperationRequest) -> Outcome:
-        self.keys.append(request.idempotency_key)
-        if len(self.keys) <= 2:
-            raise PspUnavailable("connection reset")
-        return await self._inner.charge(request)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
-async def test_psp_faults_are_retried_with_the_same_key(
+async def test_a_claim_read_back_from_the_emulator_holds_for_its_lease(
     ct: CommercetoolsClient, sandbox: SandboxAdapter, ledger: Path, project_key: str
 ) -> None:
-    """A PSP that is unreachable twice is called a third time with the same idempotency key."""
+    """The claim's createdAt, as the emulator stores and returns it, times the lease: held within it,
+    taken over with the same key after it. The processor's clock is moved, not waited for."""
+    clock = ManualClock(datetime.now(UTC))
     payment = await ct.create_payment(payment_draft(1000, (), (("Charge", 1000),)))
-    flaky = Unreachable(sandbox)
-    settings = ProcessorSettings(project_key, INTERACTION_TYPE_KEY, psp_backoff=Backoff(attempts=3, wait_initial_s=0.01))
-    await Processor(ct, AdapterRegistry({("sandbox", None): flaky}), settings).reconcile(trigger(payment))
-    assert len(flaky.keys) == 3 and len(set(flaky.keys)) == 1
-    assert (await ct.get_payment(payment.id)).transactions[0].state.value == "Success"
-    assert [e.calls for e in executions(ledger)] == [1]
-
-
-async def test_psp_that_executes_then_times_out_executes_once(
-    ct: CommercetoolsClient, sandbox: SandboxAdapter, ledger: Path, project_key: str
-) -> None:
-    """The PSP executes but its answer is lost: the retry with the same key creates no second execution."""
-    payment = await ct.create_payment(payment_draft(1077, (), (("Charge", 1077),)))
-    settings = ProcessorSettings(project_key, INTERACTION_TYPE_KEY, psp_backoff=Backoff(attempts=3, wait_initial_s=0.01))
-    await Processor(ct, AdapterRegistry({("sandbox", None): sandbox}), settings).reconcile(trigger(payment))
+    transaction = payment.transactions[0]
+    claim = {
+        "action": "addInterfaceInteraction", "type": {"typeId": "type", "key": INTERACTION_TYPE_KEY},
+        "fields": {"type": "request", "transactionId": transaction.id,
+                   "idempotencyKey": idempotency_key(transaction.id, transaction.type),
+                   "createdAt": clock.now().isoformat()},
+    }  # fmt: skip
+    await ct.update_payment(payment.id, payment.version, [claim])
+    settings = ProcessorSettings(project_key=project_key, interaction_type_key=INTERACTION_TYPE_KEY, claim_lease_s=30)
+    processor = Processor(ct, AdapterRegistry({("sandbox", None): sandbox}), settings, clock=clock.now)
+    clock.advance(29.9)
+    with pytest.raises(ClaimHeld):
+        await processor.reconcile(trigger(payment))
+    assert executions(ledger) == []
+    clock.advance(0.2)
+    assert (await processor.reconcile(trigger(payment))).outcome == "done"
     [execution] = executions(ledger)
-    stored = await ct.get_payment(payment.id)
-    assert execution.calls == 2 and stored.transactions[0].interaction_id == execution.psp_reference
+    assert execution.idempotency_key == idempotency_key(transaction.id, transaction.type)

@@ -106,9 +106,8 @@ async def test_sigkill_at_random_moments_loses_nothing_and_executes_nothing_twic
     assert kills == KILLS[queue.name], f"the run finished after {kills} kills (executed at each kill: {executed_at_kill})"
 
 
-async def stop_after_a_commit_interval(worker: subprocess.Popen[bytes]) -> None:
-    """SIGTERM once the last outcome's offset had a commit interval to be committed; waits for the exit."""
-    await asyncio.sleep(2)
+async def stop(worker: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, and wait for the exit: the worker commits (or acknowledges) what it finished as it stops."""
     worker.send_signal(signal.SIGTERM)
     await asyncio.to_thread(worker.wait, 60)
 
@@ -186,7 +185,7 @@ async def test_the_worker_reconnects_after_a_broker_restart(
                     await asyncio.sleep(0.2)
             await asyncio.to_thread(broker.restart)
             settled = await wait_until_settled(ct, [p.id for p in payments], timeout_s=300)
-            await stop_after_a_commit_interval(worker)
+            await stop(worker)
         finally:
             if worker.poll() is None:
                 worker.kill()
@@ -219,7 +218,7 @@ async def test_commercetools_faults_are_retried_and_nothing_is_lost(
                 await toxiproxy.toxic("commercetools", "reset_peer", {"timeout": 0}, seconds=1.5)
                 await toxiproxy.toxic("commercetools", "timeout", {"timeout": 0}, seconds=3)  # stalls: client timeouts
                 settled = await wait_until_settled(ct, [p.id for p in payments], timeout_s=300)
-                await stop_after_a_commit_interval(worker)
+                await stop(worker)
             finally:
                 if worker.poll() is None:
                     worker.kill()

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from connector.adapters.registry import AdapterRoute
 from connector.commercetools.client import CommercetoolsClient
@@ -181,13 +182,17 @@ async def test_claimed_transaction_is_not_executed_again(world: World) -> None:
         "fields": {"type": "request", "transactionId": transaction.id, "createdAt": datetime.now(UTC).isoformat(),
                    "idempotencyKey": idempotency_key(transaction.id, transaction.type)},
     }  # fmt: skip
-    claimed = await world.ct.update_payment(payment.id, payment.version, [claim])
+    await world.ct.update_payment(payment.id, payment.version, [claim])
+    claimed = await world.ct.get_payment(payment.id)
     await world.publish_twice([claimed])
     settings = world.settings(claim_lease_s=4.0)
-    async with running_worker(settings):
-        await asyncio.sleep(2.0)
-        assert await world.localstripe.objects("payment_intents") == []
-        [settled] = await wait_until_settled(world.ct, [payment.id], timeout_s=60)
+    with structlog.testing.capture_logs() as logs:
+        async with running_worker(settings):
+            async with asyncio.timeout(30):  # the worker has met the claim, and backs off for the rest of its lease
+                while not any(line["event"] == "delivery.retrying" and "ClaimHeld" in line["error"] for line in logs):
+                    await asyncio.sleep(0.05)
+            assert await world.localstripe.objects("payment_intents") == []
+            [settled] = await wait_until_settled(world.ct, [payment.id], timeout_s=60)
     assert settled.transactions[0].state.value == "Success"
     [intent] = await world.localstripe.objects("payment_intents")
     assert intent["id"] == settled.transactions[0].interaction_id

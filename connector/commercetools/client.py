@@ -72,19 +72,13 @@ class CommercetoolsClient:
     async def get_payment(self, payment_id: str) -> Payment:
         return Payment.model_validate_json(await self._request("GET", f"/payments/{payment_id}"))
 
-    async def update_payment(self, payment_id: str, version: int, actions: list[dict[str, Any]]) -> Payment:
-        return Payment.model_validate_json(await self._post_update(payment_id, version, actions))
+    async def update_payment(self, payment_id: str, version: int, actions: list[dict[str, Any]]) -> int:
+        """Applies ``actions`` to the payment at ``version``; returns its new version (never assume +1).
 
-    async def update_version(self, payment_id: str, version: int, actions: list[dict[str, Any]]) -> int:
-        """``update_payment`` for a caller that knows the rest: only the new version is read from the answer."""
-        return _Versioned.model_validate_json(await self._post_update(payment_id, version, actions)).version
-
-    async def store_update(self, payment_id: str, version: int, actions: list[dict[str, Any]]) -> None:
-        """``update_payment`` for a caller that needs nothing back: the answer is not parsed."""
-        await self._post_update(payment_id, version, actions)
-
-    async def _post_update(self, payment_id: str, version: int, actions: list[dict[str, Any]]) -> bytes:
-        return await self._request("POST", f"/payments/{payment_id}", {"version": version, "actions": actions})
+        Only the version is read from the answer: the caller knows what it changed, and parsing the
+        whole payment would cost more than the rest of the update (docs/design.md, 'Decisions')."""
+        body = await self._request("POST", f"/payments/{payment_id}", {"version": version, "actions": actions})
+        return _Versioned.model_validate_json(body).version
 
     async def create_payment(self, draft: dict[str, Any]) -> Payment:
         return Payment.model_validate_json(await self._request("POST", "/payments", draft))

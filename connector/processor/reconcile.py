@@ -30,9 +30,9 @@ class PaymentStore(Protocol):
 
     async def get_payment(self, payment_id: str) -> Payment: ...
 
-    async def update_version(self, payment_id: str, version: int, actions: list[dict[str, Any]]) -> int: ...
-
-    async def store_update(self, payment_id: str, version: int, actions: list[dict[str, Any]]) -> None: ...
+    async def update_payment(self, payment_id: str, version: int, actions: list[dict[str, Any]]) -> int:
+        """Applies ``actions`` at ``version`` and returns the new version; ConcurrentModification on a stale one."""
+        ...
 
 
 # PSP calls retried with the same idempotency key, within the delivery's own timeout.
@@ -119,7 +119,7 @@ class Processor:
                 continue
             actions = decisions.claim_actions(plan.work, type_key=self._settings.interaction_type_key, now=now)
             try:
-                version = await self._store.update_version(payment.id, payment.version, actions)
+                version = await self._store.update_payment(payment.id, payment.version, actions)
             except ConcurrentModification:
                 log.info("claim.conflict", version=payment.version)
                 self._metrics.labelled(self._metrics.conflicts, "claim").inc()
@@ -175,7 +175,7 @@ class Processor:
             if not actions:
                 return
             try:
-                await self._store.store_update(payment.id, payment.version, actions)
+                await self._store.update_payment(payment.id, payment.version, actions)
                 return
             except ConcurrentModification:
                 # Someone else wrote meanwhile: decide again from what is there now, never call the PSP again.

@@ -97,9 +97,8 @@ class Load:
                     return payment.id, messages.payment_created(self._project_key, as_json(payment), fmt)
                 payment = await self._ct.create_payment(payment_draft(max(a for _, a in done + initial), done, ()))
                 added = payment_draft(0, (), initial)["transactions"][0]
-                payment = await self._ct.update_payment(
-                    payment.id, payment.version, [{"action": "addTransaction", "transaction": added}]
-                )
+                await self._ct.update_payment(payment.id, payment.version, [{"action": "addTransaction", "transaction": added}])
+                payment = await self._ct.get_payment(payment.id)
                 return payment.id, messages.transaction_added(
                     self._project_key, as_json(payment), as_json(payment)["transactions"][-1], fmt
                 )

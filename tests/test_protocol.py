@@ -1,0 +1,484 @@
+"""The processing protocol on in-memory peers (tests/fakes.py): claims, leases, conflicts, partial
+failures and retries, through the processor and through the worker. No Node, no Java, no network:
+the clock is moved by the test, so a lease runs out without waiting for it.
+
+test_reconcile.py and test_worker_e2e.py run the same protocol against the commercetools emulator
+and real brokers, for what only they prove.
+"""
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connector.adapters.contract import OperationRequest, Outcome
+from connector.adapters.registry import AdapterRegistry
+from connector.adapters.sandbox import SandboxAdapter, SandboxLedger
+from connector.errors import ClaimHeld, ConcurrentModification, PspUnavailable, Rejected, RetryableError, ServerError
+from connector.models.delivery import PaymentTrigger
+from connector.models.payment import Payment
+from connector.processor.decisions import claim_actions, idempotency_key, plan_work
+from connector.processor.reconcile import Processor, ProcessorSettings
+from connector.retrying import Backoff
+from connector.worker import Worker, WorkerLimits
+from tests.fakes import InMemoryPayments, InMemorySource, ManualClock
+from tests.sandbox_ledger import executions
+from tests.stack import messages
+from tests.stack.demo import as_json, payment_draft
+
+PROJECT = "protocol"
+TYPE_KEY = "connector-payment-interaction"
+LEASE_S = 30.0
+NO_PSP_RETRY = Backoff(attempts=1)
+FAST_RETRY = Backoff(attempts=3, budget_s=5.0, wait_initial_s=0.001, wait_max_s=0.002)
+
+
+class Gate:
+    """The sandbox behind a switch the test holds: calls wait until it opens, or fail while it is broken.
+    A fake for timing and faults only; the outcome is the sandbox's own."""
+
+    def __init__(self, inner: SandboxAdapter) -> None:
+        self._inner = inner
+        self.opened = asyncio.Event()
+        self.opened.set()
+        self.broken = 0  # calls that fail with PspUnavailable before reaching the sandbox
+        self.keys: list[str] = []  # one per call that reached the gate
+        self._called = asyncio.Event()
+
+    async def calls(self, count: int) -> None:
+        """Waits until ``count`` calls have reached the gate."""
+        async with asyncio.timeout(5):
+            while len(self.keys) < count:
+                self._called.clear()
+                await self._called.wait()
+
+    async def _call(self, name: str, request: OperationRequest) -> Outcome:
+        self.keys.append(request.idempotency_key)
+        self._called.set()
+        await self.opened.wait()
+        if self.broken:
+            self.broken -= 1
+            raise PspUnavailable("connection reset")
+        result: Outcome = await getattr(self._inner, name)(request)
+        return result
+
+    async def authorize(self, request: OperationRequest) -> Outcome:
+        return await self._call("authorize", request)
+
+    async def charge(self, request: OperationRequest) -> Outcome:
+        return await self._call("charge", request)
+
+    async def refund(self, request: OperationRequest) -> Outcome:
+        return await self._call("refund", request)
+
+    async def cancel_authorization(self, request: OperationRequest) -> Outcome:
+        return await self._call("cancel_authorization", request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def payments() -> InMemoryPayments:
+    return InMemoryPayments(TYPE_KEY)
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Path:
+    return tmp_path / "ledger.sqlite"
+
+
+@pytest.fixture
+async def psp(ledger: Path) -> AsyncIterator[Gate]:
+    gate = Gate(SandboxAdapter(SandboxLedger(ledger)))
+    yield gate
+    await gate.aclose()
+
+
+def processor(payments: InMemoryPayments, psp: Gate, clock: ManualClock, psp_backoff: Backoff = NO_PSP_RETRY) -> Processor:
+    settings = ProcessorSettings(PROJECT, TYPE_KEY, claim_lease_s=LEASE_S, psp_backoff=psp_backoff)
+    return Processor(payments, AdapterRegistry({("sandbox", None): psp}), settings, clock=clock.now)
+
+
+def trigger(payment: Payment, embedded: bool = False) -> PaymentTrigger:
+    return PaymentTrigger("msg-1", "PaymentCreated", payment.id, payment.version, payment if embedded else None)
+
+
+def interactions(payment: Payment, kind: str) -> list[dict[str, Any]]:
+    return [i.fields for i in payment.interface_interactions if i.fields.get("type") == kind]
+
+
+def claim_by_another_worker(payments: InMemoryPayments, payment: Payment, clock: ManualClock, age_s: float) -> None:
+    """The claim another worker made ``age_s`` ago, and whose PSP call may still be running."""
+    plan = plan_work(payment, now=clock.now(), lease=timedelta(seconds=LEASE_S))
+    payments.write(payment.id, claim_actions(plan.work, type_key=TYPE_KEY, now=clock.now() - timedelta(seconds=age_s)))
+
+
+# The processor
+
+
+async def test_a_transaction_is_claimed_executed_and_recorded_in_three_requests(
+    payments: InMemoryPayments, psp: Gate, clock: ManualClock, ledger: Path
+) -> None:
+    payment = payments.create(payment_draft(1000, (), (("Authorization", 1000),)))
+    result = await processor(payments, psp, clock).reconcile(trigger(payment))
+    stored = payments.stored(payment.id)
+    [execution] = executions(ledger)
+    [transaction] = stored.transactions
+    assert result.outcome == "done" and transaction.state.value == "Success"
+    assert transaction.interaction_id == execution.psp_reference
+    [request], [response] = interactions(stored, "request"), interactions(stored, "response")
+    assert request["idempotencyKey"] == response["idempotencyKey"] == idempotency_key(transaction.id, transaction.type)
+    # One read, the claim and the outcome; the outcome write used the claim's answer for its version.
+    assert payments.requests == {"GET": 1, "POST": 2}
+    assert stored.payment_status.interface_code == "reserved"
+
+
+async def test_a_redelivery_executes_and_writes_nothing(payments: InMemoryPayments, psp: Gate, clock: ManualClock) -> None:
+    payment = payments.create(payment_draft(1000, (), (("Charge", 1000),)))
+    worker = processor(payments, psp, clock)
+    await worker.reconcile(trigger(payment))
+    version = payments.stored(payment.id).version
+    assert (await worker.reconcile(trigger(payment, embedded=True))).outcome == "nothing_to_do"
+    assert payments.stored(payment.id).version == version and len(psp.keys) == 1
+
+
+async def test_a_stale_embedded_copy_gets_a_409_and_is_read_again(
+    payments: InMemoryPayments, psp: Gate, clock: ManualClock, ledger: Path
+) -> None:
+    payment = payments.create(payment_draft(5000, (("Charge", 5000),), (("Refund", 2000),)))
+    payments.write(payment.id, [{"action": "setKey", "key": "changed-meanwhile"}])
+    await processor(payments, psp, clock).reconcile(trigger(payment, embedded=True))
+    stored = payments.stored(payment.id)
+    assert stored.key == "changed-meanwhile" and stored.transactions[1].state.value == "Success"
+    assert len(executions(ledger)) == 1 and payments.requests["GET"] == 1
+
+
+async def test_a_write_between_claim_and_outcome_is_recomputed_without_a_second_psp_call(
+    payments: InMemoryPayments, psp: Gate, clock: ManualClock, ledger: Path
+) -> None:
+    payment = payments.create(payment_draft(3000, (), (("Charge", 3000),)))
+
+    async def other_writer(payment_id: str, actions: list[dict[str, Any]]) -> None:
+        if any(a["action"] == "changeTransactionState" for a in actions) and payments.stored(payment_id).key is None:
+            payments.write(payment_id, [{"action": "setKey", "key": "other-writer"}])
+
+    payments.before_update = other_writer
+    await processor(payments, psp, clock).reconcile(trigger(payment))
+    stored = payments.stored(payment.id)
+    assert stored.key == "other-writer" and stored.transactions[0].state.value == "Success"
+    assert len(interactions(stored, "response")) == 1
+    assert [e.calls for e in executions(ledger)] == [1]
+
+
+async def test_a_claim_that_keeps_conflicting_is_retried_later_without_a_psp_call(
+    payments: InMemoryPayments, psp: Gate, clock: ManualClock
+) -> None:
+    payment = payments.create(payment_draft(3000, (), (("Charge", 3000),)))
+
+    async def always_first(payment_id: str, actions: list[dict[str, Any]]) -> None:
+        payments.write(payment_id, [{"action": "setStatusInterfaceText", "interfaceText": "someone else"}])
+
+    payments.before_update = always_first
+    with pytest.raises(RetryableError, match="claim kept conflicting after 10 attempts"):
+        await processor(payments, psp, clock).reconcile(trigger(payment))
+    assert psp.keys == [] and payments.stored(payment.id).transactions[0].state.value == "Initial"
+
+
+async def test_a_fresh_claim_holds_for_its_lease_then_is_taken_over_with_the_same_key(
+    payments: InMemoryPayments, psp: Gate, clock: ManualClock, ledger: Path
+) -> None:
+    payment = payments.create(payment_draft(1000, (), (("Charge", 1000),)))
+    claim_by_another_worker(payments, payment, clock, age_s=10)
+    worker = processor(payments, psp, clock)
+    with pytest.raises(ClaimHeld) as held:
+        await worker.reconcile(trigger(payment))
+    assert held.value.retry_after_s == pytest.approx(LEASE_S - 10) and psp.keys == []
+    clock.advance(held.value.retry_after_s - 0.001)
+    with pytest.raises(ClaimHeld):
+        await worker.reconcile(trigger(payment))
+    clock.advance(0.002)
+    assert (await worker.reconcile(trigger(payment))).outcome == "done"
+    [execution] = executions(ledger)
+    transaction = payment.transactions[0]
+    assert execution.idempotency_key == idempotency_key(transaction.id, transaction.type)
+
+
+async def test_a_worker_takes_back_its_own_failed_claim_at_once_and_others_wait_for_the_lease(
+    payments: InMemoryPayments, psp: Gate, clock: ManualClock, ledger: Path
+) -> None:
+    payment = payments.create(payment_draft(1000, (), (("Charge", 1000),)))
+    first = processor(payments, psp, clock)
+    psp.broken = 1
+    with pytest.raises(PspUnavailable):
+        await first.reconcile(trigger(payment))
+    with pytest.raises(ClaimHeld):  # another worker cannot know that no call of ours still runs
+        await processor(payments, psp, clock).reconcile(trigger(payment))
+    assert (await first.reconcile(trigger(payment))).outcome == "done"
+    assert len(set(psp.keys)) == 1 and len(executions(ledger)) == 1
+
+
+async def test_an_outcome_write_that_fails_is_retried_and_the_psp_executes_once(
+    payments: InMemoryPayments, psp: Gate, clock: ManualClock, ledger: Path
+) -> None:
+    """The PSP executed, then commercetools failed: the retry calls the PSP again with the same key,
+    gets the first outcome back, and stores it."""
+    payment = payments.create(payment_draft(1000, (), (("Charge", 1000),)))
+    worker = processor(payments, psp, clock)
+
+    async def fail_the_outcome(payment_id: str, actions: list[dict[str, Any]]) -> None:
+        if any(a["action"] == "changeTransactionState" for a in actions):
+            payments.before_update = None
+            raise ServerError("POST /payments: 503")
+
+    payments.before_update = fail_the_outcome
+    with pytest.raises(ServerError):
+        await worker.reconcile(trigger(payment))
+    assert payments.stored(payment.id).transactions[0].state.value == "Initial"
+    assert (await worker.reconcile(trigger(payment))).outcome == "done"
+    [execution] = executions(ledger)
+    stored = payments.stored(payment.id)
+    assert execution.calls == 2 and stored.transactions[0].interaction_id == execution.psp_reference
+    assert len(interactions(stored, "response")) == 1
+
+
+async def test_a_psp_call_that_outlives_the_lease_executes_once_and_is_stored_once(
+    payments: InMemoryPayments, psp: Gate, clock: ManualClock, ledger: Path
+) -> None:
+    """Worker A's PSP call hangs past the lease; B takes over with the same key and stores the outcome;
+    A's answer then meets a 409, and recomputing finds nothing left to write."""
+    payment = payments.create(payment_draft(1000, (), (("Charge", 1000),)))
+    psp.opened.clear()
+    slow = asyncio.create_task(processor(payments, psp, clock).reconcile(trigger(payment)))
+    await psp.calls(1)
+    clock.advance(LEASE_S + 1)
+    taking_over = asyncio.create_task(processor(payments, psp, clock).reconcile(trigger(payment)))
+    await psp.calls(2)  # B has claimed and called too; then both calls proceed
+    psp.opened.set()
+    assert (await asyncio.wait_for(taking_over, timeout=5)).outcome == "done"
+    assert (await asyncio.wait_for(slow, timeout=5)).outcome == "done"
+    stored = payments.stored(payment.id)
+    [execution] = executions(ledger)
+    assert len(psp.keys) == 2 and len(set(psp.keys)) == 1 and execution.calls == 2
+    assert len(interactions(stored, "request")) == 2 and len(interactions(stored, "response")) == 1
+    assert stored.transactions[0].state.value == "Success"
+
+
+async def test_money_rules_fail_a_transaction_without_a_psp_call(
+    payments: InMemoryPayments, psp: Gate, clock: ManualClock
+) -> None:
+    payment = payments.create(payment_draft(1000, (("Charge", 1000),), (("Refund", 1500),)))
+    await processor(payments, psp, clock).reconcile(trigger(payment))
+    stored = payments.stored(payment.id)
+    assert stored.transactions[1].state.value == "Failure" and psp.keys == []
+    assert "exceeds" in (stored.payment_status.interface_text or "")
+
+
+async def test_later_transactions_see_earlier_outcomes(payments: InMemoryPayments, psp: Gate, clock: ManualClock) -> None:
+    payment = payments.create(payment_draft(9000, (), (("Authorization", 9000), ("Charge", 9000))))
+    result = await processor(payments, psp, clock).reconcile(trigger(payment))
+    assert [r.outcome.state.value for r in result.results] == ["Success", "Success"]
+    assert [t.state.value for t in payments.stored(payment.id).transactions] == ["Success", "Success"]
+    assert payments.requests["POST"] == 2  # both claimed together, both outcomes stored together
+
+
+async def test_what_is_not_ours_or_gone_is_left_alone(payments: InMemoryPayments, psp: Gate, clock: ManualClock) -> None:
+    foreign = payment_draft(1000, (), (("Charge", 1000),))
+    foreign["paymentMethodInfo"]["paymentInterface"] = "someone-else"
+    other, gone = payments.create(foreign), payments.create(payment_draft(1000, (), (("Charge", 1000),)))
+    payments.delete(gone.id)
+    worker = processor(payments, psp, clock)
+    assert (await worker.reconcile(trigger(other))).outcome == "not_ours"
+    assert (await worker.reconcile(trigger(gone))).outcome == "payment_not_found"
+    assert payments.requests["POST"] == 0 and psp.keys == []
+
+
+async def test_an_account_without_a_route_fails_readably(payments: InMemoryPayments, psp: Gate, clock: ManualClock) -> None:
+    draft = payment_draft(1000, (), (("Charge", 1000),))
+    draft["paymentMethodInfo"]["interfaceAccount"] = "mars"
+    payment = payments.create(draft)
+    await processor(payments, psp, clock).reconcile(trigger(payment))
+    stored = payments.stored(payment.id)
+    assert stored.transactions[0].state.value == "Failure" and "mars" in (stored.payment_status.interface_text or "")
+    assert psp.keys == []
+
+
+async def test_the_fake_store_is_as_strict_as_commercetools(payments: InMemoryPayments) -> None:
+    """What the protocol relies on: 409 with the current version on any stale update, versions taken
+    from the answer, states only forward, interaction fields from the Type only."""
+    payment = payments.create(payment_draft(1000, (("Charge", 1000),), ()))
+    with pytest.raises(ConcurrentModification) as stale:
+        await payments.update_payment(payment.id, payment.version + 1, [])
+    assert stale.value.current_version == payment.version
+    version = await payments.update_payment(payment.id, payment.version, [])
+    assert version > payment.version + 1  # never assume +1
+    backward = {"action": "changeTransactionState", "transactionId": payment.transactions[0].id, "state": "Initial"}
+    with pytest.raises(Rejected, match="cannot move from Success to Initial"):
+        await payments.update_payment(payment.id, version, [backward])
+    unknown = {"action": "addInterfaceInteraction", "type": {"typeId": "type", "key": TYPE_KEY}, "fields": {"secret": "x"}}
+    with pytest.raises(Rejected, match="no field"):
+        await payments.update_payment(payment.id, version, [unknown])
+    assert payments.stored(payment.id).version == version  # refused updates change nothing
+
+
+# The worker
+
+
+def worker_for(source: InMemorySource, payments: InMemoryPayments, psp: Gate, clock: ManualClock, **limits: Any) -> Worker:
+    defaults: dict[str, Any] = {"retry": FAST_RETRY, "shutdown_timeout_s": 5.0}
+    return Worker(source, processor(payments, psp, clock), WorkerLimits(**(defaults | limits)), jitter=lambda: 0.0)
+
+
+async def run_until(worker: Worker, condition: Callable[[], bool], source: InMemorySource) -> None:
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    try:
+        await source.wait_until(lambda: condition() or running.done())
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, timeout=10)
+
+
+def created(payment: Payment, fmt: messages.Format = "platform") -> bytes:
+    return messages.payment_created(PROJECT, as_json(payment), fmt)
+
+
+async def test_every_delivery_ends_acknowledged_or_dead_lettered(
+    payments: InMemoryPayments, psp: Gate, clock: ManualClock, ledger: Path
+) -> None:
+    source = InMemorySource(clock)
+    batch = [payments.create(payment_draft(1000 + 100 * i, (), (("Charge", 1000 + 100 * i),))) for i in range(20)]
+    bodies = [created(p, "platform" if i % 2 else "cloudevents") for i, p in enumerate(batch)]
+    source.publish(messages.resource_created(PROJECT), *bodies, bodies[0], b'{"notificationType": ')
+    await run_until(worker_for(source, payments, psp, clock), lambda: source.pending == 0, source)
+    assert {t.state.value for p in batch for t in payments.stored(p.id).transactions} == {"Success"}
+    assert (
+        len(source.acked) == 22
+        and [reason for _, reason, _ in source.dead_letters] == [source.dead_letters[0][1]]
+        and "JSON" in source.dead_letters[0][1]
+    )
+    assert sorted(e.calls for e in executions(ledger)) == [1] * 20  # the duplicate found nothing to do
+
+
+@pytest.mark.parametrize("hands_back", [True, False], ids=["handed-back", "in-place"])
+async def test_a_transient_failure_is_retried_then_processed(
+    payments: InMemoryPayments, psp: Gate, clock: ManualClock, ledger: Path, hands_back: bool
+) -> None:
+    """Pub/Sub hands the message back with a delay (it comes again when the clock passes it); a Kafka
+    partition cannot, and the worker retries in place."""
+    source = InMemorySource(clock, hands_back=hands_back)
+    payment = payments.create(payment_draft(1000, (), (("Charge", 1000),)))
+    payments.failures.append(ServerError("POST /payments: 503"))  # the claim fails once
+    source.publish(created(payment))
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker_for(source, payments, psp, clock).run(stop))
+    if hands_back:
+        await source.wait_for_delayed()
+        clock.advance(1.0)
+    await source.wait_until(lambda: source.pending == 0)
+    stop.set()
+    await asyncio.wait_for(running, timeout=10)
+    assert payments.stored(payment.id).transactions[0].state.value == "Success"
+    assert source.handed_back == (1 if hands_back else 0) and len(source.acked) == 1
+    assert [e.calls for e in executions(ledger)] == [1]
+
+
+async def test_a_persistent_failure_is_dead_lettered_after_its_attempts_and_the_next_is_processed(
+    payments: InMemoryPayments, psp: Gate, clock: ManualClock
+) -> None:
+    source = InMemorySource(clock, hands_back=False)
+    poison, healthy = (payments.create(payment_draft(1000, (), (("Charge", 1000),))) for _ in range(2))
+    psp.broken = 3  # every attempt of the first delivery
+    source.publish(created(poison), created(healthy))
+    worker = worker_for(source, payments, psp, clock, max_in_flight=1)
+    await run_until(worker, lambda: source.pending == 0, source)
+    [(body, reason, attempts)] = source.dead_letters
+    assert poison.id.encode() in body and attempts == 3 and "gave up after 3 attempts" in reason
+    assert payments.stored(healthy.id).transactions[0].state.value == "Success"
+    assert payments.stored(poison.id).transactions[0].state.value == "Initial"  # replayable
+
+
+async def test_a_held_claim_is_handed_back_for_the_rest_of_its_lease(
+    payments: InMemoryPayments, psp: Gate, clock: ManualClock
+) -> None:
+    source = InMemorySource(clock)
+    payment = payments.create(payment_draft(1000, (), (("Charge", 1000),)))
+    claim_by_another_worker(payments, payment, clock, age_s=5)
+    source.publish(created(payment))
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker_for(source, payments, psp, clock).run(stop))
+    await source.wait_for_delayed()
+    clock.advance(LEASE_S - 5 - 1)
+    assert source.delayed == 1 and psp.keys == []  # not yet: the other worker's lease still runs
+    clock.advance(1.0)
+    await source.wait_until(lambda: source.pending == 0)
+    stop.set()
+    await asyncio.wait_for(running, timeout=10)
+    assert payments.stored(payment.id).transactions[0].state.value == "Success" and source.handed_back == 1
+
+
+async def test_deliveries_of_one_payment_run_one_after_the_other(
+    payments: InMemoryPayments, psp: Gate, clock: ManualClock, ledger: Path
+) -> None:
+    source = InMemorySource(clock)
+    payment = payments.create(payment_draft(1000, (), (("Charge", 1000),)))
+    source.publish(*[created(payment)] * 5)
+    await run_until(worker_for(source, payments, psp, clock), lambda: source.pending == 0, source)
+    assert [e.calls for e in executions(ledger)] == [1] and len(source.acked) == 5
+
+
+async def test_work_cut_off_by_a_stop_comes_again_and_the_lease_lets_the_next_worker_finish_it(
+    payments: InMemoryPayments, psp: Gate, clock: ManualClock, ledger: Path
+) -> None:
+    """A stop whose shutdown bound runs out cancels the PSP call in flight: the delivery stays unfinished
+    and comes to the next worker, which waits out the claim's lease and executes with the same key."""
+    source = InMemorySource(clock)
+    payment = payments.create(payment_draft(1000, (), (("Charge", 1000),)))
+    source.publish(created(payment))
+    psp.opened.clear()
+    stop = asyncio.Event()
+    first = asyncio.create_task(worker_for(source, payments, psp, clock, shutdown_timeout_s=0.01).run(stop))
+    await psp.calls(1)
+    stop.set()
+    await asyncio.wait_for(first, timeout=5)
+    assert source.acked == [] and source.pending == 1 and executions(ledger) == []
+
+    psp.opened.set()
+    stop = asyncio.Event()
+    second = asyncio.create_task(worker_for(source, payments, psp, clock).run(stop))
+    await source.wait_for_delayed()  # the first worker's claim holds
+    clock.advance(LEASE_S)
+    await source.wait_until(lambda: source.pending == 0)
+    stop.set()
+    await asyncio.wait_for(second, timeout=10)
+    assert payments.stored(payment.id).transactions[0].state.value == "Success"
+    assert len(set(psp.keys)) == 1 and [e.calls for e in executions(ledger)] == [1]
+
+
+async def test_psp_faults_are_retried_with_the_same_key(
+    payments: InMemoryPayments, psp: Gate, clock: ManualClock, ledger: Path
+) -> None:
+    payment = payments.create(payment_draft(1000, (), (("Charge", 1000),)))
+    psp.broken = 2
+    await processor(payments, psp, clock, psp_backoff=FAST_RETRY).reconcile(trigger(payment))
+    assert len(psp.keys) == 3 and len(set(psp.keys)) == 1
+    assert payments.stored(payment.id).transactions[0].state.value == "Success"
+    assert [e.calls for e in executions(ledger)] == [1]
+
+
+async def test_a_psp_that_executes_and_loses_its_answer_executes_once(
+    payments: InMemoryPayments, psp: Gate, clock: ManualClock, ledger: Path
+) -> None:
+    """The sandbox's amount ending in 77: executed, then a timeout; the retry with the same key gets the first outcome."""
+    payment = payments.create(payment_draft(1077, (), (("Charge", 1077),)))
+    await processor(payments, psp, clock, psp_backoff=FAST_RETRY).reconcile(trigger(payment))
+    [execution] = executions(ledger)
+    assert execution.calls == 2 and payments.stored(payment.id).transactions[0].interaction_id == execution.psp_reference
