@@ -9,6 +9,7 @@ variable, as Docker and Kubernetes mount secrets). Errors name the variable and 
 import ipaddress
 import os
 import re
+from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
@@ -77,6 +78,7 @@ class WorkerSettings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     allow_sandbox: bool = Field(default=False, description="the sandbox PSP simulator may serve a route")
+    sandbox_hosts: str = Field(default="", description="comma-separated: more hosts the sandbox may reach commercetools at")
 
 
 class SubscriptionSettings(BaseSettings):
@@ -127,7 +129,7 @@ class Settings:
     ) -> None:
         if (kafka is None) == (pubsub is None):
             raise ValueError("settings need exactly one source: Kafka or Pub/Sub")
-        if problems := sandbox_problems(commercetools.api_url, worker):
+        if problems := sandbox_problems(commercetools, worker):
             raise ConfigurationError("invalid settings:\n" + "\n".join(f"  {p}" for p in problems))
         self.commercetools = commercetools
         self.worker = worker
@@ -138,30 +140,37 @@ class Settings:
 SANDBOX_ADAPTER = "sandbox"
 
 
-def sandbox_problems(api_url: str, worker: WorkerSettings) -> list[str]:
+def sandbox_problems(commercetools: CommercetoolsSettings, worker: WorkerSettings) -> list[str]:
     """Why the sandbox may not serve these routes. It answers Success without moving money, so a route
-    to it is honoured only with ``CONNECTOR_ALLOW_SANDBOX`` set, and only against a commercetools API
-    on this machine (loopback) or named by a single-label host (a compose or container service name):
-    a real project's API always has a dotted public name (docs/design.md, 'The sandbox')."""
+    to it is honoured only with ``CONNECTOR_ALLOW_SANDBOX`` set, and only when both commercetools
+    URLs name this machine or a host listed in ``CONNECTOR_SANDBOX_HOSTS`` (an emulator's service
+    name): a guard against a mistake, not against a deliberate alias (docs/design.md, 'Decisions')."""
     routed = [i for i, route in enumerate(worker.adapters) if route.adapter == SANDBOX_ADAPTER]
     if not routed:
         return []
     where = ", ".join(f"CONNECTOR_ADAPTERS[{i}]" for i in routed)
     if not worker.allow_sandbox:
         return [
-            f"{where}: routes to the sandbox, a PSP simulator that moves no money; set CONNECTOR_ALLOW_SANDBOX=true to allow it"
+            f"{where}: routes to the sandbox, a PSP simulator that moves no money; set CONNECTOR_ALLOW_SANDBOX=true to use it"
         ]
-    if not is_local_host(urlsplit(api_url).hostname or ""):
-        return [f"{where}: the sandbox runs only against a local commercetools API, and CTP_API_URL names a public host"]
-    return []
+    listed = {host.strip().casefold() for host in worker.sandbox_hosts.split(",") if host.strip()}
+    return [
+        f"{where}: the sandbox runs only against a local commercetools, and {name} names another host"
+        f" (not loopback, and not in CONNECTOR_SANDBOX_HOSTS)"
+        for name, url in (("CTP_API_URL", commercetools.api_url), ("CTP_AUTH_URL", commercetools.auth_url))
+        if not is_local_host(urlsplit(url).hostname or "", listed)
+    ]
 
 
-def is_local_host(host: str) -> bool:
-    """Loopback, or a single-label name (``localhost``, a container or compose service name)."""
+def is_local_host(host: str, listed: Collection[str] = ()) -> bool:
+    """A loopback address, ``localhost``, or one of ``listed`` (names in lower case)."""
+    host = host.rstrip(".").casefold()
+    if host == "localhost" or host in listed:
+        return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
-        return bool(host) and "." not in host.rstrip(".")
+        return False
 
 
 G = TypeVar("G", bound=BaseSettings)
@@ -175,6 +184,8 @@ def load_settings(env_file: str | Path | None = ".env", secrets_dir: str | Path 
     pubsub = worker is not None and worker.source == "pubsub"
     kafka_settings = None if pubsub else loader.load(KafkaSettings)  # Kafka is the default source
     pubsub_settings = loader.load(PubSubSettings) if pubsub else None
+    if commercetools is not None and worker is not None:
+        loader.add_problems(sandbox_problems(commercetools, worker))
     loader.raise_problems()
     assert commercetools is not None and worker is not None
     return Settings(commercetools, worker, kafka_settings, pubsub_settings)
@@ -212,6 +223,9 @@ class _Loader:
             field = match.group(1) if (match := re.search(r'field "(\w+)"', str(exc))) else "?"
             self._problems.append(f"{prefix}{field.upper()}: not valid JSON")
         return None
+
+    def add_problems(self, problems: Iterable[str]) -> None:
+        self._problems.extend(problems)
 
     def raise_problems(self) -> None:
         if self._problems:

@@ -8,10 +8,12 @@ least as strict as the peer it stands for on what the protocol relies on:
   action changes something), raises 409 with the current version, moves versions on by more than one
   (callers must take the version from the answer), refuses a transaction state that moves backward
   or from one final state to another, refuses interaction fields its Type does not define, and
-  refuses actions it does not know.
-- ``InMemorySource`` delivers at least once: a delivery neither acknowledged nor dead-lettered when a
-  worker stops comes again to the next one, and one handed back comes again once the clock has
-  passed its delay.
+  refuses actions it does not know. It can fail an update before applying it (``failures``) or
+  after (``answers_lost``: applied, and the answer lost, as a timeout looks to a client).
+- ``InMemorySource`` delivers at least once. As Pub/Sub (``hands_back``): a delivery neither
+  acknowledged nor dead-lettered when a worker stops comes again to the next one, and one handed back
+  comes again once the clock has passed its delay. As Kafka: the next worker reads again from the
+  first unfinished delivery on, finished ones after it included.
 - ``ManualClock`` moves only when a test moves it.
 
 What only the real peers prove (HTTP, the brokers' protocols, the emulator's JSON) stays in the tests
@@ -32,7 +34,7 @@ from connector.errors import ConcurrentModification, NotFound, Rejected
 from connector.models.payment import Payment, TransactionState
 
 Action = dict[str, Any]
-# A hook run before an update is applied (after its version was checked): a test's other writer, or a fault.
+# A hook run as an update arrives, before its version is checked: a test's other writer, or a fault.
 BeforeUpdate = Callable[[str, list[Action]], Awaitable[None]]
 
 _RANK = {"Initial": 0, "Pending": 1, "Success": 2, "Failure": 2}
@@ -69,6 +71,7 @@ class InMemoryPayments:
         self.requests: Counter[str] = Counter()  # "GET" and "POST", as the real client would send them
         self.before_update: BeforeUpdate | None = None
         self.failures: deque[Exception] = deque()  # raised by the next updates, one each, before anything changes
+        self.answers_lost: deque[Exception] = deque()  # raised by the next updates, one each, after they are applied
 
     def create(self, draft: Mapping[str, Any]) -> Payment:
         """A payment from a PaymentDraft (set-up only: not counted as a request)."""
@@ -111,9 +114,12 @@ class InMemoryPayments:
         changed = copy.deepcopy(payment)
         for action in actions:
             self._apply(changed, action)  # all or nothing: a refused action changes nothing
-        changed["version"] += self.VERSION_STEP
-        changed["lastModifiedAt"] = _iso(datetime.now(UTC))
-        self._payments[payment_id] = changed
+        if changed != payment:  # an update that changes nothing keeps the version
+            changed["version"] += self.VERSION_STEP
+            changed["lastModifiedAt"] = _iso(datetime.now(UTC))
+            self._payments[payment_id] = changed
+        if self.answers_lost:
+            raise self.answers_lost.popleft()
         return int(changed["version"])
 
     def write(self, payment_id: str, actions: list[Action]) -> None:
@@ -208,6 +214,7 @@ class InMemorySource:
         self._ready: asyncio.Queue[InMemoryDelivery] = asyncio.Queue()
         self._delayed: list[tuple[datetime, InMemoryDelivery]] = []
         self._unfinished: dict[str, InMemoryDelivery] = {}  # handed to a worker, not yet acked or dead-lettered
+        self._log: list[tuple[str, bytes]] = []  # every message, in the order published (a partition)
         self._changed = asyncio.Event()
         self._sequence = 0
         self.acked: list[bytes] = []
@@ -218,12 +225,18 @@ class InMemorySource:
     def publish(self, *bodies: bytes) -> None:
         for body in bodies:
             self._sequence += 1
+            self._log.append((f"memory:{self._sequence}", body))
             self._ready.put_nowait(InMemoryDelivery(body, f"memory:{self._sequence}", 1, self))
 
     async def start(self) -> None:
-        # A new consumer gets what the last one left unfinished, one attempt later.
-        for delivery in self._unfinished.values():
-            self._ready.put_nowait(InMemoryDelivery(delivery.body, delivery.position, delivery.attempt + 1, self))
+        if self.hands_back:  # Pub/Sub: what the last consumer left unfinished comes again, one attempt later
+            for delivery in self._unfinished.values():
+                self._ready.put_nowait(InMemoryDelivery(delivery.body, delivery.position, delivery.attempt + 1, self))
+        elif self._unfinished:  # Kafka: the committed offset is the first unfinished one; all after it come again
+            first = min(self._log.index((d.position, d.body)) for d in self._unfinished.values())
+            self._ready = asyncio.Queue()
+            for position, body in self._log[first:]:
+                self._ready.put_nowait(InMemoryDelivery(body, position, 1, self))
         self._unfinished.clear()
 
     async def deliveries(self, stop: asyncio.Event) -> AsyncIterator[InMemoryDelivery]:

@@ -3,33 +3,22 @@
 import contextlib
 import sqlite3
 from pathlib import Path
+from typing import Any
 
-from connector.adapters.contract import Operation
-from connector.adapters.sandbox import Execution
-from connector.models.payment import TransactionState
-
-_COLUMNS = (
-    "idempotency_key, operation, payment_id, transaction_id, cent_amount, currency, psp_reference, state, code, text, calls"
-)
+from connector.adapters.sandbox import EXECUTION_COLUMNS, Execution, execution_from_row
 
 
 def executions(path: Path | str) -> list[Execution]:
     """Every operation the sandbox executed, oldest first; none while the ledger does not exist yet."""
-    rows = _select(path, f"SELECT {_COLUMNS} FROM executions ORDER BY executed_at")
-    return [
-        Execution(
-            key, Operation(op), payment, transaction, amount, currency, reference, TransactionState(state), code, text, calls
-        )
-        for key, op, payment, transaction, amount, currency, reference, state, code, text, calls in rows
-    ]
+    return [execution_from_row(row) for row in _select(path, f"SELECT {EXECUTION_COLUMNS} FROM executions ORDER BY executed_at")]
 
 
 def execution_times(path: Path | str) -> list[float]:
     """When each execution happened (Unix time), oldest first: the benchmark's throughput clock."""
-    return [at for (at,) in _select(path, "SELECT executed_at FROM executions ORDER BY executed_at")]
+    return [float(at) for (at,) in _select(path, "SELECT executed_at FROM executions ORDER BY executed_at")]
 
 
-def _select(path: Path | str, query: str) -> list[tuple[object, ...]]:
+def _select(path: Path | str, query: str) -> list[tuple[Any, ...]]:
     if not Path(path).exists():
         return []
     with contextlib.closing(sqlite3.connect(str(path), timeout=10.0)) as db:

@@ -11,7 +11,7 @@ from connector.commercetools.client import CommercetoolsClient
 from connector.errors import ConcurrentModification, NotFound, RateLimited, Rejected, ServerError
 from connector.retrying import Backoff
 from tests.fault_proxies import FaultyHttp
-from tests.stack.demo import payment_draft
+from tests.stack.payments import payment_draft
 
 FAST = Backoff(attempts=3, budget_s=5.0, wait_initial_s=0.01, wait_max_s=0.02)
 

@@ -92,27 +92,38 @@ def _sandbox_environment(monkeypatch: pytest.MonkeyPatch, **variables: str) -> N
 
 def test_a_route_to_the_sandbox_needs_the_opt_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The sandbox answers Success and moves no money: a route to it by mistake would let orders through unpaid."""
-    _sandbox_environment(monkeypatch, CTP_API_URL="http://127.0.0.1:8989")
+    _sandbox_environment(monkeypatch, CTP_API_URL="http://127.0.0.1:8989", CTP_AUTH_URL="http://localhost:8989")
     with pytest.raises(ConfigurationError, match=r"CONNECTOR_ADAPTERS\[1\]: .*set CONNECTOR_ALLOW_SANDBOX=true"):
         load_settings(env_file=None, secrets_dir=tmp_path)
     monkeypatch.setenv("CONNECTOR_ALLOW_SANDBOX", "true")
     assert load_settings(env_file=None, secrets_dir=tmp_path).worker.allow_sandbox
 
 
-def test_the_sandbox_refuses_a_public_commercetools_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Even with the opt-in, the sandbox never writes to a project reached by a public name (the default API URL)."""
-    _sandbox_environment(monkeypatch, CONNECTOR_ALLOW_SANDBOX="true")
-    with pytest.raises(ConfigurationError, match="CTP_API_URL names a public host"):
+def test_the_sandbox_refuses_a_commercetools_that_is_not_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Even with the opt-in, the sandbox is refused against commercetools' own hosts (the default URLs),
+    or any host that is neither loopback nor listed; each URL is named, with the other problems."""
+    _sandbox_environment(monkeypatch, CONNECTOR_ALLOW_SANDBOX="true", KAFKA_COMMIT_INTERVAL_S="0")
+    with pytest.raises(ConfigurationError) as refused:
         load_settings(env_file=None, secrets_dir=tmp_path)
+    message = str(refused.value)
+    assert "CTP_API_URL names another host" in message and "CTP_AUTH_URL names another host" in message
+    assert "KAFKA_COMMIT_INTERVAL_S" in message  # every problem at once
+    for name, value in {"CTP_API_URL": "http://commercetools:8989", "CTP_AUTH_URL": "http://commercetools:8989"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("KAFKA_COMMIT_INTERVAL_S")
+    with pytest.raises(ConfigurationError, match="CTP_API_URL names another host"):
+        load_settings(env_file=None, secrets_dir=tmp_path)  # a service name counts only when listed
+    monkeypatch.setenv("CONNECTOR_SANDBOX_HOSTS", "Commercetools, other-emulator")
+    assert load_settings(env_file=None, secrets_dir=tmp_path).worker.allow_sandbox
 
 
 @pytest.mark.parametrize(
     ("host", "local"),
     [
-        ("127.0.0.1", True), ("127.8.0.1", True), ("::1", True), ("localhost", True), ("commercetools", True),
-        ("api.europe-west1.gcp.commercetools.com", False), ("10.0.0.5", False), ("192.168.1.4", False),
-        ("localhost.example.com", False), ("", False),
+        ("127.0.0.1", True), ("127.8.0.1", True), ("::1", True), ("localhost", True), ("LOCALHOST.", True),
+        ("emulator", True), ("commercetools", False), ("api.europe-west1.gcp.commercetools.com", False),
+        ("10.0.0.5", False), ("192.168.1.4", False), ("localhost.example.com", False), ("", False),
     ],
 )  # fmt: skip
-def test_local_hosts_are_loopback_or_single_label_names(host: str, local: bool) -> None:
-    assert is_local_host(host) is local
+def test_local_hosts_are_loopback_or_listed(host: str, local: bool) -> None:
+    assert is_local_host(host, listed={"emulator"}) is local

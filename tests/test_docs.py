@@ -59,3 +59,15 @@ def test_the_readme_stays_short_and_its_links_resolve() -> None:
     assert len(readme.splitlines()) <= 150
     for target in re.findall(r"\]\(([^)#]+)", readme):
         assert (ROOT / target).exists(), f"README links to {target}, which does not exist"
+
+
+def test_every_repository_path_the_docs_name_exists() -> None:
+    """A path in backticks (`connector/...`, `tests/...`, `deploy/...`, `docs/...`) names a file or folder that is there."""
+    pages = [ROOT / "README.md", ROOT / "tests" / "bench" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    named = {
+        (page.relative_to(ROOT), path)
+        for page in pages
+        for path in re.findall(r"`((?:connector|tests|deploy|docs)/[\w./-]*)`", page.read_text())
+    }
+    missing = sorted(f"{page}: {path}" for page, path in named if not (ROOT / path.rstrip("/")).exists())
+    assert not missing, f"the docs name paths that do not exist: {missing}"

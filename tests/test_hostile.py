@@ -19,7 +19,7 @@ import structlog
 from connector.commercetools.client import CommercetoolsClient
 from tests.queues import EventQueue
 from tests.stack import messages
-from tests.stack.demo import as_json
+from tests.stack.payments import as_json
 from tests.support import CLIENT_SECRET, settings_for
 
 pytestmark = pytest.mark.reliability

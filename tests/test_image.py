@@ -23,7 +23,7 @@ from tests.docker_engine import EngineUnavailable, docker_engine
 from tests.docker_images import connector_image, python_base
 from tests.queues import KafkaQueue
 from tests.stack import free_port, messages
-from tests.stack.demo import as_json, payment_draft, wait_until_settled
+from tests.stack.payments import as_json, payment_draft, wait_until_settled
 from tests.support import CLIENT_SECRET, sandbox_route, worker_environment
 
 pytestmark = pytest.mark.e2e

@@ -17,8 +17,8 @@ from connector.ops_http import OpsServer
 from tests.fault_proxies import FaultyHttp, free_port
 from tests.queues import EventQueue, KafkaQueue
 from tests.stack import messages
-from tests.stack.demo import as_json, payment_draft, wait_until_settled
 from tests.stack.kafka import LocalKafka
+from tests.stack.payments import as_json, payment_draft, wait_until_settled
 from tests.support import running_worker, settings_for
 
 pytestmark = pytest.mark.e2e

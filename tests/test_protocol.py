@@ -17,7 +17,15 @@ import pytest
 from connector.adapters.contract import OperationRequest, Outcome
 from connector.adapters.registry import AdapterRegistry
 from connector.adapters.sandbox import SandboxAdapter, SandboxLedger
-from connector.errors import ClaimHeld, ConcurrentModification, PspUnavailable, Rejected, RetryableError, ServerError
+from connector.errors import (
+    ClaimHeld,
+    ConcurrentModification,
+    PspUnavailable,
+    Rejected,
+    RetryableError,
+    ServerError,
+    Unreachable,
+)
 from connector.models.delivery import PaymentTrigger
 from connector.models.payment import Payment
 from connector.processor.decisions import claim_actions, idempotency_key, plan_work
@@ -27,7 +35,7 @@ from connector.worker import Worker, WorkerLimits
 from tests.fakes import InMemoryPayments, InMemorySource, ManualClock
 from tests.sandbox_ledger import executions
 from tests.stack import messages
-from tests.stack.demo import as_json, payment_draft
+from tests.stack.payments import as_json, payment_draft
 
 PROJECT = "protocol"
 TYPE_KEY = "connector-payment-interaction"
@@ -45,6 +53,7 @@ class Gate:
         self.opened = asyncio.Event()
         self.opened.set()
         self.broken = 0  # calls that fail with PspUnavailable before reaching the sandbox
+        self.holds: Callable[[OperationRequest], bool] = lambda request: True  # which calls wait for ``opened``
         self.keys: list[str] = []  # one per call that reached the gate
         self._called = asyncio.Event()
 
@@ -58,7 +67,8 @@ class Gate:
     async def _call(self, name: str, request: OperationRequest) -> Outcome:
         self.keys.append(request.idempotency_key)
         self._called.set()
-        await self.opened.wait()
+        if self.holds(request):
+            await self.opened.wait()
         if self.broken:
             self.broken -= 1
             raise PspUnavailable("connection reset")
@@ -318,7 +328,8 @@ async def test_the_fake_store_is_as_strict_as_commercetools(payments: InMemoryPa
     with pytest.raises(ConcurrentModification) as stale:
         await payments.update_payment(payment.id, payment.version + 1, [])
     assert stale.value.current_version == payment.version
-    version = await payments.update_payment(payment.id, payment.version, [])
+    assert await payments.update_payment(payment.id, payment.version, []) == payment.version  # nothing changed
+    version = await payments.update_payment(payment.id, payment.version, [{"action": "setKey", "key": "k"}])
     assert version > payment.version + 1  # never assume +1
     backward = {"action": "changeTransactionState", "transactionId": payment.transactions[0].id, "state": "Initial"}
     with pytest.raises(Rejected, match="cannot move from Success to Initial"):
@@ -482,3 +493,66 @@ async def test_a_psp_that_executes_and_loses_its_answer_executes_once(
     await processor(payments, psp, clock, psp_backoff=FAST_RETRY).reconcile(trigger(payment))
     [execution] = executions(ledger)
     assert execution.calls == 2 and payments.stored(payment.id).transactions[0].interaction_id == execution.psp_reference
+
+
+async def test_an_outcome_stored_but_its_answer_lost_is_not_written_or_executed_again(
+    payments: InMemoryPayments, psp: Gate, clock: ManualClock, ledger: Path
+) -> None:
+    """commercetools applied the outcome, and the answer was lost: the retry finds it stored."""
+    payment = payments.create(payment_draft(1000, (), (("Charge", 1000),)))
+    worker = processor(payments, psp, clock)
+
+    async def lose_the_outcome_answer(payment_id: str, actions: list[dict[str, Any]]) -> None:
+        if any(a["action"] == "changeTransactionState" for a in actions):
+            payments.before_update = None
+            payments.answers_lost.append(Unreachable("POST /payments timed out"))
+
+    payments.before_update = lose_the_outcome_answer
+    with pytest.raises(Unreachable):
+        await worker.reconcile(trigger(payment))
+    assert (await worker.reconcile(trigger(payment))).outcome == "nothing_to_do"
+    stored = payments.stored(payment.id)
+    assert stored.transactions[0].state.value == "Success" and len(interactions(stored, "response")) == 1
+    assert [e.calls for e in executions(ledger)] == [1]
+
+
+async def test_a_claim_stored_but_its_answer_lost_holds_off_every_call_until_its_lease_ends(
+    payments: InMemoryPayments, psp: Gate, clock: ManualClock, ledger: Path
+) -> None:
+    """The claim was applied but its sender never learnt it: it cannot tell its own claim from another
+    worker's, so it waits out the lease like everyone else (safe; slower than it need be), then executes once."""
+    payment = payments.create(payment_draft(1000, (), (("Charge", 1000),)))
+    worker = processor(payments, psp, clock)
+    payments.answers_lost.append(Unreachable("POST /payments timed out"))
+    with pytest.raises(Unreachable):
+        await worker.reconcile(trigger(payment))
+    with pytest.raises(ClaimHeld):
+        await worker.reconcile(trigger(payment))
+    assert psp.keys == []
+    clock.advance(LEASE_S)
+    assert (await worker.reconcile(trigger(payment))).outcome == "done"
+    assert [e.calls for e in executions(ledger)] == [1]
+
+
+async def test_after_a_kafka_restart_everything_from_the_first_unfinished_delivery_comes_again(
+    payments: InMemoryPayments, psp: Gate, clock: ManualClock, ledger: Path
+) -> None:
+    """The first delivery is cut off by a stop while the two after it finish; the next worker reads all
+    three again from the committed offset: the finished ones find nothing to do, the first executes once."""
+    source = InMemorySource(clock, hands_back=False)
+    slow, *quick = (payments.create(payment_draft(1000 + 100 * i, (), (("Charge", 1000 + 100 * i),))) for i in range(3))
+    source.publish(created(slow), *map(created, quick))
+    psp.opened.clear()
+    psp.holds = lambda request: request.payment.id == slow.id
+    stop = asyncio.Event()
+    first = asyncio.create_task(worker_for(source, payments, psp, clock, shutdown_timeout_s=0.01).run(stop))
+    await source.wait_until(lambda: len(source.acked) == 2)
+    await psp.calls(3)  # the slow one is at the PSP
+    stop.set()
+    await asyncio.wait_for(first, timeout=5)
+
+    psp.opened.set()
+    clock.advance(LEASE_S)  # the first worker's claim on the slow one runs out (a partition retries in place)
+    await run_until(worker_for(source, payments, psp, clock), lambda: len(source.acked) == 5, source)
+    assert {t.state.value for p in (slow, *quick) for t in payments.stored(p.id).transactions} == {"Success"}
+    assert sorted(e.calls for e in executions(ledger)) == [1, 1, 1]

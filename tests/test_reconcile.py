@@ -20,7 +20,7 @@ from connector.processor.decisions import idempotency_key
 from connector.processor.reconcile import Processor, ProcessorSettings
 from tests.fakes import ManualClock
 from tests.sandbox_ledger import executions
-from tests.stack.demo import as_json, payment_draft
+from tests.stack.payments import as_json, payment_draft
 from tests.support import INTERACTION_TYPE_KEY, ConcurrentWriter
 
 

@@ -21,8 +21,8 @@ from tests.fault_proxies import FaultyHttp, Toxiproxy
 from tests.queues import EventQueue, KafkaQueue
 from tests.sandbox_ledger import executions
 from tests.stack import messages
-from tests.stack.demo import as_json, payment_draft, wait_until_settled
 from tests.stack.kafka import LocalKafka
+from tests.stack.payments import as_json, payment_draft, wait_until_settled
 from tests.support import sandbox_route, worker_environment
 
 pytestmark = pytest.mark.reliability

@@ -14,7 +14,7 @@ from connector.commercetools.client import CommercetoolsClient
 from tests.localstripe_peer import LocalStripe
 from tests.queues import EventQueue
 from tests.stack import messages
-from tests.stack.demo import as_json, wait_until_settled
+from tests.stack.payments import as_json, wait_until_settled
 from tests.support import CLIENT_SECRET, sandbox_route, worker_environment
 
 pytestmark = pytest.mark.reliability

@@ -23,7 +23,7 @@ from connector.processor.decisions import idempotency_key
 from tests.localstripe_peer import LocalStripe
 from tests.queues import KafkaQueue
 from tests.stack import messages
-from tests.stack.demo import as_json, wait_until_settled
+from tests.stack.payments import as_json, wait_until_settled
 from tests.support import INTERACTION_TYPE_KEY, running_worker, settings_for
 
 pytestmark = pytest.mark.e2e

@@ -29,7 +29,8 @@ from connector.worker import Worker, WorkerLimits
 from tests.queues import EventQueue, PubSubQueue
 from tests.sandbox_ledger import executions
 from tests.stack import messages
-from tests.stack.demo import SCENARIOS, as_json, payment_draft, wait_until_settled
+from tests.stack.demo import SCENARIOS
+from tests.stack.payments import as_json, payment_draft, wait_until_settled
 from tests.stack.pubsub import create_subscription
 from tests.stack.queues import PUBSUB_PROJECT
 from tests.support import (
@@ -242,7 +243,7 @@ async def test_sigterm_finishes_in_flight_work_and_exits_0(
         ({"CONNECTOR_SOURCE": "pubsub"}, "PUBSUB_PROJECT_ID: Field required"),
         # The sandbox answers Success without moving money: it needs the opt-in, and a local commercetools.
         ({"CONNECTOR_ALLOW_SANDBOX": None}, "set CONNECTOR_ALLOW_SANDBOX=true"),
-        ({"CTP_API_URL": "https://api.europe-west1.gcp.commercetools.com"}, "CTP_API_URL names a public host"),
+        ({"CTP_API_URL": "https://api.europe-west1.gcp.commercetools.com"}, "CTP_API_URL names another host"),
     ],
 )
 def test_bad_settings_exit_2_naming_the_setting(change: dict[str, str | None], named: str, tmp_path: Path) -> None:

@@ -122,19 +122,20 @@ class SandboxLedger:
         self._db.close()
 
     def _find(self, key: str) -> Execution | None:
-        row = self._db.execute(f"SELECT {_COLUMNS} FROM executions WHERE idempotency_key = ?", (key,)).fetchone()
-        return None if row is None else _execution(row)
+        row = self._db.execute(f"SELECT {EXECUTION_COLUMNS} FROM executions WHERE idempotency_key = ?", (key,)).fetchone()
+        return None if row is None else execution_from_row(row)
 
     def _transaction(self) -> "_Immediate":
         return _Immediate(self._db)
 
 
-_COLUMNS = (
+EXECUTION_COLUMNS = (
     "idempotency_key, operation, payment_id, transaction_id, cent_amount, currency, psp_reference, state, code, text, calls"
 )
 
 
-def _execution(row: tuple[Any, ...]) -> Execution:
+def execution_from_row(row: tuple[Any, ...]) -> Execution:
+    """An ``Execution`` from a row of ``EXECUTION_COLUMNS`` (the tests read the ledger with these too)."""
     key, operation, payment_id, transaction_id, amount, currency, reference, state, code, text, calls = row
     return Execution(
         key, Operation(operation), payment_id, transaction_id, amount, currency, reference,

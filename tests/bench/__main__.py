@@ -46,8 +46,8 @@ from connector.commercetools.interaction_type import interaction_type_draft
 from tests.sandbox_ledger import execution_times
 from tests.stack import free_port, messages
 from tests.stack.ctmock import LocalCommercetools
-from tests.stack.demo import as_json, payment_draft
 from tests.stack.kafka import LocalKafka, create_topics
+from tests.stack.payments import as_json, payment_draft
 
 HERE = Path(__file__).parent
 TYPE_KEY = "connector-payment-interaction"

@@ -16,10 +16,9 @@ import logging
 import os
 import sys
 import tempfile
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import SecretStr
 
@@ -32,11 +31,11 @@ from connector.models.payment import Payment
 from tests.stack import messages
 from tests.stack.broker import choose_broker
 from tests.stack.ctmock import LocalCommercetools
+from tests.stack.payments import SANDBOX_INTERFACE, as_json, payment_draft, wait_until_settled
 from tests.stack.pubsub import LocalPubSub
 from tests.stack.queues import KafkaTopic, LocalQueue, PubSubTopic
 
 PROJECT_KEY = "demo"
-INTERFACE = "sandbox"
 
 
 @dataclass(frozen=True)
@@ -61,22 +60,6 @@ SCENARIOS = (
     Scenario("chargeback", 2500, (("Charge", 2500),), (("Chargeback", 2500),), ("Failure",)),
     Scenario("authorize, then capture", 9000, (), (("Authorization", 9000), ("Charge", 9000)), ("Success", "Success")),
 )
-
-
-def payment_draft(planned: int, done: tuple[tuple[str, int], ...], initial: tuple[tuple[str, int], ...]) -> dict[str, Any]:
-    def transaction(kind: str, amount: int, state: str) -> dict[str, Any]:
-        draft = {"type": kind, "amount": {"currencyCode": "EUR", "centAmount": amount}, "state": state}
-        return draft | ({"interactionId": f"earlier-{uuid.uuid4().hex[:8]}"} if state == "Success" else {})
-
-    return {
-        "amountPlanned": {"currencyCode": "EUR", "centAmount": planned},
-        "paymentMethodInfo": {"paymentInterface": INTERFACE, "method": "card", "token": {"value": "pm_demo_visa_4242"}},
-        "transactions": [transaction(k, a, "Success") for k, a in done] + [transaction(k, a, "Initial") for k, a in initial],
-    }
-
-
-def as_json(payment: Payment) -> dict[str, Any]:
-    return payment.model_dump(by_alias=True, mode="json", exclude_none=True)
 
 
 @contextlib.contextmanager
@@ -111,15 +94,6 @@ def deliveries_for(payments: list[Payment]) -> list[bytes]:
     return bodies
 
 
-async def wait_until_settled(ct: CommercetoolsClient, payment_ids: list[str], timeout_s: float) -> list[Payment]:
-    async with asyncio.timeout(timeout_s):
-        while True:
-            payments = [await ct.get_payment(pid) for pid in payment_ids]
-            if all(t.state.value != "Initial" for p in payments for t in p.transactions):
-                return payments
-            await asyncio.sleep(0.2)
-
-
 def report(payments: list[Payment]) -> tuple[str, bool]:
     lines = [f"{'scenario':<24} {'transaction':<20} {'amount':>8}  {'expected':<8} {'state':<8} PSP reference"]
     all_right = True
@@ -144,7 +118,9 @@ async def run_demo(queue: LocalQueue, ct_url: str, timeout_s: float = 60.0) -> b
         ),
         without_files(
             WorkerSettings, source=queue.name, http_port=0, allow_sandbox=True,  # any free port: 8080 may be taken here
-            adapters=[AdapterRoute(interface=INTERFACE, adapter="sandbox", settings={"ledger_path": ledger, "latency_ms": 50})],
+            adapters=[
+                AdapterRoute(interface=SANDBOX_INTERFACE, adapter="sandbox", settings={"ledger_path": ledger, "latency_ms": 50})
+            ],
         ),
         **queue.source_settings(),
     )  # fmt: skip

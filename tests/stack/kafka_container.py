@@ -16,7 +16,7 @@ from typing import Any, cast
 from tests.stack import free_port
 from tests.stack.kafka import READY_LINE, cluster_id
 
-# The version of the Maven broker (peers/kafka/pom.xml) and of deploy/docker-compose.yml.
+# The version of the Maven broker (tests/stack/kafka/pom.xml) and of deploy/docker-compose.yml.
 OFFICIAL_IMAGE = "apache/kafka:3.9.1"
 CONTAINER_LABEL = "connector.local-stack"  # on every container the local stack starts: `docker ps --filter label=...`
 # As the Maven broker's JVM: a small heap, and C1 only (C2's compile threads cost a busy two-core
