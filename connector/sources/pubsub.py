@@ -150,18 +150,20 @@ class PubSubSource:
         return {}  # the backlog is the subscription's num_undelivered_messages, in Cloud Monitoring
 
     async def close(self) -> None:
-        """Hands back what was received but not started, then stops the streaming pull.
+        """Stops the streaming pull, then hands back what was received but not started.
 
-        The hand-back is one direct call, awaited: ``Message.nack`` only queues a request, which the
-        streaming pull's shutdown may drop, leaving the messages invisible until their deadline.
+        The pull stops first, so that callbacks the library was still running land in the queue and
+        are handed back too. The hand-back is one direct call, awaited: ``Message.nack`` only queues a
+        request. Messages the stream had sent but the library had not handed over yet stay leased
+        until the stream's deadline (at most ``LEASE_EXTENSION_S``; the emulator takes longer).
         """
+        if self._pull is not None:
+            self._pull.cancel()
+            await asyncio.to_thread(self._pull.result, timeout=30)  # callbacks still queued run meanwhile
         unstarted = [self._queue.get_nowait().ack_id for _ in range(self._queue.qsize())]
         if unstarted:
             request = {"subscription": self._path, "ack_ids": unstarted, "ack_deadline_seconds": 0}
             await asyncio.to_thread(self._subscriber.modify_ack_deadline, request=request, timeout=10)
-        if self._pull is not None:
-            self._pull.cancel()
-            await asyncio.to_thread(self._pull.result, timeout=30)
         self._subscriber.close()
         if self._publisher is not None:
             self._publisher.stop()
