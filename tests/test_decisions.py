@@ -75,6 +75,16 @@ def test_stale_claim_is_taken_over_with_the_same_key() -> None:
     assert [w.idempotency_key for w in plan.work] == [key]
 
 
+def test_initial_chargebacks_are_the_issuers_and_never_planned() -> None:
+    """A Chargeback is the card issuer's record: no claim, no outcome; the payment is not ours to work on."""
+    alone = payment(("Charge", 500, "Success"), ("Chargeback", 500, "Initial"))
+    beside = payment(("Chargeback", 100, "Initial"), ("Refund", 100, "Initial"))
+    assert decisions.plan_work(alone, now=NOW, lease=LEASE).work == ()
+    assert [w.transaction.type.value for w in decisions.plan_work(beside, now=NOW, lease=LEASE).work] == ["Refund"]
+    assert decisions.awaits_only_the_issuer(alone) and not decisions.awaits_only_the_issuer(beside)
+    assert not decisions.awaits_only_the_issuer(payment(("Charge", 500, "Success")))
+
+
 def test_payment_method_needed_only_for_authorizations_and_charges() -> None:
     """Refunds and cancels run on the embedded payment; authorizations and charges need the token."""
     refund = decisions.plan_work(payment(("Charge", 500, "Success"), ("Refund", 100, "Initial")), now=NOW, lease=LEASE)

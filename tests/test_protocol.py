@@ -556,3 +556,12 @@ async def test_after_a_kafka_restart_everything_from_the_first_unfinished_delive
     await run_until(worker_for(source, payments, psp, clock), lambda: len(source.acked) == 5, source)
     assert {t.state.value for p in (slow, *quick) for t in payments.stored(p.id).transactions} == {"Success"}
     assert sorted(e.calls for e in executions(ledger)) == [1, 1, 1]
+
+
+async def test_an_initial_chargeback_is_left_as_it_is(payments: InMemoryPayments, psp: Gate, clock: ManualClock) -> None:
+    """The issuer's record: no claim, no write, no PSP call; the delivery counts as not ours."""
+    payment = payments.create(payment_draft(2500, (("Charge", 2500),), (("Chargeback", 2500),)))
+    assert (await processor(payments, psp, clock).reconcile(trigger(payment))).outcome == "not_ours"
+    stored = payments.stored(payment.id)
+    assert stored.version == payment.version and stored.transactions[1].state.value == "Initial"
+    assert payments.requests["POST"] == 0 and psp.keys == []

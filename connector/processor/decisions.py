@@ -72,7 +72,7 @@ def plan_work(payment: Payment, *, now: datetime, lease: timedelta, abandoned: C
     work: list[Work] = []
     held_until: datetime | None = None
     for transaction in payment.transactions:
-        if transaction.state is not TransactionState.INITIAL:
+        if transaction.state is not TransactionState.INITIAL or is_issuer_record(transaction):
             continue
         key = idempotency_key(transaction.id, transaction.type)
         claim = claimed_at.get(key)
@@ -82,6 +82,17 @@ def plan_work(payment: Payment, *, now: datetime, lease: timedelta, abandoned: C
     if held_until is not None:
         return Plan((), held_until)
     return Plan(tuple(work), None)
+
+
+def is_issuer_record(transaction: Transaction) -> bool:
+    """A Chargeback is the card issuer's record of money taken back: never claimed, executed or written."""
+    return transaction.type is TransactionType.CHARGEBACK
+
+
+def awaits_only_the_issuer(payment: Payment) -> bool:
+    """Nothing for the connector: the payment's only Initial transactions are issuer records."""
+    initial = [t for t in payment.transactions if t.state is TransactionState.INITIAL]
+    return bool(initial) and all(is_issuer_record(t) for t in initial)
 
 
 def refusal_for(payment: Payment, transaction: Transaction) -> Refusal | None:

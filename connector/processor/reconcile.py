@@ -86,8 +86,8 @@ class Processor:
             payment, plan = await self._claim(payment, fetched=trigger.payment is None)
         except NotFound:
             return Reconciled(trigger.payment_id, "payment_not_found")
-        if not plan.work:
-            return Reconciled(payment.id, "nothing_to_do")
+        if not plan.work:  # Initial Chargebacks are the issuer's: left as they are, and counted as not ours
+            return Reconciled(payment.id, "not_ours" if decisions.awaits_only_the_issuer(payment) else "nothing_to_do")
         try:
             results = await self._execute(payment, plan, route)
             await self._store_outcomes(payment, results)

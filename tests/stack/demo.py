@@ -57,7 +57,7 @@ SCENARIOS = (
     Scenario("cancel authorization", 6000, (("Authorization", 6000),), (("CancelAuthorization", 6000),), ("Success",)),
     Scenario("declined card", 7013, (), (("Authorization", 7013),), ("Failure",)),
     Scenario("asynchronous PSP", 8042, (), (("Charge", 8042),), ("Pending",)),
-    Scenario("chargeback", 2500, (("Charge", 2500),), (("Chargeback", 2500),), ("Failure",)),
+    Scenario("chargeback, left to the issuer", 2500, (("Charge", 2500),), (("Chargeback", 2500),), ("Initial",)),
     Scenario("authorize, then capture", 9000, (), (("Authorization", 9000), ("Charge", 9000)), ("Success", "Success")),
 )
 
