@@ -61,6 +61,13 @@ class PspUnavailable(RetryableError):
     """The PSP could not be reached or answered with a server error; retry with the same key."""
 
 
+class PspCredentialsRejected(RetryableError):
+    """The PSP refused our own credentials (HTTP 401 or 403): an operator's fault, never the customer's.
+
+    Retried, because an operator may fix the key meanwhile, then dead-lettered with this reason; the
+    transaction stays Initial, to be replayed once the key works."""
+
+
 class ClaimHeld(RetryableError):
     """Another worker claimed a transaction of this payment recently; try again after its lease."""
 

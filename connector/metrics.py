@@ -58,6 +58,12 @@ class Metrics:
             ["write"],  # claim, outcome
             registry=self.registry,
         )
+        self.psp_credentials_rejected = Counter(
+            "connector_psp_credentials_rejected",
+            "PSP calls refused for our own credentials (HTTP 401/403): an operator must fix the key",
+            ["interface"],
+            registry=self.registry,
+        )
         self.dead_letters = Counter(
             "connector_dead_letters", "Deliveries moved to the dead-letter destination", registry=self.registry
         )

@@ -20,6 +20,7 @@ from connector.adapters.sandbox import SandboxAdapter, SandboxLedger
 from connector.errors import (
     ClaimHeld,
     ConcurrentModification,
+    PspCredentialsRejected,
     PspUnavailable,
     Rejected,
     RetryableError,
@@ -565,3 +566,29 @@ async def test_an_initial_chargeback_is_left_as_it_is(payments: InMemoryPayments
     stored = payments.stored(payment.id)
     assert stored.version == payment.version and stored.transactions[1].state.value == "Initial"
     assert payments.requests["POST"] == 0 and psp.keys == []
+
+
+async def test_a_refused_psp_key_is_dead_lettered_as_the_operators_fault(
+    payments: InMemoryPayments, psp: Gate, clock: ManualClock
+) -> None:
+    """401/403 from the PSP: retried, then dead-lettered with a reason that says so, and counted; the
+    transaction is not failed, and stays Initial for a replay once the key is fixed."""
+    from connector.metrics import Metrics
+
+    source = InMemorySource(clock, hands_back=False)
+    payment = payments.create(payment_draft(1000, (), (("Charge", 1000),)))
+    source.publish(created(payment))
+
+    async def refused(request: OperationRequest) -> Outcome:
+        raise PspCredentialsRejected("Stripe refused this account's API key (HTTP 401)")
+
+    psp.charge = refused  # type: ignore[method-assign]
+    metrics = Metrics()
+    settings = ProcessorSettings(PROJECT, TYPE_KEY, claim_lease_s=LEASE_S, psp_backoff=NO_PSP_RETRY)
+    processor_ = Processor(payments, AdapterRegistry({("sandbox", None): psp}), settings, clock=clock.now, metrics=metrics)
+    worker = Worker(source, processor_, WorkerLimits(retry=FAST_RETRY), metrics, jitter=lambda: 0.0)
+    await run_until(worker, lambda: source.pending == 0, source)
+    [(_, reason, attempts)] = source.dead_letters
+    assert attempts == 3 and "PspCredentialsRejected" in reason and "API key" in reason
+    assert payments.stored(payment.id).transactions[0].state.value == "Initial"
+    assert metrics.registry.get_sample_value("connector_psp_credentials_rejected_total", {"interface": "sandbox"}) == 3

@@ -8,7 +8,7 @@ from aiohttp import web
 from connector.adapters.contract import OperationRequest
 from connector.adapters.registry import AdapterRegistry, AdapterRoute
 from connector.adapters.stripe_adapter import StripeAdapter, create_adapter
-from connector.errors import ConfigurationError, PspUnavailable
+from connector.errors import ConfigurationError, PspCredentialsRejected, PspUnavailable
 from connector.models.payment import Payment, TransactionState
 from tests.localstripe_peer import LocalStripe
 from tests.stack import free_port
@@ -144,3 +144,27 @@ def test_settings_refuse_a_publishable_key() -> None:
     with pytest.raises(ConfigurationError, match=r"STRIPE/eu.*secret_key.*Stripe secret key") as caught:
         AdapterRegistry.load([route])
     assert "pk_live_abcdef" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("status", "kind"), [(401, "invalid_request_error"), (403, "invalid_request_error")])
+async def test_a_refused_api_key_is_the_operators_fault_not_a_failure(status: int, kind: str) -> None:
+    """A revoked key (401) or a restricted key without the permission (403) raises PspCredentialsRejected,
+    never an Outcome: the customer's transaction must not fail for it. The key is not in the message."""
+
+    async def refused(request: web.Request) -> web.Response:
+        return web.json_response({"error": {"message": "Invalid API Key provided: sk_test_***9a", "type": kind}}, status=status)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", refused)  # a stand-in for Stripe refusing the key: localstripe accepts any
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    adapter = create_adapter({"secret_key": KEY, "api_base": f"http://127.0.0.1:{port}"})
+    try:
+        with pytest.raises(PspCredentialsRejected, match=f"HTTP {status}") as refused_error:
+            await adapter.authorize(request(("Authorization", 1000, "Initial", None)))
+    finally:
+        await adapter.aclose()
+        await runner.cleanup()
+    assert KEY not in str(refused_error.value)

@@ -22,7 +22,7 @@ import stripe
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from connector.adapters.contract import Operation, OperationRequest, Outcome, masked
-from connector.errors import PspUnavailable
+from connector.errors import PspCredentialsRejected, PspUnavailable
 from connector.models.payment import TransactionState, TransactionType
 
 PI_STATES = {
@@ -143,6 +143,10 @@ class StripeAdapter:
             return Outcome(TransactionState.FAILURE, intent_id, code, text, summary, response)
         except (stripe.APIConnectionError, stripe.RateLimitError) as exc:
             raise PspUnavailable(f"Stripe unreachable: {exc.__class__.__name__}") from None
+        except (stripe.AuthenticationError, stripe.PermissionError) as exc:
+            raise PspCredentialsRejected(
+                f"Stripe refused this account's API key (HTTP {exc.http_status}): rotate or widen the key in CONNECTOR_ADAPTERS"
+            ) from None
         except stripe.StripeError as exc:
             if exc.http_status is None or exc.http_status >= 500:
                 raise PspUnavailable(f"Stripe answered HTTP {exc.http_status}") from None

@@ -14,7 +14,14 @@ import structlog
 
 from connector.adapters.contract import Operation, OperationRequest, Outcome
 from connector.adapters.registry import AdapterRegistry, Route, UnknownAccount
-from connector.errors import ClaimHeld, ConcurrentModification, NotFound, PspUnavailable, RetryableError
+from connector.errors import (
+    ClaimHeld,
+    ConcurrentModification,
+    NotFound,
+    PspCredentialsRejected,
+    PspUnavailable,
+    RetryableError,
+)
 from connector.metrics import Metrics
 from connector.models.delivery import PaymentTrigger
 from connector.models.payment import Payment
@@ -166,8 +173,14 @@ class Processor:
                 latency.observe(time.perf_counter() - started)
 
         retried = self._metrics.labelled(self._metrics.retries, "psp").inc
-        # Every attempt carries the same idempotency key.
-        return await retry(timed_call, on=PspUnavailable, backoff=self._settings.psp_backoff, on_retry=retried)
+        try:
+            # Every attempt carries the same idempotency key.
+            return await retry(timed_call, on=PspUnavailable, backoff=self._settings.psp_backoff, on_retry=retried)
+        except PspCredentialsRejected:
+            # An operator's fault: the delivery is retried, then dead-lettered; the transaction stays Initial.
+            log.error("psp.credentials_rejected", operation=operation.value)
+            self._metrics.labelled(self._metrics.psp_credentials_rejected, route.interface).inc()
+            raise
 
     async def _store_outcomes(self, payment: Payment, results: list[Result]) -> None:
         for _ in range(self._settings.max_conflicts):
