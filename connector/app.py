@@ -7,7 +7,7 @@ from dataclasses import replace
 from connector.adapters.registry import AdapterRegistry
 from connector.commercetools.client import CommercetoolsClient
 from connector.commercetools.interaction_type import interaction_type_draft
-from connector.config import CommercetoolsSettings, Settings
+from connector.config import CommercetoolsSettings, Settings, claim_lease_s
 from connector.metrics import Metrics
 from connector.ops_http import OpsServer
 from connector.processor.reconcile import Processor, ProcessorSettings
@@ -84,7 +84,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
         processor_settings = ProcessorSettings(
             project_key=settings.commercetools.project_key,
             interaction_type_key=worker_settings.interaction_type_key,
-            claim_lease_s=worker_settings.claim_lease_s,
+            claim_lease_s=claim_lease_s(worker_settings, registry.longest_request_s()),
         )
         limits = WorkerLimits(
             max_in_flight=worker_settings.max_in_flight,

@@ -72,7 +72,8 @@ class WorkerSettings(BaseSettings):
     delivery_timeout_s: float = Field(default=60.0, gt=0)
     shutdown_timeout_s: float = Field(default=20.0, gt=0)
     max_attempts: int = Field(default=5, ge=1)
-    claim_lease_s: float = Field(default=30.0, gt=0)
+    claim_lease_s: float | None = Field(default=None, gt=0, description="empty: derived (claim_lease_s())")
+    max_clock_skew_s: float = Field(default=10.0, ge=0, description="how far the pods' clocks may differ at most")
     http_host: str = Field(default="0.0.0.0", description="address of /healthz, /readyz and /metrics")
     http_port: int = Field(default=8080, ge=0, le=65535, description="0: any free port (tests, the demo)")
     log_format: Literal["auto", "json", "console"] = "auto"
@@ -135,6 +136,27 @@ class Settings:
         self.worker = worker
         self.kafka = kafka
         self.pubsub = pubsub
+
+
+def claim_lease_s(worker: WorkerSettings, longest_request_s: float) -> float:
+    """How long a claim holds a transaction against other workers (docs/design.md, 'The claim lease').
+
+    At least one delivery attempt (its timeout bounds the claim write, every PSP call and retry),
+    plus one more PSP request (a request cut off by that timeout may still run at the PSP), plus the
+    largest difference between two pods' clocks (each judges another's claim by its own). A lease
+    set shorter could expire under a running call: that is refused at start-up.
+    """
+    needed = worker.delivery_timeout_s + longest_request_s + worker.max_clock_skew_s
+    if worker.claim_lease_s is None:
+        return needed
+    if worker.claim_lease_s < needed:
+        raise ConfigurationError(
+            f"invalid settings:\n  CONNECTOR_CLAIM_LEASE_S: {worker.claim_lease_s:g}s is shorter than what one attempt may hold"
+            f" a claim: CONNECTOR_DELIVERY_TIMEOUT_S ({worker.delivery_timeout_s:g}s) + the longest PSP request"
+            f" ({longest_request_s:g}s) + CONNECTOR_MAX_CLOCK_SKEW_S ({worker.max_clock_skew_s:g}s) = {needed:g}s;"
+            " leave it unset to derive it"
+        )
+    return worker.claim_lease_s
 
 
 SANDBOX_ADAPTER = "sandbox"

@@ -61,6 +61,12 @@ class PspUnavailable(RetryableError):
     """The PSP could not be reached or answered with a server error; retry with the same key."""
 
 
+class PspRequestInProgress(PspUnavailable):
+    """The PSP is still running a request with this idempotency key (Stripe: 409 ``idempotency_key_in_use``).
+
+    Nothing is known of its outcome yet: retried like any transient fault, never stored as a Failure."""
+
+
 class PspCredentialsRejected(RetryableError):
     """The PSP refused our own credentials (HTTP 401 or 403): an operator's fault, never the customer's.
 

@@ -64,6 +64,17 @@ class Metrics:
             ["interface"],
             registry=self.registry,
         )
+        self.psp_lookups = Counter(
+            "connector_psp_lookups",
+            "Transactions claimed before, looked up at the PSP before executing, by what the lookup found",
+            ["interface", "result"],  # found, nothing
+            registry=self.registry,
+        )
+        self.outcome_writes_reduced = Counter(
+            "connector_outcome_writes_reduced",
+            "Outcomes commercetools refused in full, stored with state and PSP reference only",
+            registry=self.registry,
+        )
         self.dead_letters = Counter(
             "connector_dead_letters", "Deliveries moved to the dead-letter destination", registry=self.registry
         )

@@ -1,27 +1,43 @@
 """localstripe (the stateful Stripe emulator from PyPI) on 127.0.0.1, for the Stripe adapter's tests.
 
-Run as ``python -m tests.localstripe_peer PORT``. Two changes to the stock server: no pickle file
-(its store lives in memory only), and a recorder of every request's method, path, headers and form
-body at ``GET /_config/requests`` (cleared with the store by ``DELETE /_config/data``), because
-localstripe ignores idempotency keys and the tests must assert the keys and metadata we send. And one
-shim: it accepts ``allowed_payment_method_types``, the current API's name for ``payment_method_types``.
+Run as ``python -m tests.localstripe_peer PORT``. Changes to the stock server:
+- no pickle file (its store lives in memory only);
+- a recorder of every request's method, path, headers and form body at ``GET /_config/requests``
+  (cleared with the store by ``DELETE /_config/data``), so that the tests can assert the keys and
+  metadata we send;
+- a shim: it accepts ``allowed_payment_method_types``, the current API's name for
+  ``payment_method_types``.
+
+And a harness extension that gives it Stripe's idempotency semantics, which stock localstripe
+ignores (it executes every request): the first answer for a key, a 5xx included, is stored and
+replayed (``Idempotent-Replayed: true``); a request whose key's first request is still running gets
+409 ``idempotency_key_in_use``; a key reused with another body gets 400 ``idempotency_error``; keys
+are forgotten after a retention. ``POST /_config/idempotency`` sets ``retention_s`` and
+``delay_ms`` (how long each keyed request runs); ``POST /_config/faults`` makes the next ``count``
+keyed requests answer ``status``, stored for their keys as Stripe stores a 500. It also answers
+``GET /v1/payment_intents/search`` for ``metadata['ctTransactionId']:'...'`` queries (Stripe's
+search; stock localstripe has none) and filters ``GET /v1/refunds`` by ``payment_intent``.
 """
 
+import asyncio
+import json
+import re
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl
 
 import httpx
+from aiohttp import web
 
 from tests.stack import free_port, terminate
 
 
 def serve(port: int) -> None:
-    from aiohttp import web
     from localstripe import resources, server
 
     resources.store.dump_to_disk = lambda: None  # type: ignore[method-assign]  # memory only
@@ -33,6 +49,7 @@ def serve(port: int) -> None:
 
     resources.PaymentIntent.__init__ = create_intent_with_allowed_types  # type: ignore[method-assign]
     recorded: list[dict[str, Any]] = []
+    keys = IdempotencyKeys()
 
     @web.middleware
     async def record(request: web.Request, handler: Any) -> web.StreamResponse:
@@ -44,17 +61,123 @@ def serve(port: int) -> None:
             })  # fmt: skip
         elif request.path == "/_config/data" and request.method == "DELETE":
             recorded.clear()
+            keys.clear()
         return await handler(request)
 
     async def requests(_: web.Request) -> web.Response:
         return web.json_response(recorded)
 
-    server.app.middlewares[:] = [record, server.error_middleware, server.auth_middleware]
+    @web.middleware
+    async def idempotency(request: web.Request, handler: Any) -> web.StreamResponse:
+        key = request.headers.get("Idempotency-Key")
+        if request.method != "POST" or not key or request.path.startswith("/_config"):
+            return await handler(request)
+        return await keys.answer(key, request.path, await request.read(), lambda: handler(request))
+
+    async def configure_idempotency(request: web.Request) -> web.Response:
+        settings = await request.json()
+        keys.retention_s = float(settings.get("retention_s", keys.retention_s))
+        keys.delay_s = float(settings.get("delay_ms", keys.delay_s * 1000)) / 1000
+        return web.json_response({})
+
+    async def configure_faults(request: web.Request) -> web.Response:
+        settings = await request.json()
+        keys.faults = [int(settings["status"])] * int(settings.get("count", 1))
+        return web.json_response({})
+
+    @web.middleware
+    async def searches(request: web.Request, handler: Any) -> web.StreamResponse:
+        """Stripe's search of PaymentIntents by our metadata, and refunds listed by PaymentIntent."""
+        if request.method == "GET" and request.path == "/v1/payment_intents/search":
+            match = re.fullmatch(r"metadata\['ctTransactionId'\]:'([^']*)'", request.query.get("query", ""))
+            if match is None:
+                return _stripe_error(400, "invalid_request_error", None, "unsupported search query")
+            data = [o for o in _objects("payment_intent") if (o.get("metadata") or {}).get("ctTransactionId") == match[1]]
+            return web.json_response({"object": "search_result", "url": request.path, "has_more": False, "data": data})
+        if request.method == "GET" and request.path == "/v1/refunds" and "payment_intent" in request.query:
+            data = [o for o in _objects("refund") if o.get("payment_intent") == request.query["payment_intent"]]
+            return web.json_response({"object": "list", "url": request.path, "has_more": False, "data": data})
+        return await handler(request)
+
+    # Outside localstripe's error middleware, so that the answer stored for a key is the one sent.
+    server.app.middlewares[:] = [record, idempotency, server.error_middleware, server.auth_middleware, searches]
     server.app.router.add_get("/_config/requests", requests)
+    server.app.router.add_post("/_config/idempotency", configure_idempotency)
+    server.app.router.add_post("/_config/faults", configure_faults)
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
     web.run_app(server.app, sock=sock, print=None, access_log=None)
+
+
+def _objects(kind: str) -> list[dict[str, Any]]:
+    """Every object of ``kind`` in localstripe's store, as its API shows them."""
+    from localstripe import resources
+
+    found = [obj for key, obj in resources.store.items() if key.startswith(kind + ":")]
+    return [json.loads(json.dumps(obj._export(), default=lambda o: o._export())) for obj in found]
+
+
+@dataclass
+class _Key:
+    body: tuple[str, bytes]
+    started: float
+    status: int | None = None  # None while the first request runs
+    answer: bytes = b""
+
+
+@dataclass
+class IdempotencyKeys:
+    """Stripe's idempotency, in front of localstripe (a harness extension; see the module docstring)."""
+
+    retention_s: float = 86_400.0
+    delay_s: float = 0.0
+    faults: list[int] = field(default_factory=list)
+    _keys: dict[str, _Key] = field(default_factory=dict)
+
+    def clear(self) -> None:
+        """Forgets every key, fault and setting (with the store, between tests)."""
+        self._keys.clear()
+        self.faults.clear()
+        self.retention_s, self.delay_s = 86_400.0, 0.0
+
+    async def answer(self, key: str, path: str, body: bytes, execute: Any) -> Any:
+        now = time.monotonic()
+        known = self._keys.get(key)
+        if known is not None and known.started + self.retention_s <= now:
+            known = None  # forgotten: executes anew
+        if known is not None:
+            if known.status is None:
+                text = "There is currently another in-progress request using this Stripe-Idempotency-Key"
+                return _stripe_error(409, "invalid_request_error", "idempotency_key_in_use", text)
+            if known.body != (path, body):
+                text = "Keys for idempotent requests can only be used with the same parameters"
+                return _stripe_error(400, "idempotency_error", None, text)
+            headers = {"Idempotent-Replayed": "true"}
+            return web.Response(status=known.status, body=known.answer, content_type="application/json", headers=headers)
+        entry = self._keys[key] = _Key((path, body), now)
+        try:
+            response = await self._run(execute)
+        except BaseException:
+            del self._keys[key]  # nothing was answered, so nothing is stored: the key stays free
+            raise
+        entry.status, entry.answer = response.status, bytes(response.body or b"")
+        return response
+
+    async def _run(self, execute: Any) -> Any:
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if self.faults:
+            return _stripe_error(self.faults.pop(), "api_error", None, "An unknown error occurred")
+        try:
+            return await execute()
+        except web.HTTPException as exc:
+            return exc
+
+
+def _stripe_error(status: int, kind: str, code: str | None, message: str) -> Any:
+    error = {"type": kind, "message": message, **({"code": code} if code else {})}
+    return web.json_response({"error": error}, status=status)
 
 
 class LocalStripe:
@@ -91,6 +214,16 @@ class LocalStripe:
     async def requests(self) -> list[dict[str, Any]]:
         async with httpx.AsyncClient() as http:
             return list((await http.get(f"{self.url}/_config/requests")).json())
+
+    async def configure(self, *, retention_s: float | None = None, delay_ms: int | None = None) -> None:
+        settings = {k: v for k, v in {"retention_s": retention_s, "delay_ms": delay_ms}.items() if v is not None}
+        async with httpx.AsyncClient() as http:
+            (await http.post(f"{self.url}/_config/idempotency", json=settings)).raise_for_status()
+
+    async def fail_next(self, status: int, count: int = 1) -> None:
+        """The next ``count`` keyed requests answer ``status``, stored for their keys."""
+        async with httpx.AsyncClient() as http:
+            (await http.post(f"{self.url}/_config/faults", json={"status": status, "count": count})).raise_for_status()
 
     async def objects(self, kind: str) -> list[dict[str, Any]]:
         """Every object of a kind in localstripe's store (``payment_intents``, ``refunds``)."""

@@ -5,9 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from connector.config import is_local_host, load_settings
+from connector.adapters.registry import AdapterRegistry, AdapterRoute
+from connector.config import WorkerSettings, claim_lease_s, is_local_host, load_settings, without_files
 from connector.errors import ConfigurationError
 
+SANDBOX = AdapterRoute(interface="sandbox", adapter="sandbox")
 ROUTES = json.dumps([{"interface": "STRIPE", "adapter": "stripe", "settings": {"secret_key": "sk_test_config"}}])
 
 
@@ -127,3 +129,25 @@ def test_the_sandbox_refuses_a_commercetools_that_is_not_local(tmp_path: Path, m
 )  # fmt: skip
 def test_local_hosts_are_loopback_or_listed(host: str, local: bool) -> None:
     assert is_local_host(host, listed={"emulator"}) is local
+
+
+def test_the_claim_lease_outlasts_what_one_attempt_may_hold_it() -> None:
+    """Unset, the lease is the attempt's bound, plus one more PSP request (a request cut off by that bound
+    may still run at the PSP), plus the clocks' largest difference. Set shorter, start-up refuses it."""
+    worker = without_files(WorkerSettings, adapters=[SANDBOX])
+    assert claim_lease_s(worker, longest_request_s=30.0) == 60.0 + 30.0 + 10.0
+    longer = without_files(WorkerSettings, adapters=[SANDBOX], claim_lease_s=300.0)
+    assert claim_lease_s(longer, longest_request_s=30.0) == 300.0
+    old_default = without_files(WorkerSettings, adapters=[SANDBOX], claim_lease_s=30.0)
+    with pytest.raises(ConfigurationError, match=r"CONNECTOR_CLAIM_LEASE_S: 30s is shorter .* = 100s"):
+        claim_lease_s(old_default, longest_request_s=30.0)
+
+
+def test_the_longest_request_is_what_the_routed_adapters_declare() -> None:
+    """Stripe declares its client timeout, the sandbox its latency and a second."""
+    routes = [
+        AdapterRoute(interface="sandbox", adapter="sandbox", settings={"latency_ms": 2000}),
+        AdapterRoute(interface="STRIPE", adapter="stripe", settings={"secret_key": "sk_test_x", "timeout_s": 45}),
+    ]
+    assert AdapterRegistry.load(routes[:1]).longest_request_s() == 3.0
+    assert AdapterRegistry.load(routes).longest_request_s() == 45.0

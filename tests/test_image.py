@@ -53,7 +53,7 @@ async def test_the_image_runs_read_only_as_its_user_processes_a_delivery_and_is_
 ) -> None:
     queue = KafkaQueue(kafka_bootstrap)
     await queue.create()
-    payment = await ct.create_payment(payment_draft(2000, (("Authorization", 2000),), (("Charge", 2000),)))
+    payment = await ct.create_payment(payment_draft(2000, (), (("Authorization", 2000), ("Charge", 2000))))
     port = free_port()
     routes = [sandbox_route("/tmp/sandbox.sqlite")]
     environment = worker_environment(queue, ct_url=ct_url, project_key=project_key, routes=routes) | {

@@ -1,5 +1,6 @@
 """The sandbox PSP simulator: outcome rules and idempotency keys, shared through its ledger."""
 
+import asyncio
 import multiprocessing
 import multiprocessing.synchronize
 from pathlib import Path
@@ -8,7 +9,7 @@ import pytest
 
 from connector.adapters.contract import Operation, OperationRequest
 from connector.adapters.sandbox import SandboxAdapter, SandboxLedger, create_adapter, simulate
-from connector.errors import PspUnavailable
+from connector.errors import PspRequestInProgress, PspUnavailable
 from connector.models.payment import Payment, TransactionState
 from tests.sandbox_ledger import executions
 
@@ -106,3 +107,92 @@ def test_workers_starting_together_all_open_a_new_ledger(tmp_path: Path) -> None
             if process.is_alive():
                 process.kill()
         assert [p.exitcode for p in processes] == [0, 0, 0, 0]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def authorized_then(kind: str, amount: int, reference: str, key: str) -> OperationRequest:
+    """A request for a ``kind`` transaction after a successful Authorization of 1000 known as ``reference``."""
+    payment = Payment.model_validate({
+        "id": "pay-1", "version": 1, "amountPlanned": {"centAmount": 1000, "currencyCode": "EUR"},
+        "transactions": [
+            {"id": "tx-a", "type": "Authorization", "amount": {"centAmount": 1000, "currencyCode": "EUR"}, "state": "Success",
+             "interactionId": reference},
+            {"id": f"tx-{key}", "type": kind, "amount": {"centAmount": amount, "currencyCode": "EUR"}, "state": "Initial"},
+        ],
+    })  # fmt: skip
+    return OperationRequest(payment, payment.transactions[1], key, "proj")
+
+
+async def test_a_key_in_flight_is_answered_in_progress_and_its_request_runs_on(tmp_path: Path) -> None:
+    """Stripe's 409 idempotency_key_in_use: a second request while the first runs learns nothing and
+    executes nothing; the first runs to its end even when its caller gives up."""
+    path, clock = tmp_path / "l.sqlite", Clock()
+    first = SandboxAdapter(SandboxLedger(path), latency_ms=5000, clock=clock)
+    second = SandboxAdapter(SandboxLedger(path), latency_ms=5000, clock=clock)
+    running = asyncio.create_task(first.charge(request(1000)))
+    async with asyncio.timeout(5):
+        while not executions(path):  # the first request has reached the PSP
+            await asyncio.sleep(0.01)
+    with pytest.raises(PspRequestInProgress):
+        await second.charge(request(1000))
+    with pytest.raises(PspRequestInProgress):
+        await second.find(request(1000))
+    running.cancel()  # the caller gives up; the PSP does not
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    clock.now += 5
+    outcome = await second.charge(request(1000))
+    [execution] = executions(path)
+    assert outcome.state is TransactionState.SUCCESS and outcome.psp_reference == execution.psp_reference
+
+
+async def test_a_stored_server_error_is_replayed_for_its_key(tmp_path: Path) -> None:
+    """Amounts ending in 55: the first answer is a 500 the PSP keeps for the key; retrying cannot help."""
+    adapter = SandboxAdapter(SandboxLedger(tmp_path / "l.sqlite"))
+    for _ in range(3):
+        with pytest.raises(PspUnavailable, match="replays the error"):
+            await adapter.charge(request(1055))
+    assert executions(tmp_path / "l.sqlite") == []
+
+
+async def test_a_forgotten_key_executes_again_and_find_still_knows(tmp_path: Path) -> None:
+    """After the key retention the same key is a new request: a second execution. find answers by
+    transaction, whatever the keys, which is how the connector avoids that second execution."""
+    clock = Clock()
+    adapter = SandboxAdapter(SandboxLedger(tmp_path / "l.sqlite"), key_retention_s=60, clock=clock)
+    assert await adapter.find(request(1000)) is None
+    first = await adapter.charge(request(1000))
+    clock.now += 59
+    assert (await adapter.charge(request(1000))).psp_reference == first.psp_reference
+    found = await adapter.find(request(1000))
+    assert found is not None and found.psp_reference == first.psp_reference
+    clock.now += 2
+    again = await adapter.charge(request(1000))
+    assert again.psp_reference != first.psp_reference
+    assert [e.transaction_id for e in executions(tmp_path / "l.sqlite")] == ["tx-1", "tx-1"]
+
+
+async def test_an_authorization_is_captured_once_within_its_amount(tmp_path: Path) -> None:
+    """Stripe captures a PaymentIntent once and releases the rest; more than authorized is refused, and a
+    capture must name an authorization the PSP made. With multi-capture declared, the rest may follow."""
+    single = SandboxAdapter(SandboxLedger(tmp_path / "single.sqlite"))
+    reference = (await single.authorize(request(1000, key="auth", kind="Authorization"))).psp_reference
+    assert reference
+    assert (await single.charge(authorized_then("Charge", 400, reference, "c1"))).state is TransactionState.SUCCESS
+    second = await single.charge(authorized_then("Charge", 100, reference, "c2"))
+    assert (second.state, second.code) == (TransactionState.FAILURE, "already_captured")
+    unknown = await single.charge(authorized_then("Charge", 100, "sbx_unknown", "c3"))
+    assert unknown.code == "no_such_authorization"
+    multi = SandboxAdapter(SandboxLedger(tmp_path / "multi.sqlite"), multiple_captures=True)
+    reference = (await multi.authorize(request(1000, key="auth", kind="Authorization"))).psp_reference
+    assert reference and multi.capabilities.multiple_captures
+    assert (await multi.charge(authorized_then("Charge", 400, reference, "c1"))).state is TransactionState.SUCCESS
+    assert (await multi.charge(authorized_then("Charge", 600, reference, "c2"))).state is TransactionState.SUCCESS
+    assert (await multi.charge(authorized_then("Charge", 1, reference, "c3"))).code == "amount_too_large"

@@ -1,5 +1,6 @@
 """The Stripe adapter against localstripe: what it sends, and how it reads Stripe's answers."""
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -7,9 +8,9 @@ from aiohttp import web
 
 from connector.adapters.contract import OperationRequest
 from connector.adapters.registry import AdapterRegistry, AdapterRoute
-from connector.adapters.stripe_adapter import StripeAdapter, create_adapter
-from connector.errors import ConfigurationError, PspCredentialsRejected, PspUnavailable
-from connector.models.payment import Payment, TransactionState
+from connector.adapters.stripe_adapter import StripeAdapter, create_adapter, stripe_amount
+from connector.errors import ConfigurationError, PermanentError, PspCredentialsRejected, PspRequestInProgress, PspUnavailable
+from connector.models.payment import Money, Payment, TransactionState
 from tests.localstripe_peer import LocalStripe
 from tests.stack import free_port
 
@@ -17,14 +18,14 @@ KEY = "sk_test_adapter_4f9a"
 
 
 def request(
-    *transactions: tuple[str, int, str, str | None], currency: str = "EUR", token: str | None = "pm_card_visa"
+    *transactions: tuple[str, int, str, str | None], currency: str = "EUR", token: str | None = "pm_card_visa", prefix: str = ""
 ) -> OperationRequest:
-    """A request for the last of ``transactions`` (type, amount, state, PSP reference)."""
+    """A request for the last of ``transactions`` (type, amount, state, PSP reference), whose ids start with ``prefix``."""
     payment = Payment.model_validate({
         "id": "pay-1", "version": 1, "amountPlanned": {"centAmount": 10_000, "currencyCode": currency},
         "paymentMethodInfo": {"paymentInterface": "STRIPE", **({"token": {"value": token}} if token else {})},
         "transactions": [
-            {"id": f"tx-{i}", "type": kind, "amount": {"centAmount": amount, "currencyCode": currency}, "state": state,
+            {"id": f"{prefix}tx-{i}", "type": kind, "amount": {"centAmount": amount, "currencyCode": currency}, "state": state,
              **({"interactionId": ref} if ref else {})}
             for i, (kind, amount, state, ref) in enumerate(transactions)
         ],
@@ -76,16 +77,16 @@ async def test_capture_refund_and_cancel_use_the_payment_intent(adapter: StripeA
         request(("Authorization", 3000, "Success", intent), ("Charge", 1200, "Success", intent), ("Refund", 200, "Initial", None))
     )
     assert refunded.state is TransactionState.SUCCESS and (refunded.psp_reference or "").startswith("re_")
-    other = (await adapter.authorize(request(("Authorization", 900, "Initial", None)))).psp_reference
+    other = (await adapter.authorize(request(("Authorization", 900, "Initial", None), prefix="b-"))).psp_reference
     cancelled = await adapter.cancel_authorization(
-        request(("Authorization", 900, "Success", other), ("CancelAuthorization", 900, "Initial", None))
+        request(("Authorization", 900, "Success", other), ("CancelAuthorization", 900, "Initial", None), prefix="b-")
     )
     assert cancelled.state is TransactionState.SUCCESS and cancelled.code == "canceled"
     paths = [
         (r["path"], r["form"].get("amount_to_capture"), r["headers"]["Idempotency-Key"]) for r in await localstripe.requests()
     ]
     assert (f"/v1/payment_intents/{intent}/capture", "1200", "tx-1-Charge") in paths
-    assert (f"/v1/payment_intents/{other}/cancel", None, "tx-1-CancelAuthorization") in paths
+    assert (f"/v1/payment_intents/{other}/cancel", None, "b-tx-1-CancelAuthorization") in paths
     # Stripe releases the uncaptured rest of a partial capture as a refund of its own: not ours.
     [refund] = [r for r in await localstripe.objects("refunds") if r["metadata"]]
     assert (refund["amount"], refund["payment_intent"], refund["metadata"]["ctTransactionId"]) == (200, intent, "tx-2")
@@ -168,3 +169,95 @@ async def test_a_refused_api_key_is_the_operators_fault_not_a_failure(status: in
         await adapter.aclose()
         await runner.cleanup()
     assert KEY not in str(refused_error.value)
+
+
+# Stripe's idempotency, as the harness extension of localstripe gives it (tests/localstripe_peer.py)
+
+
+async def test_a_repeated_key_gets_the_first_answer_and_creates_nothing(adapter: StripeAdapter, localstripe: LocalStripe) -> None:
+    """Stripe stores the first answer for a key and replays it: one PaymentIntent, one reference."""
+    first = await adapter.authorize(request(("Authorization", 2500, "Initial", None)))
+    again = await adapter.authorize(request(("Authorization", 2500, "Initial", None)))
+    assert again.psp_reference == first.psp_reference and again.state is TransactionState.SUCCESS
+    assert len(await localstripe.objects("payment_intents")) == 1
+
+
+async def test_a_key_in_flight_is_in_progress_never_a_failure(adapter: StripeAdapter, localstripe: LocalStripe) -> None:
+    """Stripe's 409 idempotency_key_in_use while the first request runs: PspRequestInProgress, retried later."""
+    await localstripe.configure(delay_ms=1500)
+    first = asyncio.create_task(adapter.authorize(request(("Authorization", 2500, "Initial", None))))
+    async with asyncio.timeout(5):
+        while not await localstripe.requests():  # the first request has reached Stripe
+            await asyncio.sleep(0.02)
+    with pytest.raises(PspRequestInProgress):
+        await adapter.authorize(request(("Authorization", 2500, "Initial", None)))
+    assert (await first).state is TransactionState.SUCCESS
+    assert len(await localstripe.objects("payment_intents")) == 1
+
+
+async def test_a_stored_server_error_is_replayed_until_the_key_is_forgotten(
+    adapter: StripeAdapter, localstripe: LocalStripe
+) -> None:
+    """Stripe keeps a 500 with its key: the retry gets the same 500 (retryable, never a Failure), and
+    nothing was created; once the key is forgotten the request executes."""
+    await localstripe.fail_next(500)
+    for _ in range(2):
+        with pytest.raises(PspUnavailable):
+            await adapter.authorize(request(("Authorization", 2500, "Initial", None)))
+    assert await localstripe.objects("payment_intents") == []
+    await localstripe.configure(retention_s=0)  # every key already forgotten
+    assert (await adapter.authorize(request(("Authorization", 2500, "Initial", None)))).state is TransactionState.SUCCESS
+
+
+async def test_a_key_reused_with_other_parameters_is_never_a_failure(adapter: StripeAdapter) -> None:
+    """Stripe's idempotency_error: the key's first request may have moved money, so no Failure is stored:
+    a PermanentError dead-letters the delivery for an operator."""
+    await adapter.authorize(request(("Authorization", 2500, "Initial", None)))
+    with pytest.raises(PermanentError, match="idempotency key"):
+        await adapter.authorize(request(("Authorization", 2400, "Initial", None)))
+
+
+async def test_find_answers_what_stripe_did_for_each_kind_of_transaction(
+    adapter: StripeAdapter, localstripe: LocalStripe
+) -> None:
+    """By metadata for a new PaymentIntent and a refund, by the intent's status for a capture and a cancel;
+    None where Stripe did nothing."""
+    authorization = request(("Authorization", 3000, "Initial", None))
+    assert await adapter.find(authorization) is None
+    intent = (await adapter.authorize(authorization)).psp_reference
+    found = await adapter.find(authorization)
+    assert found is not None and (found.state, found.psp_reference) == (TransactionState.SUCCESS, intent)
+    capture = request(("Authorization", 3000, "Success", intent), ("Charge", 3000, "Initial", None))
+    assert await adapter.find(capture) is None
+    await adapter.charge(capture)
+    found = await adapter.find(capture)
+    assert found is not None and (found.state, found.psp_reference) == (TransactionState.SUCCESS, intent)
+    refund = request(
+        ("Authorization", 3000, "Success", intent), ("Charge", 3000, "Success", intent), ("Refund", 500, "Initial", None)
+    )
+    assert await adapter.find(refund) is None
+    refunded = await adapter.refund(refund)
+    found = await adapter.find(refund)
+    assert found is not None and found.psp_reference == refunded.psp_reference and found.state is TransactionState.SUCCESS
+
+
+async def test_a_charge_after_an_authorization_stripe_does_not_know_is_refused(
+    adapter: StripeAdapter, localstripe: LocalStripe
+) -> None:
+    """An Authorization without a PaymentIntent (another system's): the Charge is refused, never a new
+    automatic-capture PaymentIntent on top of the customer's hold."""
+    outcome = await adapter.charge(request(("Authorization", 1000, "Success", None), ("Charge", 1000, "Initial", None)))
+    assert (outcome.state, outcome.code) == (TransactionState.FAILURE, "authorization_not_at_stripe")
+    assert await localstripe.requests() == []
+
+
+async def test_stripes_currency_rules(adapter: StripeAdapter, localstripe: LocalStripe) -> None:
+    """ISK: commercetools counts whole krónur, Stripe hundredths of them (500 ISK is 50000). Three-decimal
+    currencies must end in 0 at Stripe: refused with a readable text otherwise, without a call."""
+    await adapter.charge(request(("Charge", 500, "Initial", None), currency="ISK"))
+    [intent] = await localstripe.objects("payment_intents")
+    assert (intent["amount"], intent["currency"]) == (50_000, "isk")
+    refused = await adapter.charge(request(("Charge", 5125, "Initial", None), currency="KWD"))
+    assert (refused.state, refused.code) == (TransactionState.FAILURE, "currency_rules") and "KWD" in refused.text
+    assert [r["method"] for r in await localstripe.requests()] == ["POST", "GET"]  # the ISK charge, then our listing
+    assert stripe_amount(Money(centAmount=5120, currencyCode="KWD")) == 5120

@@ -86,7 +86,7 @@ class World:
                 interface="STRIPE",
                 account=account,
                 adapter="stripe",
-                settings={"secret_key": key, "api_base": self.localstripe.url},
+                settings={"secret_key": key, "api_base": self.localstripe.url, "timeout_s": 5},
             )
             for account, key in KEYS.items()
         ]
@@ -185,7 +185,7 @@ async def test_claimed_transaction_is_not_executed_again(world: World) -> None:
     await world.ct.update_payment(payment.id, payment.version, [claim])
     claimed = await world.ct.get_payment(payment.id)
     await world.publish_twice([claimed])
-    settings = world.settings(claim_lease_s=4.0)
+    settings = world.settings(delivery_timeout_s=10.0, max_clock_skew_s=0.0)  # a lease of 10 + 5 s (Stripe's timeout_s)
     with structlog.testing.capture_logs() as logs:
         async with running_worker(settings):
             async with asyncio.timeout(30):  # the worker has met the claim, and backs off for the rest of its lease

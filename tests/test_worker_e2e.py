@@ -36,6 +36,7 @@ from tests.stack.queues import PUBSUB_PROJECT
 from tests.support import (
     CLIENT_SECRET,
     INTERACTION_TYPE_KEY,
+    QUICK_LEASE,
     ConcurrentWriter,
     running_worker,
     sandbox_route,
@@ -196,7 +197,7 @@ async def test_pubsub_nacks_a_transient_failure_and_the_redelivery_succeeds(
 def worker_env(queue: EventQueue, ct_url: str, project_key: str, ledger: Path, latency_ms: int) -> dict[str, str]:
     routes = [sandbox_route(ledger, latency_ms)]
     environment = worker_environment(queue, ct_url=ct_url, project_key=project_key, routes=routes)
-    return os.environ | environment | {"CONNECTOR_CLAIM_LEASE_S": "2"}
+    return os.environ | environment | QUICK_LEASE
 
 
 @pytest.mark.timeout(600)  # the emulator may hold the first worker's leftover messages for minutes

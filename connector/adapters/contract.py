@@ -9,8 +9,15 @@ Duties of an adapter:
   timeout or a redelivery) never executes twice. The key is the same every time for a transaction.
 - Raise ``connector.errors.PspUnavailable`` for faults worth retrying (network errors, PSP 5xx): the
   processor retries with the same key. Return a ``Failure`` outcome for refusals (declines, 4xx).
+- Raise ``connector.errors.PspRequestInProgress`` when the PSP says a request with this key is
+  still running (Stripe's 409 ``idempotency_key_in_use``): it is retried, never a Failure.
 - Never put secrets (API keys, full payment method tokens, card data) into an ``Outcome``: its
   ``request`` and ``response`` summaries are stored on the Payment as interface interactions.
+- Declare what the PSP supports in a ``capabilities`` attribute (``Capabilities``); the money rules
+  refuse what it does not support before any call.
+- Optionally, implement ``find`` (``FindsExecutions``): what the PSP already did for a transaction.
+  The processor asks it before it executes a transaction that was claimed before, so that a takeover
+  after a crash, or after the PSP forgot the idempotency key, never executes twice.
 """
 
 from collections.abc import Mapping
@@ -64,6 +71,21 @@ class Outcome:
             raise ValueError("an outcome moves a transaction out of Initial")
 
 
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What the PSP behind an adapter supports."""
+
+    multiple_captures: bool = False  # Stripe captures an authorization once and releases the rest
+    partial_captures: bool = True
+    partial_refunds: bool = True
+    # The longest one PSP request may run, the PSP's side included: after an attempt is cancelled, its
+    # request may go on that long, so the claim lease covers it (docs/design.md, 'The claim lease').
+    request_timeout_s: float = 30.0
+
+
+DEFAULT_CAPABILITIES = Capabilities()
+
+
 class PaymentAdapter(Protocol):
     async def authorize(self, request: OperationRequest) -> Outcome: ...
 
@@ -74,6 +96,26 @@ class PaymentAdapter(Protocol):
     async def cancel_authorization(self, request: OperationRequest) -> Outcome: ...
 
     async def aclose(self) -> None: ...
+
+
+class FindsExecutions(Protocol):
+    """The optional operation: what the PSP did for ``request.transaction``, or None when it did nothing.
+
+    It looks the execution up by what the adapter sent with it (Stripe: the ``ctTransactionId``
+    metadata), not by the idempotency key, which the PSP forgets. An execution the PSP still runs is
+    answered with ``PspRequestInProgress``.
+    """
+
+    async def find(self, request: OperationRequest) -> Outcome | None: ...
+
+
+def capabilities_of(adapter: PaymentAdapter) -> Capabilities:
+    declared = getattr(adapter, "capabilities", DEFAULT_CAPABILITIES)
+    return declared if isinstance(declared, Capabilities) else DEFAULT_CAPABILITIES
+
+
+def finder_of(adapter: PaymentAdapter) -> FindsExecutions | None:
+    return adapter if callable(getattr(adapter, "find", None)) else None  # type: ignore[return-value]
 
 
 class AdapterFactory(Protocol):

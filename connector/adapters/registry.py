@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from connector.adapters.contract import AdapterFactory, PaymentAdapter
+from connector.adapters.contract import AdapterFactory, PaymentAdapter, capabilities_of
 from connector.errors import ConfigurationError
 from connector.models.delivery import describe_validation_error
 from connector.models.payment import PaymentMethodInfo
@@ -84,6 +84,10 @@ class AdapterRegistry:
         if not any(served == interface for served, _ in self._routes):
             return None
         return UnknownAccount(method.payment_interface, method.interface_account or "(none)")
+
+    def longest_request_s(self) -> float:
+        """The longest one PSP request of any routed adapter may run (their declared capabilities)."""
+        return max((capabilities_of(adapter).request_timeout_s for adapter in self._routes.values()), default=0.0)
 
     async def aclose(self) -> None:
         for adapter in self._routes.values():

@@ -2,17 +2,21 @@
 
 Mapping (docs/design.md, 'Processing protocol'; the Stripe table in docs/adapters.md):
 - Authorization: a PaymentIntent with manual capture, confirmed with ``paymentMethodInfo.token``.
-- Charge: capture of the payment's successful Authorization (partial amounts allowed), or an
-  automatic-capture PaymentIntent when the payment has no Authorization.
+- Charge: capture of the payment's successful Authorization (once; partial amounts allowed), or an
+  automatic-capture PaymentIntent when no Authorization comes before it. A Charge after an
+  Authorization that Stripe does not know is refused, never made a new charge on top of the hold.
 - Refund: a refund against the charged PaymentIntent.
 - CancelAuthorization: cancel of the authorized PaymentIntent.
-The connector's money rules (refunds within what was charged, no cancel after a capture, no
-Chargeback execution) are checked before any call, in ``connector.processor.decisions``.
+The connector's money rules (refunds within what was charged, one capture, no cancel after a
+capture) are checked before any call, in ``connector.processor.money``.
 
-Amounts go to Stripe as ``centAmount``: both count the currency's smallest unit, so zero-decimal
-currencies such as JPY need no conversion. Every call carries the transaction's idempotency key; the
-PaymentIntent's metadata names the commercetools project, payment and transaction. The API key never
-leaves the SDK's Authorization header; interactions show the payment method by its last characters.
+Amounts: commercetools counts the currency's ISO 4217 minor unit, Stripe mostly the same (JPY in
+yen, EUR in cents), except where Stripe's currency rules differ (``stripe_amount``).
+``find`` looks an execution up without its idempotency key, which Stripe forgets after 24 hours.
+
+Every call carries the transaction's idempotency key; the PaymentIntent's metadata names the
+commercetools project, payment and transaction. The API key never leaves the SDK's Authorization
+header; interactions show the payment method by its last characters.
 """
 
 from collections.abc import Awaitable, Callable, Mapping
@@ -21,9 +25,10 @@ from typing import Any, Literal
 import stripe
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from connector.adapters.contract import Operation, OperationRequest, Outcome, masked
-from connector.errors import PspCredentialsRejected, PspUnavailable
-from connector.models.payment import TransactionState, TransactionType
+from connector.adapters.contract import OPERATION_FOR, Capabilities, Operation, OperationRequest, Outcome, masked
+from connector.errors import PermanentError, PspCredentialsRejected, PspRequestInProgress, PspUnavailable
+from connector.models.currency import minor_units
+from connector.models.payment import Money, TransactionState, TransactionType
 
 PI_STATES = {
     "requires_capture": TransactionState.SUCCESS,  # authorized
@@ -59,20 +64,44 @@ class StripeSettings(BaseModel):
         return key
 
 
+# Stripe's amounts where they differ from ISO 4217 minor units (Stripe's currency docs, 'Special cases').
+STRIPE_DECIMALS = {"ISK": 2}  # ISO: no decimals; Stripe: two, in whole krónur (multiples of 100)
+WHOLE_TENS = frozenset({"BHD", "JOD", "KWD", "OMR", "TND"})  # three decimals, the last one 0
+
+
+def stripe_amount(money: Money) -> int | str:
+    """The amount Stripe expects for ``money``, or why Stripe would refuse it (a readable text)."""
+    code = money.currency_code.upper()
+    if code in WHOLE_TENS and money.cent_amount % 10:
+        return f"Stripe takes {code} amounts in whole tens of the minor unit (the last of three decimals 0), not {money}"
+    scale: int = 10 ** (STRIPE_DECIMALS.get(code, minor_units(code)) - minor_units(code))
+    return money.cent_amount * scale
+
+
 class StripeAdapter:
-    def __init__(self, client: stripe.StripeClient, http: stripe.AIOHTTPClient, payment_method_types: list[str]) -> None:
+    def __init__(
+        self, client: stripe.StripeClient, http: stripe.AIOHTTPClient, payment_method_types: list[str], timeout_s: float
+    ) -> None:
         self._stripe = client.v1
         self._http = http
         self._payment_method_types = payment_method_types
+        # A PaymentIntent is captured once: Stripe releases what a partial capture leaves.
+        self.capabilities = Capabilities(multiple_captures=False, request_timeout_s=timeout_s)
 
     async def authorize(self, request: OperationRequest) -> Outcome:
         return await self._create_intent(request, Operation.AUTHORIZE, capture_method="manual")
 
     async def charge(self, request: OperationRequest) -> Outcome:
+        if not _after_an_authorization(request):
+            return await self._create_intent(request, Operation.CHARGE, capture_method="automatic")
         intent_id = _intent_of(request, TransactionType.AUTHORIZATION)
         if intent_id is None:
-            return await self._create_intent(request, Operation.CHARGE, capture_method="automatic")
-        params: stripe.params.PaymentIntentCaptureParams = {"amount_to_capture": request.transaction.amount.cent_amount}
+            text = "The payment's authorization has no Stripe PaymentIntent to capture; a new charge would charge twice"
+            return _refused(request, Operation.CHARGE, "authorization_not_at_stripe", text)
+        amount = stripe_amount(request.transaction.amount)
+        if isinstance(amount, str):
+            return _refused(request, Operation.CHARGE, "currency_rules", amount)
+        params: stripe.params.PaymentIntentCaptureParams = {"amount_to_capture": amount}
         capture = self._stripe.payment_intents.capture_async
         return await self._call(
             request, Operation.CHARGE, lambda: capture(intent_id, params, _options(request)), PI_STATES, intent_id
@@ -82,11 +111,10 @@ class StripeAdapter:
         intent_id = _intent_of(request, TransactionType.CHARGE)
         if intent_id is None:
             return _refused(request, Operation.REFUND, "no_charge", "No successful Stripe charge to refund")
-        params: stripe.params.RefundCreateParams = {
-            "payment_intent": intent_id,
-            "amount": request.transaction.amount.cent_amount,
-            "metadata": _metadata(request),
-        }
+        amount = stripe_amount(request.transaction.amount)
+        if isinstance(amount, str):
+            return _refused(request, Operation.REFUND, "currency_rules", amount)
+        params: stripe.params.RefundCreateParams = {"payment_intent": intent_id, "amount": amount, "metadata": _metadata(request)}
         create = self._stripe.refunds.create_async
         return await self._call(request, Operation.REFUND, lambda: create(params, _options(request)), REFUND_STATES, intent_id)
 
@@ -109,10 +137,12 @@ class StripeAdapter:
         token = request.payment.payment_method_info.token
         if token is None or not token.value:
             return _refused(request, operation, "no_payment_method", "The payment has no payment method token")
-        amount = request.transaction.amount
+        amount = stripe_amount(request.transaction.amount)
+        if isinstance(amount, str):
+            return _refused(request, operation, "currency_rules", amount)
         params: stripe.params.PaymentIntentCreateParams = {
-            "amount": amount.cent_amount,
-            "currency": amount.currency_code.lower(),
+            "amount": amount,
+            "currency": request.transaction.amount.currency_code.lower(),
             "capture_method": capture_method,
             "confirm": True,
             "payment_method": token.value,
@@ -143,23 +173,74 @@ class StripeAdapter:
             return Outcome(TransactionState.FAILURE, intent_id, code, text, summary, response)
         except (stripe.APIConnectionError, stripe.RateLimitError) as exc:
             raise PspUnavailable(f"Stripe unreachable: {exc.__class__.__name__}") from None
+        except stripe.IdempotencyError:
+            # The key was used with other parameters (the payment's token changed between attempts, say):
+            # its first request may have moved money, so no Failure is stored; an operator must look.
+            raise PermanentError("Stripe refused the idempotency key: it was first used with other parameters") from None
         except (stripe.AuthenticationError, stripe.PermissionError) as exc:
             raise PspCredentialsRejected(
                 f"Stripe refused this account's API key (HTTP {exc.http_status}): rotate or widen the key in CONNECTOR_ADAPTERS"
             ) from None
         except stripe.StripeError as exc:
+            if exc.http_status == 409:  # idempotency_key_in_use, lock_timeout: the first request still runs
+                raise PspRequestInProgress(f"Stripe is still running a request for this key ({exc.code or 'conflict'})") from None
             if exc.http_status is None or exc.http_status >= 500:
                 raise PspUnavailable(f"Stripe answered HTTP {exc.http_status}") from None
             code = exc.code or f"http_{exc.http_status}"
             text = exc.user_message or "Stripe refused the request"
             return Outcome(TransactionState.FAILURE, None, code, text, summary, {"error": code, "message": text})
-        answer = result.to_dict()
-        state = states.get(answer["status"], TransactionState.FAILURE)
-        error = (answer.get("last_payment_error") or {}) if state is TransactionState.FAILURE else {}
-        code = error.get("code") or answer["status"]
-        text = error.get("message") or f"Stripe {answer['object'].replace('_', ' ')} {answer['status']}"
-        response = {key: answer.get(key) for key in ("id", "object", "status", "amount")}
-        return Outcome(state, answer["id"], code, text, summary, response)
+        return _outcome_of(result.to_dict(), states, summary)
+
+    async def find(self, request: OperationRequest) -> Outcome | None:
+        """What Stripe did for ``request.transaction``: the object carrying its ``ctTransactionId``, by
+        metadata for a new PaymentIntent or a refund, by state for a capture or a cancel."""
+        operation = OPERATION_FOR[request.transaction.type]
+        summary = _summary(request, operation)
+        transaction_id = request.transaction.id
+        try:
+            if operation is Operation.REFUND:
+                intent_id = _intent_of(request, TransactionType.CHARGE)
+                if intent_id is None:
+                    return None
+                listed = await self._stripe.refunds.list_async({"payment_intent": intent_id, "limit": 100})
+                refunds = (r.to_dict() for r in listed.data)
+                refund = next((r for r in refunds if (r.get("metadata") or {}).get("ctTransactionId") == transaction_id), None)
+                return None if refund is None else _outcome_of(refund, REFUND_STATES, summary)
+            if operation in (Operation.AUTHORIZE, Operation.CHARGE) and not _after_an_authorization(request):
+                # Search is eventually consistent (about a minute); a takeover comes a claim lease later.
+                query = f"metadata['ctTransactionId']:'{transaction_id}'"
+                found = await self._stripe.payment_intents.search_async({"query": query, "limit": 1})
+                return _outcome_of(found.data[0].to_dict(), PI_STATES, summary) if found.data else None
+            intent_id = _intent_of(request, TransactionType.AUTHORIZATION)
+            if intent_id is None:
+                return None
+            intent = (await self._stripe.payment_intents.retrieve_async(intent_id)).to_dict()
+            done = {Operation.CHARGE: "succeeded", Operation.CANCEL_AUTHORIZATION: "canceled"}[operation]
+            return _outcome_of(intent, {done: TransactionState.SUCCESS}, summary) if intent["status"] == done else None
+        except (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError) as exc:
+            raise PspUnavailable(f"Stripe unreachable while looking up an execution: {exc.__class__.__name__}") from None
+        except (stripe.AuthenticationError, stripe.PermissionError) as exc:
+            raise PspCredentialsRejected(f"Stripe refused this account's API key (HTTP {exc.http_status})") from None
+
+
+def _outcome_of(answer: Mapping[str, Any], states: Mapping[str, TransactionState], summary: Mapping[str, Any]) -> Outcome:
+    """The outcome a Stripe PaymentIntent or Refund says."""
+    state = states.get(answer["status"], TransactionState.FAILURE)
+    error = (answer.get("last_payment_error") or {}) if state is TransactionState.FAILURE else {}
+    code = error.get("code") or answer["status"]
+    text = error.get("message") or f"Stripe {answer['object'].replace('_', ' ')} {answer['status']}"
+    response = {key: answer.get(key) for key in ("id", "object", "status", "amount")}
+    return Outcome(state, answer["id"], code, text, summary, response)
+
+
+def _after_an_authorization(request: OperationRequest) -> bool:
+    """Whether an Authorization comes before the transaction: then a Charge is its capture."""
+    for t in request.payment.transactions:
+        if t.id == request.transaction.id:
+            return False
+        if t.type is TransactionType.AUTHORIZATION:
+            return True
+    return False
 
 
 def _intent_of(request: OperationRequest, kind: TransactionType) -> str | None:
@@ -218,4 +299,4 @@ def create_adapter(settings: Mapping[str, Any]) -> StripeAdapter:
         http_client=http,
         max_network_retries=0,  # the processor retries, with the same idempotency key
     )
-    return StripeAdapter(client, http, parsed.allowed_payment_method_types)
+    return StripeAdapter(client, http, parsed.allowed_payment_method_types, parsed.timeout_s)

@@ -3,25 +3,24 @@
 The protocol (docs/design.md, 'Processing protocol') in terms of these functions:
 1. ``plan_work``: the Initial transactions to execute, unless another worker's claim is still fresh.
 2. ``claim_actions``: one update that adds a ``request`` interaction per transaction (the claim).
-3. For each claimed transaction, in payment order: ``refusal_for`` (money rules checked before any
-   PSP call) or the PSP call; ``apply_outcome`` lets later transactions see earlier outcomes.
-4. ``outcome_actions``: one update with every outcome. On a 409 it is recomputed from the refetched
-   payment, and states only ever move forward.
+3. For each claimed transaction, in payment order: ``money.refusal_for`` (the money rules, checked
+   before any PSP call) or the PSP call; ``apply_outcome`` lets later transactions see its outcome.
+4. ``outcome_actions``: the update that stores an outcome, written before the next transaction is
+   executed. On a 409 it is recomputed from the refetched payment, and states only ever move forward.
 """
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from types import MappingProxyType
 from typing import Any
 
 import orjson
 
 from connector.adapters.contract import OPERATION_FOR, Operation, Outcome
 from connector.models.payment import Payment, Transaction, TransactionState, TransactionType
+from connector.processor.money import NOTHING_SETTLED, Totals
 
 MAX_INTERACTION_TEXT = 4000
-NOTHING_SETTLED: Mapping[str, TransactionState] = MappingProxyType({})
 
 Action = dict[str, Any]
 
@@ -31,8 +30,9 @@ class Work:
     """A transaction the connector owes an outcome to."""
 
     transaction: Transaction
-    operation: Operation | None  # None: a Chargeback, which is never executed
+    operation: Operation
     idempotency_key: str
+    claimed_before: bool = False  # a claim of an earlier attempt exists: ask the PSP before executing
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,15 +44,6 @@ class Plan:
     def needs_payment_method(self) -> bool:
         """Authorizations and direct charges need the token, which messages carry masked."""
         return any(w.operation is Operation.AUTHORIZE or w.operation is Operation.CHARGE for w in self.work)
-
-
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    code: str
-    text: str
-
-    def as_outcome(self) -> Outcome:
-        return Outcome(TransactionState.FAILURE, None, self.code, self.text, {}, {"refusedBy": "connector"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +69,7 @@ def plan_work(payment: Payment, *, now: datetime, lease: timedelta, abandoned: C
         claim = claimed_at.get(key)
         if claim is not None and claim + lease > now and key not in abandoned:
             held_until = max(held_until or claim + lease, claim + lease)
-        work.append(Work(transaction, OPERATION_FOR.get(transaction.type), key))
+        work.append(Work(transaction, OPERATION_FOR[transaction.type], key, claimed_before=claim is not None))
     if held_until is not None:
         return Plan((), held_until)
     return Plan(tuple(work), None)
@@ -95,71 +86,6 @@ def awaits_only_the_issuer(payment: Payment) -> bool:
     return bool(initial) and all(is_issuer_record(t) for t in initial)
 
 
-def refusal_for(payment: Payment, transaction: Transaction) -> Refusal | None:
-    """Why this transaction must fail without a PSP call, or None when it may be executed."""
-    amount = transaction.amount.cent_amount
-    currency = transaction.amount.currency_code
-    if transaction.type is TransactionType.CHARGEBACK:
-        return Refusal("not_executable", "Chargebacks are initiated by the card issuer; the connector never executes them")
-    if amount <= 0:
-        return Refusal("invalid_amount", f"Amount must be positive, got {amount} minor units")
-    if currency != payment.amount_planned.currency_code:
-        return Refusal(
-            "currency_mismatch",
-            f"Transaction currency {currency} differs from the payment's {payment.amount_planned.currency_code}",
-        )
-    totals = _Totals.of(payment)
-    planned = payment.amount_planned.cent_amount
-    match transaction.type:
-        case TransactionType.AUTHORIZATION if amount > planned:
-            return Refusal("amount_exceeds_planned", f"Authorization of {amount} exceeds the planned {planned}")
-        case TransactionType.CHARGE if totals.has_authorization:
-            if totals.cancelled:
-                return Refusal("authorization_cancelled", "The authorization was cancelled; nothing to capture")
-            capturable = totals.authorized - totals.charged
-            if amount > capturable:
-                return Refusal("amount_exceeds_authorized", f"Capture of {amount} exceeds the {capturable} still authorized")
-        case TransactionType.CHARGE if amount > planned:
-            return Refusal("amount_exceeds_planned", f"Charge of {amount} exceeds the planned {planned}")
-        case TransactionType.REFUND if amount > totals.charged - totals.refunded:
-            refundable = totals.charged - totals.refunded
-            return Refusal("amount_exceeds_charged", f"Refund of {amount} exceeds the {refundable} still refundable")
-        case TransactionType.CANCEL_AUTHORIZATION if totals.authorized == 0:
-            return Refusal("no_authorization", "There is no successful authorization to cancel")
-        case TransactionType.CANCEL_AUTHORIZATION if totals.charged > 0:
-            return Refusal("already_captured", "An authorization cannot be cancelled after a capture")
-    return None
-
-
-@dataclass(frozen=True, slots=True)
-class _Totals:
-    has_authorization: bool
-    authorized: int
-    charged: int  # Success and Pending: money that is, or is being, captured
-    refunded: int  # Success and Pending likewise
-    cancelled: bool
-
-    @classmethod
-    def of(cls, payment: Payment, settled: Mapping[str, TransactionState] = NOTHING_SETTLED) -> "_Totals":
-        # One pass: this runs for every transaction the connector executes.
-        authorized = charged = refunded = cancelled = 0
-        has_authorization = False
-        for t in payment.transactions:
-            amount, state = t.amount.cent_amount, settled.get(t.id, t.state)
-            live = state is TransactionState.SUCCESS or state is TransactionState.PENDING
-            match t.type:
-                case TransactionType.AUTHORIZATION:
-                    has_authorization = True
-                    authorized += amount if state is TransactionState.SUCCESS else 0
-                case TransactionType.CHARGE:
-                    charged += amount if live else 0
-                case TransactionType.REFUND:
-                    refunded += amount if live else 0
-                case TransactionType.CANCEL_AUTHORIZATION:
-                    cancelled += amount if state is TransactionState.SUCCESS else 0
-        return cls(has_authorization, authorized, charged, refunded, cancelled > 0)
-
-
 def claim_actions(work: Iterable[Work], *, type_key: str, now: datetime) -> list[Action]:
     return [
         _interaction(
@@ -168,7 +94,7 @@ def claim_actions(work: Iterable[Work], *, type_key: str, now: datetime) -> list
             work=w,
             now=now,
             request={
-                "operation": w.operation.value if w.operation else None,
+                "operation": w.operation.value,
                 "amount": w.transaction.amount.cent_amount,
                 "currency": w.transaction.amount.currency_code,
             },
@@ -181,18 +107,21 @@ def apply_outcome(payment: Payment, transaction_id: str, outcome: Outcome) -> Pa
     """The payment as it will be once ``outcome`` is stored (for the next transaction's checks)."""
     transactions = tuple(
         t.model_copy(update={"state": outcome.state, "interaction_id": outcome.psp_reference or t.interaction_id})
-        if t.id == transaction_id
+        if t.id == transaction_id and t.state.rank < outcome.state.rank
         else t
         for t in payment.transactions
     )
     return payment.model_copy(update={"transactions": transactions})
 
 
-def outcome_actions(payment: Payment, results: Sequence[Result], *, type_key: str, now: datetime) -> list[Action]:
+def outcome_actions(
+    payment: Payment, results: Sequence[Result], *, type_key: str, now: datetime, essential_only: bool = False
+) -> list[Action]:
     """One update that stores every outcome the payment does not already show.
 
     A transaction that someone else moved to a final state meanwhile keeps it (states move
     forward only); the same PSP call under the same key cannot have said anything else.
+    ``essential_only``: the state and the PSP reference alone, for when commercetools refused the rest.
     """
     actions: list[Action] = []
     settled: dict[str, TransactionState] = {}
@@ -212,6 +141,10 @@ def outcome_actions(payment: Payment, results: Sequence[Result], *, type_key: st
                     "interactionId": outcome.psp_reference,
                 }
             )
+        settled[transaction_id] = outcome.state
+        last = outcome
+        if essential_only:
+            continue
         actions.append(
             _interaction(
                 type_key, kind="response", work=result.work, now=now, request=dict(outcome.request),
@@ -219,9 +152,7 @@ def outcome_actions(payment: Payment, results: Sequence[Result], *, type_key: st
                 interaction_id=outcome.psp_reference,
             )
         )  # fmt: skip
-        settled[transaction_id] = outcome.state
-        last = outcome
-    if last is not None:
+    if last is not None and not essential_only:
         actions.append({"action": "setStatusInterfaceCode", "interfaceCode": payment_status_code(payment, settled)})
         actions.append({"action": "setStatusInterfaceText", "interfaceText": _clip(f"{last.code}: {last.text}")})
     return actions
@@ -232,7 +163,7 @@ def payment_status_code(payment: Payment, settled: Mapping[str, TransactionState
 
     ``settled``: new states of some transactions (by id), not stored yet.
     """
-    totals = _Totals.of(payment, settled)
+    totals = Totals.of(payment, settled)
     states = [settled.get(t.id, t.state) for t in payment.transactions]
     succeeded = {t.type for t, state in zip(payment.transactions, states, strict=True) if state is TransactionState.SUCCESS}
     if TransactionType.REFUND in succeeded:
@@ -283,8 +214,7 @@ def _interaction(
         "createdAt": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "request": _clip(_json(request)),
     }
-    if work.operation is not None:
-        fields["operation"] = work.operation.value
+    fields["operation"] = work.operation.value
     if response is not None:
         fields["response"] = _clip(_json(response))
     if interaction_id:

@@ -4,15 +4,16 @@ Every decision comes from ``connector.processor.decisions``; this module only do
 them, and answers each 409 by refetching the payment and deciding again.
 """
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import structlog
 
-from connector.adapters.contract import Operation, OperationRequest, Outcome
+from connector.adapters.contract import Operation, OperationRequest, Outcome, capabilities_of, finder_of
 from connector.adapters.registry import AdapterRegistry, Route, UnknownAccount
 from connector.errors import (
     ClaimHeld,
@@ -20,13 +21,15 @@ from connector.errors import (
     NotFound,
     PspCredentialsRejected,
     PspUnavailable,
+    Rejected,
     RetryableError,
 )
 from connector.metrics import Metrics
 from connector.models.delivery import PaymentTrigger
 from connector.models.payment import Payment
-from connector.processor import decisions
-from connector.processor.decisions import Plan, Refusal, Result
+from connector.processor import decisions, money
+from connector.processor.decisions import Plan, Result, Work
+from connector.processor.money import Refusal
 from connector.retrying import Backoff, retry
 
 log = structlog.get_logger("connector.processor")
@@ -50,7 +53,7 @@ PSP_BACKOFF = Backoff(attempts=3, budget_s=20.0, wait_initial_s=0.5)
 class ProcessorSettings:
     project_key: str
     interaction_type_key: str
-    claim_lease_s: float = 30.0
+    claim_lease_s: float = 100.0  # derived from the other settings at start-up (connector.config.claim_lease_s)
     max_conflicts: int = 10  # 409s answered per write before the delivery is retried later
     psp_backoff: Backoff = PSP_BACKOFF
 
@@ -79,8 +82,8 @@ class Processor:
         self._clock = clock
         self._metrics = metrics or Metrics()
         self._lease = timedelta(seconds=settings.claim_lease_s)
-        # Keys this worker claimed in attempts that failed, and when: a retry here may take them back
-        # at once, because no call of ours is still running for them. Within the lease nobody else can.
+        # Keys this worker claimed in attempts that ended unfinished, and from when it may take them back:
+        # from then on no call of ours runs for them. Within the lease nobody else can.
         self._abandoned: dict[str, datetime] = {}
 
     async def reconcile(self, trigger: PaymentTrigger) -> Reconciled:
@@ -95,15 +98,34 @@ class Processor:
             return Reconciled(trigger.payment_id, "payment_not_found")
         if not plan.work:  # Initial Chargebacks are the issuer's: left as they are, and counted as not ours
             return Reconciled(payment.id, "not_ours" if decisions.awaits_only_the_issuer(payment) else "nothing_to_do")
+        results: list[Result] = []
+        unfinished = {work.idempotency_key for work in plan.work}
         try:
-            results = await self._execute(payment, plan, route)
-            await self._store_outcomes(payment, results)
-        except BaseException:
-            self._abandoned.update((work.idempotency_key, self._clock()) for work in plan.work)
+            for work in plan.work:
+                structlog.contextvars.bind_contextvars(transaction_id=work.transaction.id)
+                result = Result(work, await self._outcome(payment, work, route))
+                # Stored before the next transaction runs: an outcome the PSP gave is never lost to a later fault.
+                payment = await self._store_outcome(payment, result)
+                unfinished.discard(work.idempotency_key)
+                results.append(result)
+        except asyncio.CancelledError:
+            # The delivery timed out or the worker is stopping: the cancelled PSP request may still run
+            # at the PSP, so its claim is not taken back before that request must have ended.
+            self._abandon(unfinished, after_s=_request_timeout_s(route))
             raise
+        except BaseException:
+            self._abandon(unfinished, after_s=0.0)
+            raise
+        finally:
+            structlog.contextvars.unbind_contextvars("transaction_id")
         for work in plan.work:
             self._abandoned.pop(work.idempotency_key, None)
         return Reconciled(payment.id, "done", tuple(results))
+
+    def _abandon(self, keys: Iterable[str], *, after_s: float) -> None:
+        """Lets this worker take back its claims of ``keys`` ``after_s`` from now: no call of ours runs for them then."""
+        free_from = self._clock() + timedelta(seconds=after_s)
+        self._abandoned.update((key, free_from) for key in keys)
 
     async def _claim(self, payment: Payment, *, fetched: bool) -> tuple[Payment, Plan]:
         """Claims the payment's Initial transactions; returns the payment at its claimed version, and the plan.
@@ -115,7 +137,8 @@ class Processor:
         self._abandoned = {key: at for key, at in self._abandoned.items() if at + self._lease > now}
         for _ in range(self._settings.max_conflicts):
             now = self._clock()
-            plan = decisions.plan_work(payment, now=now, lease=self._lease, abandoned=self._abandoned)
+            free = {key for key, at in self._abandoned.items() if at <= now}
+            plan = decisions.plan_work(payment, now=now, lease=self._lease, abandoned=free)
             if plan.held_until is not None:
                 wait_s = (plan.held_until - now).total_seconds()
                 raise ClaimHeld(f"a transaction is claimed by another worker for {wait_s:.1f}s more", wait_s)
@@ -132,33 +155,42 @@ class Processor:
                 self._metrics.labelled(self._metrics.conflicts, "claim").inc()
                 payment, fetched = await self._store.get_payment(payment.id), True
                 continue
+            except BaseException:
+                # The claim may have been stored with its answer lost; no PSP call was made under it,
+                # so this worker's retry may take it back at once instead of waiting out its own lease.
+                self._abandon((work.idempotency_key for work in plan.work), after_s=0.0)
+                raise
             # The update was checked against the version read, so the payment is now that one plus the
             # claim's interactions, which nothing after the claim reads: parsing the answer would cost
             # more than the rest of the claim.
             return payment.model_copy(update={"version": version}), plan
         raise RetryableError(f"claim kept conflicting after {self._settings.max_conflicts} attempts")
 
-    async def _execute(self, payment: Payment, plan: Plan, route: Route | UnknownAccount) -> list[Result]:
-        results: list[Result] = []
-        current = payment
-        for work in plan.work:
-            structlog.contextvars.bind_contextvars(transaction_id=work.transaction.id)
-            if isinstance(route, UnknownAccount):
-                outcome = _unknown_account(route).as_outcome()
-            elif (refusal := decisions.refusal_for(current, work.transaction)) is not None:
-                outcome = refusal.as_outcome()
-            else:
-                assert work.operation is not None  # refusal_for refuses what has no operation
-                outcome = await self._call_psp(route, work.operation, OperationRequest(
-                    current, work.transaction, work.idempotency_key, self._settings.project_key
-                ))  # fmt: skip
-            log.info("transaction.outcome", state=outcome.state.value, code=outcome.code, psp_reference=outcome.psp_reference)
-            self._metrics.labelled(self._metrics.transactions, work.transaction.type.value, outcome.state.value).inc()
-            results.append(Result(work, outcome))
-            if len(results) < len(plan.work):  # the next transaction's checks see this outcome
-                current = decisions.apply_outcome(current, work.transaction.id, outcome)
-        structlog.contextvars.unbind_contextvars("transaction_id")
-        return results
+    async def _outcome(self, payment: Payment, work: Work, route: Route | UnknownAccount) -> Outcome:
+        """The outcome of one claimed transaction: a refusal, what the PSP already did, or a PSP call."""
+        if isinstance(route, UnknownAccount):
+            outcome = _unknown_account(route).as_outcome()
+        elif (refusal := money.refusal_for(payment, work.transaction, capabilities_of(route.adapter))) is not None:
+            outcome = refusal.as_outcome()
+        else:
+            request = OperationRequest(payment, work.transaction, work.idempotency_key, self._settings.project_key)
+            found = await self._find(route, request) if work.claimed_before else None
+            outcome = found or await self._call_psp(route, work.operation, request)
+        log.info("transaction.outcome", state=outcome.state.value, code=outcome.code, psp_reference=outcome.psp_reference)
+        self._metrics.labelled(self._metrics.transactions, work.transaction.type.value, outcome.state.value).inc()
+        return outcome
+
+    async def _find(self, route: Route, request: OperationRequest) -> Outcome | None:
+        """What the PSP did for a transaction claimed before (by a crashed worker, or past the PSP's key retention)."""
+        finder = finder_of(route.adapter)
+        if finder is None:
+            return None  # the idempotency key alone guards it, within the PSP's retention of keys
+        retried = self._metrics.labelled(self._metrics.retries, "psp").inc
+        found = await retry(lambda: finder.find(request), on=PspUnavailable, backoff=self._settings.psp_backoff, on_retry=retried)
+        self._metrics.labelled(self._metrics.psp_lookups, route.interface, "found" if found else "nothing").inc()
+        if found is not None:
+            log.info("transaction.found_at_psp", psp_reference=found.psp_reference)
+        return found
 
     async def _call_psp(self, route: Route, operation: Operation, request: OperationRequest) -> Outcome:
         method = getattr(route.adapter, operation.value)  # each Operation names its PaymentAdapter method
@@ -182,20 +214,39 @@ class Processor:
             self._metrics.labelled(self._metrics.psp_credentials_rejected, route.interface).inc()
             raise
 
-    async def _store_outcomes(self, payment: Payment, results: list[Result]) -> None:
+    async def _store_outcome(self, payment: Payment, result: Result) -> Payment:
+        """Writes one outcome; returns the payment as it now is, for the next transaction's money rules."""
+        essential_only = False
         for _ in range(self._settings.max_conflicts):
-            actions = decisions.outcome_actions(payment, results, type_key=self._settings.interaction_type_key, now=self._clock())
+            actions = decisions.outcome_actions(
+                payment, [result], type_key=self._settings.interaction_type_key, now=self._clock(), essential_only=essential_only
+            )
             if not actions:
-                return
+                return payment
             try:
-                await self._store.update_payment(payment.id, payment.version, actions)
-                return
+                version = await self._store.update_payment(payment.id, payment.version, actions)
             except ConcurrentModification:
                 # Someone else wrote meanwhile: decide again from what is there now, never call the PSP again.
                 log.info("outcome.conflict", version=payment.version)
                 self._metrics.labelled(self._metrics.conflicts, "outcome").inc()
                 payment = await self._store.get_payment(payment.id)
+                continue
+            except Rejected as error:
+                if essential_only:
+                    raise
+                # Money moved at the PSP: its state and reference must be stored even if commercetools
+                # refuses the interaction (a field it does not accept, a size limit).
+                log.error("outcome.write_rejected", error=str(error))
+                self._metrics.outcome_writes_reduced.inc()
+                essential_only = True
+                continue
+            applied = decisions.apply_outcome(payment, result.work.transaction.id, result.outcome)
+            return applied.model_copy(update={"version": version})
         raise RetryableError(f"outcome write kept conflicting after {self._settings.max_conflicts} attempts")
+
+
+def _request_timeout_s(route: Route | UnknownAccount) -> float:
+    return 0.0 if isinstance(route, UnknownAccount) else capabilities_of(route.adapter).request_timeout_s
 
 
 def _unknown_account(route: UnknownAccount) -> Refusal:

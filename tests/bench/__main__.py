@@ -43,7 +43,7 @@ from pydantic import SecretStr
 
 from connector.commercetools.client import CommercetoolsClient
 from connector.commercetools.interaction_type import interaction_type_draft
-from tests.sandbox_ledger import execution_times
+from tests.sandbox_ledger import execution_times, record_authorization
 from tests.stack import free_port, messages
 from tests.stack.ctmock import LocalCommercetools
 from tests.stack.kafka import LocalKafka, create_topics
@@ -70,6 +70,7 @@ MIX: list[tuple[tuple[tuple[str, int], ...], tuple[tuple[str, int], ...], str]] 
 ]
 # PaymentCreated deliveries whose work needs no payment method token: the refund and the cancel.
 NO_TOKEN_MIX = [kind for kind in MIX if kind[2] == "created" and kind[1][0][0] in ("Refund", "CancelAuthorization")]
+CONNECTOR_LEDGER = "connector-ledger.sqlite"
 WARM_UP_PAYMENTS = 2000
 WARM_UP_RATE = 400  # deliveries per second
 ROUNDS = 5
@@ -81,8 +82,10 @@ Deliveries = list[tuple[str, bytes]]  # (payment id, delivery body)
 class Load:
     """Payments of one project and their deliveries."""
 
-    def __init__(self, ct: CommercetoolsClient, project_key: str) -> None:
-        self._ct, self._project_key = ct, project_key
+    def __init__(self, ct: CommercetoolsClient, project_key: str, ledger: Path | None = None) -> None:
+        """``ledger``: where the connector's sandbox records the authorizations that payments start out
+        with (the strict sandbox captures and cancels only its own); None for the baseline, which checks none."""
+        self._ct, self._project_key, self._ledger = ct, project_key, ledger
 
     async def create(self, count: int, mix: list[Any]) -> Deliveries:
         limit = asyncio.Semaphore(32)
@@ -91,11 +94,15 @@ class Load:
             done, initial, kind = mix[index % len(mix)]
             formats: tuple[messages.Format, ...] = ("platform", "cloudevents")
             fmt = formats[index // len(mix) % 2]
+            planned = max(a for _, a in done + initial)
+            references = tuple(
+                record_authorization(self._ledger, amount) for kind_, amount in done if kind_ == "Authorization" and self._ledger
+            )
             async with limit:
                 if kind == "created":
-                    payment = await self._ct.create_payment(payment_draft(max(a for _, a in done + initial), done, initial))
+                    payment = await self._ct.create_payment(payment_draft(planned, done, initial, references))
                     return payment.id, messages.payment_created(self._project_key, as_json(payment), fmt)
-                payment = await self._ct.create_payment(payment_draft(max(a for _, a in done + initial), done, ()))
+                payment = await self._ct.create_payment(payment_draft(planned, done, (), references))
                 added = payment_draft(0, (), initial)["transactions"][0]
                 await self._ct.update_payment(payment.id, payment.version, [{"action": "addTransaction", "transaction": added}])
                 payment = await self._ct.get_payment(payment.id)
@@ -183,7 +190,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         ct, baseline_ct, warm_up_ct = client("bench-connector"), client("bench-baseline"), client("bench-warm-up")
         for c in (ct, baseline_ct, warm_up_ct):
             await c.ensure_type(interaction_type_draft(TYPE_KEY))
-        load, baseline_load = Load(ct, "bench-connector"), Load(baseline_ct, "bench-baseline")
+        load, baseline_load = Load(ct, "bench-connector", work / CONNECTOR_LEDGER), Load(baseline_ct, "bench-baseline")
         print(f"creating {args.payments} payments twice, and more for the rounds, the warm-up and latency ...", file=sys.stderr)
         sizes = [args.payments] + [args.payments // 2] * (ROUNDS - 1)
         warm_up = await Load(warm_up_ct, "bench-warm-up").create(WARM_UP_PAYMENTS, MIX)
@@ -215,7 +222,7 @@ async def measure(
     args: argparse.Namespace, work: Path, url: str, bootstrap: str, ct: CommercetoolsClient,
     rounds: list[tuple[Deliveries, Deliveries]], paced: Deliveries, no_token: Deliveries,
 ) -> dict[str, Any]:  # fmt: skip
-    port, ledger = free_port(), work / "connector-ledger.sqlite"
+    port, ledger = free_port(), work / CONNECTOR_LEDGER
     route = {
         "interface": "sandbox",
         "adapter": "sandbox",

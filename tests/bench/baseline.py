@@ -24,7 +24,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 
 from connector.adapters.contract import Operation
-from connector.adapters.sandbox import Execution, SandboxLedger, simulate
+from connector.adapters.sandbox import DAY_S, CaptureRules, Execution, SandboxLedger, simulate
 from connector.app import GC_THRESHOLDS
 
 OPERATIONS = {"Authorization": Operation.AUTHORIZE, "Charge": Operation.CHARGE, "Refund": Operation.REFUND,
@@ -71,10 +71,10 @@ class Baseline:
         operation, amount = OPERATIONS[transaction["type"]], transaction["amount"]
         state, code, text = simulate(operation, amount["centAmount"])
         reference = f"sbx_{uuid.uuid4().hex}"
-        self._ledger.record(Execution(
+        self._ledger.submit(Execution(
             f"{transaction['id']}-{transaction['type']}", operation, payment_id, transaction["id"], amount["centAmount"],
             amount["currencyCode"], reference, state, code, text, 1,
-        ))  # fmt: skip
+        ), now=time.time(), retention_s=DAY_S, rules=CaptureRules(multiple_captures=False))  # fmt: skip
         return state.value, code, text, reference
 
     def _interaction(

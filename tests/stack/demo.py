@@ -49,12 +49,20 @@ class Scenario:
 
 SCENARIOS = (
     Scenario("authorize", 1000, (), (("Authorization", 1000),), ("Success",)),
-    Scenario("capture in full", 2000, (("Authorization", 2000),), (("Charge", 2000),), ("Success",)),
-    Scenario("capture in part", 3000, (("Authorization", 3000),), (("Charge", 1200),), ("Success",)),
+    Scenario("authorize, capture in part", 3000, (), (("Authorization", 3000), ("Charge", 1200)), ("Success", "Success")),
+    Scenario(
+        "a second capture, refused (captured once)",
+        2000,
+        (),
+        (("Authorization", 2000), ("Charge", 1200), ("Charge", 800)),
+        ("Success", "Success", "Failure"),
+    ),
     Scenario("direct charge", 4500, (), (("Charge", 4500),), ("Success",)),
     Scenario("two refunds", 5000, (("Charge", 5000),), (("Refund", 2000), ("Refund", 1000)), ("Success", "Success")),
     Scenario("refund above charged", 1000, (("Charge", 1000),), (("Refund", 1500),), ("Failure",)),
-    Scenario("cancel authorization", 6000, (("Authorization", 6000),), (("CancelAuthorization", 6000),), ("Success",)),
+    Scenario(
+        "authorize, then cancel", 6000, (), (("Authorization", 6000), ("CancelAuthorization", 6000)), ("Success", "Success")
+    ),
     Scenario("declined card", 7013, (), (("Authorization", 7013),), ("Failure",)),
     Scenario("asynchronous PSP", 8042, (), (("Charge", 8042),), ("Pending",)),
     Scenario("chargeback, left to the issuer", 2500, (("Charge", 2500),), (("Chargeback", 2500),), ("Initial",)),

@@ -2,6 +2,7 @@
 JSON form that messages embed, and waiting for the connector to settle them."""
 
 import asyncio
+import itertools
 import uuid
 from typing import Any
 
@@ -11,17 +12,25 @@ from connector.models.payment import Payment
 SANDBOX_INTERFACE = "sandbox"
 
 
-def payment_draft(planned: int, done: tuple[tuple[str, int], ...], initial: tuple[tuple[str, int], ...]) -> dict[str, Any]:
-    """A PaymentDraft in EUR for the sandbox: ``done`` transactions in Success, ``initial`` ones for the connector."""
+def payment_draft(
+    planned: int,
+    done: tuple[tuple[str, int], ...],
+    initial: tuple[tuple[str, int], ...],
+    references: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """A PaymentDraft in EUR for the sandbox: ``done`` transactions in Success, ``initial`` ones for the
+    connector. ``references``: the PSP references of the first ``done`` ones (the strict sandbox captures
+    and cancels only authorizations it made); the others get a made-up one."""
 
-    def transaction(kind: str, amount: int, state: str) -> dict[str, Any]:
+    def transaction(kind: str, amount: int, state: str, reference: str | None = None) -> dict[str, Any]:
         draft = {"type": kind, "amount": {"currencyCode": "EUR", "centAmount": amount}, "state": state}
-        return draft | ({"interactionId": f"earlier-{uuid.uuid4().hex[:8]}"} if state == "Success" else {})
+        return draft | ({"interactionId": reference or f"earlier-{uuid.uuid4().hex[:8]}"} if state == "Success" else {})
 
+    settled = [transaction(k, a, "Success", r) for (k, a), r in itertools.zip_longest(done, references[: len(done)])]
     return {
         "amountPlanned": {"currencyCode": "EUR", "centAmount": planned},
         "paymentMethodInfo": {"paymentInterface": SANDBOX_INTERFACE, "method": "card", "token": {"value": "pm_demo_visa_4242"}},
-        "transactions": [transaction(k, a, "Success") for k, a in done] + [transaction(k, a, "Initial") for k, a in initial],
+        "transactions": settled + [transaction(k, a, "Initial") for k, a in initial],
     }
 
 
