@@ -75,6 +75,11 @@ class Metrics:
             "Outcomes commercetools refused in full, stored with state and PSP reference only",
             registry=self.registry,
         )
+        self.outcomes_not_stored = Counter(
+            "connector_outcomes_not_stored",
+            "Outcomes commercetools refused even reduced to state and PSP reference: dead-lettered, for an operator",
+            registry=self.registry,
+        )
         self.dead_letters = Counter(
             "connector_dead_letters", "Deliveries moved to the dead-letter destination", registry=self.registry
         )

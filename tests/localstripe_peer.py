@@ -5,8 +5,8 @@ Run as ``python -m tests.localstripe_peer PORT``. Changes to the stock server:
 - a recorder of every request's method, path, headers and form body at ``GET /_config/requests``
   (cleared with the store by ``DELETE /_config/data``), so that the tests can assert the keys and
   metadata we send;
-- a shim: it accepts ``allowed_payment_method_types``, the current API's name for
-  ``payment_method_types``.
+- shims: it accepts ``allowed_payment_method_types``, the current API's name for
+  ``payment_method_types``, and metadata on a capture.
 
 And a harness extension that gives it Stripe's idempotency semantics, which stock localstripe
 ignores (it executes every request): the first answer for a key, a 5xx included, is stored and
@@ -38,7 +38,19 @@ from tests.stack import free_port, terminate
 
 
 def serve(port: int) -> None:
-    from localstripe import resources, server
+    from localstripe import resources
+
+    # localstripe takes no metadata on a capture, which Stripe does: kept on the PaymentIntent. Its
+    # routes are made from extra_apis when its server module is imported, so this comes first.
+    capture = resources.PaymentIntent._api_capture
+
+    def capture_with_metadata(id: str, metadata: dict[str, str] | None = None, **kwargs: Any) -> Any:
+        intent = capture(id, **kwargs)
+        intent.metadata = {**(intent.metadata or {}), **(metadata or {})}
+        return intent
+
+    resources.extra_apis[:] = [(m, u, capture_with_metadata if f == capture else f) for m, u, f in resources.extra_apis]
+    from localstripe import server
 
     resources.store.dump_to_disk = lambda: None  # type: ignore[method-assign]  # memory only
     # localstripe predates API version 2026-09-30, which renamed PaymentIntent's payment_method_types.

@@ -20,6 +20,7 @@ from connector.adapters.sandbox import SandboxAdapter, SandboxLedger
 from connector.errors import (
     ClaimHeld,
     ConcurrentModification,
+    PermanentError,
     PspCredentialsRejected,
     PspUnavailable,
     Rejected,
@@ -35,7 +36,7 @@ from connector.processor.reconcile import Processor, ProcessorSettings
 from connector.retrying import Backoff
 from connector.worker import Worker, WorkerLimits
 from tests.fakes import InMemoryPayments, InMemorySource, ManualClock
-from tests.sandbox_ledger import executions
+from tests.sandbox_ledger import executions, references_for
 from tests.stack import messages
 from tests.stack.payments import as_json, payment_draft
 
@@ -145,7 +146,8 @@ def interactions(payment: Payment, kind: str) -> list[dict[str, Any]]:
 def claim_by_another_worker(payments: InMemoryPayments, payment: Payment, clock: ManualClock, age_s: float) -> None:
     """The claim another worker made ``age_s`` ago, and whose PSP call may still be running."""
     plan = plan_work(payment, now=clock.now(), lease=timedelta(seconds=LEASE_S))
-    payments.write(payment.id, claim_actions(plan.work, type_key=TYPE_KEY, now=clock.now() - timedelta(seconds=age_s)))
+    claimed_at = clock.now() - timedelta(seconds=age_s)
+    payments.write(payment.id, claim_actions(plan.work, type_key=TYPE_KEY, now=claimed_at, lease=timedelta(seconds=LEASE_S)))
 
 
 # The processor
@@ -180,7 +182,8 @@ async def test_a_redelivery_executes_and_writes_nothing(payments: InMemoryPaymen
 async def test_a_stale_embedded_copy_gets_a_409_and_is_read_again(
     payments: InMemoryPayments, psp: Gate, clock: ManualClock, ledger: Path
 ) -> None:
-    payment = payments.create(payment_draft(5000, (("Charge", 5000),), (("Refund", 2000),)))
+    charged = (("Charge", 5000),)
+    payment = payments.create(payment_draft(5000, charged, (("Refund", 2000),), references_for(ledger, charged)))
     payments.write(payment.id, [{"action": "setKey", "key": "changed-meanwhile"}])
     await processor(payments, psp, clock).reconcile(trigger(payment, embedded=True))
     stored = payments.stored(payment.id)
@@ -250,6 +253,34 @@ async def test_a_worker_takes_back_its_own_failed_claim_at_once_and_others_wait_
         await processor(payments, psp, clock).reconcile(trigger(payment))
     assert (await first.reconcile(trigger(payment))).outcome == "done"
     assert len(set(psp.keys)) == 1 and len(executions(ledger)) == 1
+
+
+async def test_a_worker_never_takes_back_a_claim_another_worker_has_made_since(
+    payments: InMemoryPayments, psp: Gate, clock: ManualClock, ledger: Path
+) -> None:
+    """A's call fails 10 s into its claim; the claim runs out and B takes over, B's call still at the PSP.
+    A's retry must wait for B's lease: A's own claim is no longer the latest."""
+    payment = payments.create(payment_draft(1000, (), (("Charge", 1000),)))
+    first = processor(payments, psp, clock)
+    psp.opened.clear()
+    failing = asyncio.create_task(first.reconcile(trigger(payment)))
+    await psp.calls(1)
+    clock.advance(10)
+    psp.broken = 1
+    psp.opened.set()
+    with pytest.raises(PspUnavailable):
+        await failing
+    psp.opened.clear()
+    clock.advance(LEASE_S - 10 + 1)
+    taking_over = asyncio.create_task(processor(payments, psp, clock).reconcile(trigger(payment)))
+    await psp.calls(2)  # B is at the PSP
+    clock.advance(1)
+    with pytest.raises(ClaimHeld):
+        await asyncio.wait_for(first.reconcile(trigger(payment)), timeout=2)  # not a call held at the gate
+    assert len(psp.keys) == 2
+    psp.opened.set()
+    assert (await asyncio.wait_for(taking_over, timeout=5)).outcome == "done"
+    assert len(executions(ledger)) == 1
 
 
 async def test_an_outcome_write_that_fails_is_retried_and_the_psp_executes_once(
@@ -394,6 +425,45 @@ async def test_a_takeover_after_the_psp_forgot_the_key_asks_the_psp_first(
     assert len(executions(ledger)) == (1 if finds else 2)
     assert payments.stored(payment.id).transactions[0].interaction_id == executions(ledger)[-1].psp_reference
     await psp.aclose()
+
+
+async def test_what_the_psp_did_is_stored_even_where_the_money_rules_now_refuse(
+    payments: InMemoryPayments, psp: Gate, clock: ManualClock, ledger: Path
+) -> None:
+    """A refund executes and its worker dies before storing it; meanwhile the issuer charges the whole amount
+    back. The takeover asks the PSP first and stores its refund: the rules judge only what is still to do."""
+    charged = (("Charge", 1000),)
+    payment = payments.create(payment_draft(1000, charged, (("Refund", 1000),), references_for(ledger, charged)))
+
+    async def crash_before_the_outcome(payment_id: str, actions: list[dict[str, Any]]) -> None:
+        if any(a["action"] == "changeTransactionState" for a in actions):
+            payments.before_update = None
+            raise Unreachable("the worker died")
+
+    payments.before_update = crash_before_the_outcome
+    with pytest.raises(Unreachable):
+        await processor(payments, psp, clock).reconcile(trigger(payment))
+    chargeback = {"type": "Chargeback", "amount": {"centAmount": 1000, "currencyCode": "EUR"}, "state": "Initial"}
+    payments.write(payment.id, [{"action": "addTransaction", "transaction": chargeback}])
+    clock.advance(LEASE_S + 1)
+    assert (await processor(payments, psp, clock).reconcile(trigger(payment))).outcome == "done"
+    [refund] = executions(ledger)
+    stored = payments.stored(payment.id).transactions[1]
+    assert (stored.state.value, stored.interaction_id) == ("Success", refund.psp_reference)
+
+
+async def test_a_transaction_claimed_under_an_account_since_removed_is_not_failed(
+    payments: InMemoryPayments, psp: Gate, clock: ManualClock
+) -> None:
+    """It may have been executed under the old route: the delivery is dead-lettered for an operator, and the
+    transaction stays Initial instead of failing with unknown_account."""
+    draft = payment_draft(1000, (), (("Charge", 1000),))
+    draft["paymentMethodInfo"]["interfaceAccount"] = "eu"
+    payment = payments.create(draft)
+    claim_by_another_worker(payments, payment, clock, age_s=LEASE_S + 1)
+    with pytest.raises(PermanentError, match="no longer configured"):
+        await processor(payments, psp, clock).reconcile(trigger(payment))
+    assert payments.stored(payment.id).transactions[0].state.value == "Initial" and psp.keys == []
 
 
 async def test_an_outcome_commercetools_refuses_in_full_is_stored_with_state_and_reference(

@@ -19,7 +19,7 @@ from connector.models.payment import Payment
 from connector.processor.decisions import idempotency_key
 from connector.processor.reconcile import Processor, ProcessorSettings
 from tests.fakes import ManualClock
-from tests.sandbox_ledger import executions
+from tests.sandbox_ledger import executions, references_for
 from tests.stack.payments import as_json, payment_draft
 from tests.support import INTERACTION_TYPE_KEY, ConcurrentWriter
 
@@ -72,7 +72,8 @@ async def test_stale_embedded_payment_is_refetched_on_conflict(
     ct: CommercetoolsClient, sandbox: SandboxAdapter, ledger: Path, project_key: str
 ) -> None:
     """A refund claimed on an outdated embedded copy gets a 409, refetches and still ends right."""
-    payment = await ct.create_payment(payment_draft(5000, (("Charge", 5000),), (("Refund", 2000),)))
+    charged = (("Charge", 5000),)
+    payment = await ct.create_payment(payment_draft(5000, charged, (("Refund", 2000),), references_for(ledger, charged)))
     await ct.update_payment(payment.id, payment.version, [{"action": "setKey", "key": "changed-meanwhile"}])
     await processor_for(ct, sandbox, project_key).reconcile(trigger(payment, embedded=True))
     stored = await ct.get_payment(payment.id)

@@ -9,7 +9,7 @@ import pytest
 
 from connector.adapters.contract import Operation, OperationRequest
 from connector.adapters.sandbox import SandboxAdapter, SandboxLedger, create_adapter, simulate
-from connector.errors import PspRequestInProgress, PspUnavailable
+from connector.errors import PermanentError, PspRequestInProgress, PspUnavailable
 from connector.models.payment import Payment, TransactionState
 from tests.sandbox_ledger import executions
 
@@ -53,11 +53,12 @@ async def test_a_repeated_key_executes_once(tmp_path: Path) -> None:
 
 
 async def test_a_reused_key_with_other_terms_is_refused(tmp_path: Path) -> None:
-    """A key reused for another amount is refused, as real PSPs do, and executes nothing new."""
+    """A key reused for another amount is refused, as real PSPs do, and executes nothing new; not as a
+    Failure, since the key's first request moved money."""
     adapter = SandboxAdapter(SandboxLedger(tmp_path / "l.sqlite"))
     await adapter.charge(request(1000))
-    refused = await adapter.charge(request(999))
-    assert refused.state is TransactionState.FAILURE and refused.code == "idempotency_key_reused"
+    with pytest.raises(PermanentError, match="idempotency key"):
+        await adapter.charge(request(999))
     assert len(executions(tmp_path / "l.sqlite")) == 1
 
 

@@ -261,3 +261,27 @@ async def test_stripes_currency_rules(adapter: StripeAdapter, localstripe: Local
     assert (refused.state, refused.code) == (TransactionState.FAILURE, "currency_rules") and "KWD" in refused.text
     assert [r["method"] for r in await localstripe.requests()] == ["POST", "GET"]  # the ISK charge, then our listing
     assert stripe_amount(Money(centAmount=5120, currencyCode="KWD")) == 5120
+
+
+async def test_find_refuses_to_guess_when_stripe_shows_what_this_transaction_did_not_do(
+    adapter: StripeAdapter, localstripe: LocalStripe
+) -> None:
+    """A capture made for another transaction is not taken for ours, and two live PaymentIntents for one
+    transaction (a second execution) are reported for an operator, never stored as one outcome."""
+    intent = (await adapter.authorize(request(("Authorization", 3000, "Initial", None)))).psp_reference
+    await adapter.charge(request(("Authorization", 3000, "Success", intent), ("Charge", 3000, "Initial", None), prefix="x-"))
+    with pytest.raises(PermanentError, match="not by this transaction"):
+        await adapter.find(request(("Authorization", 3000, "Success", intent), ("Charge", 3000, "Initial", None)))
+    await localstripe.configure(retention_s=0)  # Stripe forgot the key: the same request executes again
+    twice = request(("Authorization", 1000, "Initial", None), prefix="t-")
+    await adapter.authorize(twice)
+    await adapter.authorize(twice)
+    with pytest.raises(PermanentError, match="2 live PaymentIntents"):
+        await adapter.find(twice)
+
+
+def test_zero_decimal_currencies_that_iso_counts_in_cents() -> None:
+    """MGA has two decimals in ISO 4217 and none at Stripe: 10.00 MGA is 10, and a fraction is refused."""
+    assert stripe_amount(Money(centAmount=1000, currencyCode="MGA")) == 10
+    assert "whole units" in str(stripe_amount(Money(centAmount=1050, currencyCode="MGA")))
+    assert stripe_amount(Money(centAmount=500, currencyCode="JPY")) == 500

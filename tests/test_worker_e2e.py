@@ -27,7 +27,7 @@ from connector.processor.reconcile import Processor, ProcessorSettings
 from connector.retrying import Backoff
 from connector.worker import Worker, WorkerLimits
 from tests.queues import EventQueue, PubSubQueue
-from tests.sandbox_ledger import executions
+from tests.sandbox_ledger import executions, references_for
 from tests.stack import messages
 from tests.stack.demo import SCENARIOS
 from tests.stack.payments import as_json, payment_draft, wait_until_settled
@@ -47,12 +47,14 @@ from tests.support import (
 pytestmark = pytest.mark.e2e
 
 
-async def create_scenario_payments(ct: CommercetoolsClient, count: int) -> tuple[list[Payment], dict[str, str]]:
-    """``count`` payments cycling through the demo's scenarios, and each executable transaction's expected state."""
+async def create_scenario_payments(ct: CommercetoolsClient, count: int, ledger: Path) -> tuple[list[Payment], dict[str, str]]:
+    """``count`` payments cycling through the demo's scenarios (what they start out with recorded in the sandbox's
+    ``ledger``), and each executable transaction's expected state."""
     payments, expected = [], {}
     for index in range(count):
         scenario = SCENARIOS[index % len(SCENARIOS)]
-        payment = await ct.create_payment(payment_draft(scenario.planned, scenario.done, scenario.initial))
+        references = references_for(ledger, scenario.done)
+        payment = await ct.create_payment(payment_draft(scenario.planned, scenario.done, scenario.initial, references))
         payments.append(payment)
         for transaction, state in zip(payment.transactions[len(scenario.done) :], scenario.expected, strict=True):
             if transaction.type.value != "Chargeback":  # the issuer's record: left alone, as test_hostile checks
@@ -64,7 +66,7 @@ async def test_many_payments_each_delivered_twice_shuffled_in_both_formats(
     queue: EventQueue, ct_url: str, project_key: str, ct: CommercetoolsClient, tmp_path: Path
 ) -> None:
     """200 payments, every delivery at least twice, shuffled, in both formats: each transaction executed once."""
-    payments, expected = await create_scenario_payments(ct, 200)
+    payments, expected = await create_scenario_payments(ct, 200, tmp_path / "l.sqlite")
     bodies = []
     for payment in payments:
         body = as_json(payment)
@@ -205,9 +207,9 @@ async def test_sigterm_finishes_in_flight_work_and_exits_0(
     queue: EventQueue, ct_url: str, project_key: str, ct: CommercetoolsClient, tmp_path: Path
 ) -> None:
     """SIGTERM stops fetching, lets in-flight work finish, commits and exits 0; a restart finishes the rest."""
-    payments, expected = await create_scenario_payments(ct, 40)
-    await queue.publish([messages.payment_created(project_key, as_json(p), "platform") for p in payments])
     ledger = tmp_path / "l.sqlite"
+    payments, expected = await create_scenario_payments(ct, 40, ledger)
+    await queue.publish([messages.payment_created(project_key, as_json(p), "platform") for p in payments])
     env = worker_env(queue, ct_url, project_key, ledger, latency_ms=300) | {"CONNECTOR_MAX_IN_FLIGHT": "4"}
     worker = subprocess.Popen([sys.executable, "-m", "connector", "run"], env=env, stderr=subprocess.PIPE, text=True)
     try:

@@ -7,9 +7,10 @@ of every operation it executed, and is as strict as a real PSP (Stripe) about id
   progress" (``PspRequestInProgress``); the request goes on even if its caller gave up or died;
 - a stored server error is replayed for its key, as Stripe stores a 500 with the key;
 - keys are forgotten after ``key_retention_s`` (Stripe: 24 hours): the same key then executes again;
-- a key reused with another operation or amount is refused (``idempotency_key_reused``);
-- an authorization is captured once (unless ``multiple_captures``), within its amount, and a
-  capture or cancel must name an authorization the sandbox made.
+- a key reused with another operation or amount is refused (``PermanentError``: its first request
+  may have moved money, so no Failure is stored);
+- an authorization is captured once (unless ``multiple_captures``), within its amount; a capture or
+  cancel must name an authorization the sandbox made, and a refund a charge it made, within its amount.
 ``find`` answers what the sandbox did for a transaction, by transaction id, whatever its keys.
 The tests read the ledger to count executions (``tests/sandbox_ledger.py``).
 
@@ -37,7 +38,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from connector.adapters.contract import OPERATION_FOR, Capabilities, Operation, OperationRequest, Outcome, masked
-from connector.errors import PspRequestInProgress, PspUnavailable
+from connector.errors import PermanentError, PspRequestInProgress, PspUnavailable
 from connector.models.payment import TransactionState, TransactionType
 
 DECLINED_ENDING = 13
@@ -189,13 +190,19 @@ class SandboxLedger:
                 (proposed.idempotency_key, None, error, proposed.operation.value, proposed.cent_amount, proposed.currency, now),
             )
 
-    def latest_for(self, transaction_id: str, operation: Operation) -> Execution | None:
+    def latest_for(self, transaction_id: str, operation: Operation, *, now: float, retention_s: float) -> Execution | None:
         """The last execution of ``operation`` for a transaction, by any key (the PSP's search)."""
         with _Immediate(self._db):
             found = self._find(
                 "transaction_id = ? AND operation = ? ORDER BY executed_at DESC LIMIT 1", (transaction_id, operation.value)
             )
             self._count("found" if found else "not_found")
+            if found is not None:
+                key = self._db.execute(
+                    "SELECT stored_at FROM idempotency_keys WHERE idempotency_key = ?", (found.idempotency_key,)
+                ).fetchone()
+                if key is None or key[0] + retention_s <= now:
+                    self._count("found_key_forgotten")  # a call with the key would have executed again
         return found
 
     def executions_on(self, target: str) -> list[Execution]:
@@ -271,11 +278,13 @@ class _Immediate:
 
 @dataclass(frozen=True, slots=True)
 class CaptureRules:
-    """The PSP's own checks of captures and cancels, judged inside the ledger's transaction."""
+    """The PSP's own checks of captures, cancels and refunds, judged inside the ledger's transaction."""
 
     multiple_captures: bool
 
     def judge(self, proposed: Execution, ledger: SandboxLedger) -> Execution:
+        if proposed.operation is Operation.REFUND and proposed.target is not None:
+            return self._judge_refund(proposed, ledger, proposed.target)
         if proposed.operation not in (Operation.CHARGE, Operation.CANCEL_AUTHORIZATION) or proposed.target is None:
             return proposed
         authorization = ledger.by_reference(proposed.target)
@@ -297,12 +306,21 @@ class CaptureRules:
             return _refused(proposed, "amount_too_large", "The capture exceeds what the authorization holds")
         return proposed
 
+    def _judge_refund(self, proposed: Execution, ledger: SandboxLedger, target: str) -> Execution:
+        charge = ledger.by_reference(target)
+        if charge is None or charge.operation is not Operation.CHARGE or charge.state is not TransactionState.SUCCESS:
+            return _refused(proposed, "no_such_charge", "The sandbox made no successful charge with this reference")
+        refunds = [e for e in ledger.executions_on(target) if e.state is not TransactionState.FAILURE]
+        if proposed.cent_amount + sum(e.cent_amount for e in refunds) > charge.cent_amount:
+            return _refused(proposed, "amount_too_large", "The refunds would exceed the charge")
+        return proposed
+
 
 def _refused(proposed: Execution, code: str, text: str) -> Execution:
     return replace(proposed, state=TransactionState.FAILURE, code=code, text=text)
 
 
-_SUCCESS_CODE = {
+SUCCESS_CODE = {
     Operation.AUTHORIZE: ("authorized", "Amount reserved"),
     Operation.CHARGE: ("captured", "Amount charged"),
     Operation.REFUND: ("refunded", "Amount refunded"),
@@ -317,7 +335,7 @@ def simulate(operation: Operation, cent_amount: int) -> tuple[TransactionState, 
         return TransactionState.FAILURE, "card_declined", "The card was declined (sandbox: amount ending in 13)"
     if ending == PENDING_ENDING:
         return TransactionState.PENDING, "pending", "Awaiting asynchronous confirmation (sandbox: amount ending in 42)"
-    code, text = _SUCCESS_CODE[operation]
+    code, text = SUCCESS_CODE[operation]
     return TransactionState.SUCCESS, code, text
 
 
@@ -384,9 +402,8 @@ class SandboxAdapter:
         if amount.cent_amount % 100 == STORED_ERROR_ENDING:  # the first call fails; later ones replay it
             self._ledger.store_error(proposed, "500 api_error", now=now, retention_s=self._retention_s)
         answer = self._ledger.submit(proposed, now=now, retention_s=self._retention_s, rules=self._rules)
-        if answer.reused:
-            text = "Idempotency key already used for a different operation or amount"
-            return Outcome(TransactionState.FAILURE, None, "idempotency_key_reused", text, summary, {"error": text})
+        if answer.reused:  # as the Stripe adapter does: the key's first request may have moved money
+            raise PermanentError("the sandbox refused the idempotency key: it was first used for another operation or amount")
         if answer.stored_error is not None:
             raise PspUnavailable(f"the sandbox replays the error stored for this key ({answer.stored_error})")
         if answer.in_progress:
@@ -405,7 +422,7 @@ class SandboxAdapter:
     async def find(self, request: OperationRequest) -> Outcome | None:
         """What the sandbox did for ``request.transaction``, whatever key it was asked with."""
         operation = OPERATION_FOR[request.transaction.type]
-        executed = self._ledger.latest_for(request.transaction.id, operation)
+        executed = self._ledger.latest_for(request.transaction.id, operation, now=self._clock(), retention_s=self._retention_s)
         if executed is None:
             return None
         if executed.completes_at > self._clock():
@@ -425,12 +442,15 @@ def _outcome(executed: Execution, summary: dict[str, Any]) -> Outcome:
 
 
 def _target_of(operation: Operation, request: OperationRequest) -> str | None:
-    """The earlier execution this one addresses: the authorization a Charge captures or a cancel voids."""
+    """The earlier execution this one addresses: the authorization a Charge captures or a cancel voids
+    (a Charge on a payment with an Authorization is its capture), the charge a Refund pays back."""
+    transactions = request.payment.transactions
+    if operation is Operation.REFUND:
+        charges = [t for t in transactions if t.type is TransactionType.CHARGE and t.state is TransactionState.SUCCESS]
+        return next((t.interaction_id for t in charges if t.interaction_id), "none")
     if operation not in (Operation.CHARGE, Operation.CANCEL_AUTHORIZATION):
         return None
-    transactions = request.payment.transactions
-    before = transactions[: next((i for i, t in enumerate(transactions) if t.id == request.transaction.id), len(transactions))]
-    authorizations = [t for t in before if t.type is TransactionType.AUTHORIZATION]
+    authorizations = [t for t in transactions if t.type is TransactionType.AUTHORIZATION]
     if not authorizations:
         return None  # a direct charge
     return next((t.interaction_id or "none" for t in authorizations if t.state is TransactionState.SUCCESS), "none")

@@ -3,8 +3,8 @@
 Mapping (docs/design.md, 'Processing protocol'; the Stripe table in docs/adapters.md):
 - Authorization: a PaymentIntent with manual capture, confirmed with ``paymentMethodInfo.token``.
 - Charge: capture of the payment's successful Authorization (once; partial amounts allowed), or an
-  automatic-capture PaymentIntent when no Authorization comes before it. A Charge after an
-  Authorization that Stripe does not know is refused, never made a new charge on top of the hold.
+  automatic-capture PaymentIntent when the payment has no Authorization. A Charge on a payment whose
+  Authorization Stripe does not know is refused, never made a new charge on top of the hold.
 - Refund: a refund against the charged PaymentIntent.
 - CancelAuthorization: cancel of the authorized PaymentIntent.
 The connector's money rules (refunds within what was charged, one capture, no cancel after a
@@ -65,8 +65,12 @@ class StripeSettings(BaseModel):
 
 
 # Stripe's amounts where they differ from ISO 4217 minor units (Stripe's currency docs, 'Special cases').
-STRIPE_DECIMALS = {"ISK": 2}  # ISO: no decimals; Stripe: two, in whole krónur (multiples of 100)
+STRIPE_DECIMALS = {
+    "ISK": 2,  # ISO: no decimals; Stripe: two, in whole krónur (multiples of 100)
+    "MGA": 0,  # ISO: two decimals; Stripe: a zero-decimal currency
+}
 WHOLE_TENS = frozenset({"BHD", "JOD", "KWD", "OMR", "TND"})  # three decimals, the last one 0
+LIVE_INTENT = frozenset({"succeeded", "requires_capture", "processing", "requires_action"})
 
 
 def stripe_amount(money: Money) -> int | str:
@@ -74,8 +78,14 @@ def stripe_amount(money: Money) -> int | str:
     code = money.currency_code.upper()
     if code in WHOLE_TENS and money.cent_amount % 10:
         return f"Stripe takes {code} amounts in whole tens of the minor unit (the last of three decimals 0), not {money}"
-    scale: int = 10 ** (STRIPE_DECIMALS.get(code, minor_units(code)) - minor_units(code))
-    return money.cent_amount * scale
+    shift = STRIPE_DECIMALS.get(code, minor_units(code)) - minor_units(code)
+    factor: int = 10 ** abs(shift)
+    if shift >= 0:
+        return money.cent_amount * factor
+    whole, rest = divmod(money.cent_amount, factor)
+    if rest:
+        return f"Stripe takes {code} in whole units only, and {money} has a fraction"
+    return whole
 
 
 class StripeAdapter:
@@ -92,7 +102,7 @@ class StripeAdapter:
         return await self._create_intent(request, Operation.AUTHORIZE, capture_method="manual")
 
     async def charge(self, request: OperationRequest) -> Outcome:
-        if not _after_an_authorization(request):
+        if not _has_an_authorization(request):
             return await self._create_intent(request, Operation.CHARGE, capture_method="automatic")
         intent_id = _intent_of(request, TransactionType.AUTHORIZATION)
         if intent_id is None:
@@ -101,7 +111,11 @@ class StripeAdapter:
         amount = stripe_amount(request.transaction.amount)
         if isinstance(amount, str):
             return _refused(request, Operation.CHARGE, "currency_rules", amount)
-        params: stripe.params.PaymentIntentCaptureParams = {"amount_to_capture": amount}
+        # The capture names its transaction, so that find can tell our capture from anyone else's.
+        params: stripe.params.PaymentIntentCaptureParams = {
+            "amount_to_capture": amount,
+            "metadata": {"ctCaptureTransactionId": request.transaction.id},
+        }
         capture = self._stripe.payment_intents.capture_async
         return await self._call(
             request, Operation.CHARGE, lambda: capture(intent_id, params, _options(request)), PI_STATES, intent_id
@@ -192,35 +206,69 @@ class StripeAdapter:
         return _outcome_of(result.to_dict(), states, summary)
 
     async def find(self, request: OperationRequest) -> Outcome | None:
-        """What Stripe did for ``request.transaction``: the object carrying its ``ctTransactionId``, by
-        metadata for a new PaymentIntent or a refund, by state for a capture or a cancel."""
+        """What Stripe did for ``request.transaction``: the PaymentIntent or refund carrying its
+        ``ctTransactionId`` (searched by metadata), or the authorized PaymentIntent's capture (named in its
+        ``ctCaptureTransactionId``) or cancellation. None when Stripe did nothing for it."""
         operation = OPERATION_FOR[request.transaction.type]
         summary = _summary(request, operation)
-        transaction_id = request.transaction.id
         try:
             if operation is Operation.REFUND:
-                intent_id = _intent_of(request, TransactionType.CHARGE)
-                if intent_id is None:
-                    return None
-                listed = await self._stripe.refunds.list_async({"payment_intent": intent_id, "limit": 100})
-                refunds = (r.to_dict() for r in listed.data)
-                refund = next((r for r in refunds if (r.get("metadata") or {}).get("ctTransactionId") == transaction_id), None)
-                return None if refund is None else _outcome_of(refund, REFUND_STATES, summary)
-            if operation in (Operation.AUTHORIZE, Operation.CHARGE) and not _after_an_authorization(request):
-                # Search is eventually consistent (about a minute); a takeover comes a claim lease later.
-                query = f"metadata['ctTransactionId']:'{transaction_id}'"
-                found = await self._stripe.payment_intents.search_async({"query": query, "limit": 1})
-                return _outcome_of(found.data[0].to_dict(), PI_STATES, summary) if found.data else None
+                return await self._find_refund(request, summary)
+            if operation is Operation.AUTHORIZE or (operation is Operation.CHARGE and not _has_an_authorization(request)):
+                return await self._find_intent(request, summary)
             intent_id = _intent_of(request, TransactionType.AUTHORIZATION)
             if intent_id is None:
                 return None
             intent = (await self._stripe.payment_intents.retrieve_async(intent_id)).to_dict()
-            done = {Operation.CHARGE: "succeeded", Operation.CANCEL_AUTHORIZATION: "canceled"}[operation]
-            return _outcome_of(intent, {done: TransactionState.SUCCESS}, summary) if intent["status"] == done else None
-        except (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError) as exc:
-            raise PspUnavailable(f"Stripe unreachable while looking up an execution: {exc.__class__.__name__}") from None
-        except (stripe.AuthenticationError, stripe.PermissionError) as exc:
-            raise PspCredentialsRejected(f"Stripe refused this account's API key (HTTP {exc.http_status})") from None
+        except stripe.InvalidRequestError as exc:
+            if exc.http_status == 404:
+                return None  # nothing of that id at Stripe: nothing was done with it
+            raise PermanentError(f"Stripe refused to look the transaction up (HTTP {exc.http_status}, {exc.code})") from None
+        except stripe.StripeError as exc:
+            raise _lookup_error(exc) from None
+        if operation is Operation.CANCEL_AUTHORIZATION:
+            cancelled = intent["status"] == "canceled"
+            return _outcome_of(intent, {"canceled": TransactionState.SUCCESS}, summary) if cancelled else None
+        if intent["status"] != "succeeded":
+            return None  # not captured (yet)
+        if (intent.get("metadata") or {}).get("ctCaptureTransactionId") != request.transaction.id:
+            raise PermanentError(
+                f"Stripe shows PaymentIntent {intent['id']} captured, but not by this transaction: reconcile it by hand"
+            )
+        return _outcome_of(intent, PI_STATES, summary)
+
+    async def _find_intent(self, request: OperationRequest, summary: Mapping[str, Any]) -> Outcome | None:
+        # Search is eventually consistent (about a minute): an intent made just before may be missing,
+        # and then the call with the idempotency key replays it, within Stripe's 24 hours.
+        query = f"metadata['ctTransactionId']:'{request.transaction.id}'"
+        found = [i.to_dict() for i in (await self._stripe.payment_intents.search_async({"query": query, "limit": 10})).data]
+        live = [i for i in found if i["status"] in LIVE_INTENT]
+        if len(live) > 1:
+            ids = ", ".join(i["id"] for i in live)
+            raise PermanentError(f"Stripe holds {len(live)} live PaymentIntents for one transaction ({ids}): refund the extra")
+        if live:
+            return _outcome_of(live[0], PI_STATES, summary)
+        if any(i["status"] == "requires_confirmation" for i in found):
+            raise PspRequestInProgress("Stripe holds a PaymentIntent for this transaction that is not confirmed yet")
+        latest = max(found, key=lambda i: i.get("created") or 0, default=None)
+        return None if latest is None else _outcome_of(latest, PI_STATES, summary)  # a decline, or a cancelled one
+
+    async def _find_refund(self, request: OperationRequest, summary: Mapping[str, Any]) -> Outcome | None:
+        intent_id = _intent_of(request, TransactionType.CHARGE)
+        if intent_id is None:
+            return None
+        listed = await self._stripe.refunds.list_async({"payment_intent": intent_id, "limit": 100})
+        refunds = [r.to_dict() for r in listed.data]
+        ours = [r for r in refunds if (r.get("metadata") or {}).get("ctTransactionId") == request.transaction.id]
+        return _outcome_of(ours[0], REFUND_STATES, summary) if ours else None
+
+
+def _lookup_error(exc: stripe.StripeError) -> Exception:
+    if isinstance(exc, stripe.AuthenticationError | stripe.PermissionError):
+        return PspCredentialsRejected(f"Stripe refused this account's API key (HTTP {exc.http_status})")
+    if exc.http_status == 409:
+        return PspRequestInProgress("Stripe is busy with this object")
+    return PspUnavailable(f"Stripe unreachable while looking up an execution: {exc.__class__.__name__}")
 
 
 def _outcome_of(answer: Mapping[str, Any], states: Mapping[str, TransactionState], summary: Mapping[str, Any]) -> Outcome:
@@ -233,14 +281,9 @@ def _outcome_of(answer: Mapping[str, Any], states: Mapping[str, TransactionState
     return Outcome(state, answer["id"], code, text, summary, response)
 
 
-def _after_an_authorization(request: OperationRequest) -> bool:
-    """Whether an Authorization comes before the transaction: then a Charge is its capture."""
-    for t in request.payment.transactions:
-        if t.id == request.transaction.id:
-            return False
-        if t.type is TransactionType.AUTHORIZATION:
-            return True
-    return False
+def _has_an_authorization(request: OperationRequest) -> bool:
+    """Whether the payment has an Authorization, in any state: then a Charge is its capture, never a new charge."""
+    return any(t.type is TransactionType.AUTHORIZATION for t in request.payment.transactions)
 
 
 def _intent_of(request: OperationRequest, kind: TransactionType) -> str | None:

@@ -9,9 +9,10 @@ The protocol (docs/design.md, 'Processing protocol') in terms of these functions
    executed. On a 409 it is recomputed from the refetched payment, and states only ever move forward.
 """
 
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from types import MappingProxyType
 from typing import Any
 
 import orjson
@@ -23,6 +24,7 @@ from connector.processor.money import NOTHING_SETTLED, Totals
 MAX_INTERACTION_TEXT = 4000
 
 Action = dict[str, Any]
+NO_CLAIMS: Mapping[str, datetime] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,18 +59,23 @@ def idempotency_key(transaction_id: str, transaction_type: TransactionType) -> s
     return f"{transaction_id}-{transaction_type.value}"
 
 
-def plan_work(payment: Payment, *, now: datetime, lease: timedelta, abandoned: Collection[str] = ()) -> Plan:
-    """``abandoned``: keys this worker claimed in an attempt that has ended, which it may take back at once."""
-    claimed_at = _latest_claims(payment)
+def plan_work(payment: Payment, *, now: datetime, lease: timedelta, abandoned: Mapping[str, datetime] = NO_CLAIMS) -> Plan:
+    """``abandoned``: keys this worker claimed (at the time given) in an attempt that has ended, with no
+    call of its own still running; it may take such a key back at once while its claim is the latest."""
+    claims = _latest_claims(payment)
     work: list[Work] = []
     held_until: datetime | None = None
     for transaction in payment.transactions:
         if transaction.state is not TransactionState.INITIAL or is_issuer_record(transaction):
             continue
         key = idempotency_key(transaction.id, transaction.type)
-        claim = claimed_at.get(key)
-        if claim is not None and claim + lease > now and key not in abandoned:
-            held_until = max(held_until or claim + lease, claim + lease)
+        claim = claims.get(key)
+        if claim is not None and abandoned.get(key) != claim.at:
+            # The longer of the two leases: the claimant's own (its settings may differ, during a
+            # rollout say) and this worker's.
+            until = claim.at + max(lease, claim.lease)
+            if until > now:
+                held_until = max(held_until or until, until)
         work.append(Work(transaction, OPERATION_FOR[transaction.type], key, claimed_before=claim is not None))
     if held_until is not None:
         return Plan((), held_until)
@@ -86,7 +93,9 @@ def awaits_only_the_issuer(payment: Payment) -> bool:
     return bool(initial) and all(is_issuer_record(t) for t in initial)
 
 
-def claim_actions(work: Iterable[Work], *, type_key: str, now: datetime) -> list[Action]:
+def claim_actions(work: Iterable[Work], *, type_key: str, now: datetime, lease: timedelta) -> list[Action]:
+    """The claim: a ``request`` interaction per transaction, created ``now`` (``claim_time``), with the
+    claimant's lease, which other workers honour if it is longer than theirs."""
     return [
         _interaction(
             type_key,
@@ -97,10 +106,16 @@ def claim_actions(work: Iterable[Work], *, type_key: str, now: datetime) -> list
                 "operation": w.operation.value,
                 "amount": w.transaction.amount.cent_amount,
                 "currency": w.transaction.amount.currency_code,
+                "leaseS": lease.total_seconds(),
             },
         )
         for w in work
     ]
+
+
+def claim_time(now: datetime) -> datetime:
+    """``now`` as a claim stores it (milliseconds), so that a worker recognises its own claim."""
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
 def apply_outcome(payment: Payment, transaction_id: str, outcome: Outcome) -> Payment:
@@ -181,9 +196,15 @@ def payment_status_code(payment: Payment, settled: Mapping[str, TransactionState
     return "created"
 
 
-def _latest_claims(payment: Payment) -> dict[str, datetime]:
-    """When each idempotency key was last claimed, from the payment's request interactions."""
-    claims: dict[str, datetime] = {}
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    at: datetime
+    lease: timedelta  # the claimant's; zero when the claim does not say
+
+
+def _latest_claims(payment: Payment) -> dict[str, _Claim]:
+    """The latest claim of each idempotency key, from the payment's request interactions."""
+    claims: dict[str, _Claim] = {}
     for interaction in payment.interface_interactions:
         fields = interaction.fields
         key, created_at = fields.get("idempotencyKey"), fields.get("createdAt")
@@ -193,8 +214,17 @@ def _latest_claims(payment: Payment) -> dict[str, datetime]:
             at = datetime.fromisoformat(created_at)
         except ValueError:
             continue
-        claims[key] = max(claims.get(key, at), at)
+        if key not in claims or at >= claims[key].at:
+            claims[key] = _Claim(at, _claimed_lease(fields.get("request")))
     return claims
+
+
+def _claimed_lease(request: object) -> timedelta:
+    try:
+        lease = orjson.loads(request).get("leaseS") if isinstance(request, str) else None
+    except (orjson.JSONDecodeError, AttributeError):
+        return timedelta(0)
+    return timedelta(seconds=lease) if isinstance(lease, int | float) and 0 < lease < 86_400 else timedelta(0)
 
 
 def _interaction(

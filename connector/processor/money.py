@@ -2,19 +2,22 @@
 
 Money counts when it is held or moving: a Success or a Pending transaction (a Pending charge may
 still be captured, a Pending refund may still be paid out), so two transactions in flight can never
-together exceed what one of them may take. The rules, each refusal named by its code:
+together exceed what one of them may take; only what is refunded must have arrived first. The
+rules, each refusal named by its code:
 
 - ``invalid_amount``: amounts are positive. ``currency_mismatch``: in the payment's currency.
   ``currency_minor_units``: a ``fractionDigits`` that is not the currency's (ISO 4217).
 - Authorization: ``authorization_exists`` when another one succeeded or is pending, cancelled or not
   (one authorization per payment, so every capture and cancel knows which one it addresses); ``amount_exceeds_planned``
   when it and the payment's direct charges exceed ``amountPlanned``.
-- Charge: ``amount_exceeds_planned`` when it and every charge before exceed ``amountPlanned``.
-- Charge after an Authorization (in the payment's order) is a capture of it, never a new charge:
+- Charge: ``amount_exceeds_planned`` when it and the payment's other charges exceed ``amountPlanned``.
+- Charge on a payment with an Authorization (anywhere, in any state) is a capture of it, never a new
+  charge:
   ``authorization_not_successful`` unless it succeeded, ``authorization_cancelled``,
   ``amount_exceeds_authorized`` beyond what is authorized and not yet captured, ``already_captured``
   for a second capture where the PSP captures once, ``partial_capture_unsupported``.
-- Refund: ``amount_exceeds_refundable`` beyond what was charged minus refunds and chargebacks;
+- Refund: ``amount_exceeds_refundable`` beyond what was charged successfully (a Pending charge may
+  still fail) minus refunds and chargebacks (an Initial one too: the issuer has claimed it);
   ``partial_refund_unsupported``.
 - CancelAuthorization: ``no_authorization``, ``already_captured``, ``already_cancelled``.
 - Chargeback: ``not_executable`` (the issuer's record; the planner never hands one over).
@@ -53,14 +56,15 @@ class Refusal:
 class Totals:
     """The payment's money by kind, in minor units; ``live`` means Success or Pending."""
 
-    has_authorization: bool  # in any state, before the judged transaction: a Charge after one is a capture
+    has_authorization: bool  # in any state, anywhere in the payment: then a Charge is its capture
     authorization_live: bool  # an authorization holds money, or may
     authorized: int  # Success authorizations
-    captures: int  # live Charges after an Authorization
+    captures: int  # live Charges after the first Authorization, in the payment's order
     captured: int
-    direct_charged: int  # live Charges before any Authorization
+    direct_charged: int  # live Charges before any Authorization (charged before it was added)
+    charged_settled: int  # Success Charges: what a refund may pay back
     refunded: int  # live Refunds
-    charged_back: int  # live Chargebacks
+    charged_back: int  # Chargebacks not failed: an Initial one is the issuer's claim already
     cancelled: bool  # a CancelAuthorization succeeded or is under way
 
     @property
@@ -68,40 +72,35 @@ class Totals:
         return self.captured + self.direct_charged
 
     @classmethod
-    def of(
-        cls, payment: Payment, settled: Mapping[str, TransactionState] = NOTHING_SETTLED, judged: str | None = None
-    ) -> "Totals":
-        """``settled``: new states of some transactions (by id), not stored yet. ``judged``: the transaction
-        being judged; only Authorizations before it make it a capture."""
+    def of(cls, payment: Payment, settled: Mapping[str, TransactionState] = NOTHING_SETTLED) -> "Totals":
+        """``settled``: new states of some transactions (by id), not stored yet."""
         # One pass: this runs for every transaction the connector executes.
-        authorization_seen = has_authorization = authorization_live = cancelled = False
-        authorized = captures = captured = direct = refunded = charged_back = 0
+        has_authorization = authorization_live = cancelled = False
+        authorized = captures = captured = direct = charged_settled = refunded = charged_back = 0
         for t in payment.transactions:
-            if t.id == judged:
-                has_authorization = authorization_seen
             amount, state = t.amount.cent_amount, settled.get(t.id, t.state)
             live = state is TransactionState.SUCCESS or state is TransactionState.PENDING
             match t.type:
                 case TransactionType.AUTHORIZATION:
-                    authorization_seen = True
+                    has_authorization = True
                     authorization_live |= live
                     authorized += amount if state is TransactionState.SUCCESS else 0
-                case TransactionType.CHARGE if live and authorization_seen:
-                    captures += 1
-                    captured += amount
                 case TransactionType.CHARGE if live:
-                    direct += amount
+                    charged_settled += amount if state is TransactionState.SUCCESS else 0
+                    if has_authorization:
+                        captures, captured = captures + 1, captured + amount
+                    else:
+                        direct += amount
                 case TransactionType.REFUND if live:
                     refunded += amount
-                case TransactionType.CHARGEBACK if live:
+                case TransactionType.CHARGEBACK if state is not TransactionState.FAILURE:
                     charged_back += amount
                 case TransactionType.CANCEL_AUTHORIZATION if live:
                     cancelled = True
-        if judged is None:
-            has_authorization = authorization_seen
         return cls(
-            has_authorization, authorization_live, authorized, captures, captured, direct, refunded, charged_back, cancelled
-        )
+            has_authorization, authorization_live, authorized, captures, captured, direct, charged_settled, refunded,
+            charged_back, cancelled,
+        )  # fmt: skip
 
 
 def refusal_for(payment: Payment, transaction: Transaction, capabilities: Capabilities = DEFAULT_CAPABILITIES) -> Refusal | None:
@@ -112,7 +111,7 @@ def refusal_for(payment: Payment, transaction: Transaction, capabilities: Capabi
     if (refusal := _amount_refusal(payment, transaction)) is not None:
         return refusal
     amount = transaction.amount.cent_amount
-    totals = Totals.of(payment, judged=transaction.id)
+    totals = Totals.of(payment)
     planned = payment.amount_planned.cent_amount
     if transaction.type is TransactionType.CHARGE and amount + totals.charged > planned:
         return Refusal(
@@ -132,12 +131,12 @@ def refusal_for(payment: Payment, transaction: Transaction, capabilities: Capabi
         case TransactionType.CHARGE if totals.has_authorization:
             return _capture_refusal(amount, totals, capabilities)
         case TransactionType.REFUND:
-            refundable = totals.charged - totals.refunded - totals.charged_back
+            refundable = totals.charged_settled - totals.refunded - totals.charged_back
             if amount > refundable:
                 return Refusal(
                     "amount_exceeds_refundable",
-                    f"Refund of {amount} exceeds the {max(refundable, 0)} still refundable "
-                    f"(charged {totals.charged}, refunded {totals.refunded}, charged back {totals.charged_back})",
+                    f"Refund of {amount} exceeds the {max(refundable, 0)} still refundable (charged successfully"
+                    f" {totals.charged_settled}, refunded {totals.refunded}, charged back {totals.charged_back})",
                 )
             if amount < refundable and not capabilities.partial_refunds:
                 return Refusal("partial_refund_unsupported", f"The PSP refunds only in full: {refundable}, not {amount}")

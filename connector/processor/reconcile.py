@@ -19,6 +19,7 @@ from connector.errors import (
     ClaimHeld,
     ConcurrentModification,
     NotFound,
+    PermanentError,
     PspCredentialsRejected,
     PspUnavailable,
     Rejected,
@@ -82,9 +83,9 @@ class Processor:
         self._clock = clock
         self._metrics = metrics or Metrics()
         self._lease = timedelta(seconds=settings.claim_lease_s)
-        # Keys this worker claimed in attempts that ended unfinished, and from when it may take them back:
-        # from then on no call of ours runs for them. Within the lease nobody else can.
-        self._abandoned: dict[str, datetime] = {}
+        # Keys this worker claimed in attempts that ended unfinished: when it claimed them, and from when
+        # it may take them back (no call of ours runs for them then), as long as that claim is the latest.
+        self._abandoned: dict[str, tuple[datetime, datetime]] = {}
 
     async def reconcile(self, trigger: PaymentTrigger) -> Reconciled:
         try:
@@ -93,7 +94,7 @@ class Processor:
             if route is None:
                 return Reconciled(payment.id, "not_ours")
             structlog.contextvars.bind_contextvars(interface=route.interface)
-            payment, plan = await self._claim(payment, fetched=trigger.payment is None)
+            payment, plan, claimed_at = await self._claim(payment, fetched=trigger.payment is None)
         except NotFound:
             return Reconciled(trigger.payment_id, "payment_not_found")
         if not plan.work:  # Initial Chargebacks are the issuer's: left as they are, and counted as not ours
@@ -111,10 +112,10 @@ class Processor:
         except asyncio.CancelledError:
             # The delivery timed out or the worker is stopping: the cancelled PSP request may still run
             # at the PSP, so its claim is not taken back before that request must have ended.
-            self._abandon(unfinished, after_s=_request_timeout_s(route))
+            self._abandon(unfinished, claimed_at, after_s=_request_timeout_s(route))
             raise
         except BaseException:
-            self._abandon(unfinished, after_s=0.0)
+            self._abandon(unfinished, claimed_at, after_s=0.0)
             raise
         finally:
             structlog.contextvars.unbind_contextvars("transaction_id")
@@ -122,32 +123,34 @@ class Processor:
             self._abandoned.pop(work.idempotency_key, None)
         return Reconciled(payment.id, "done", tuple(results))
 
-    def _abandon(self, keys: Iterable[str], *, after_s: float) -> None:
-        """Lets this worker take back its claims of ``keys`` ``after_s`` from now: no call of ours runs for them then."""
+    def _abandon(self, keys: Iterable[str], claimed_at: datetime, *, after_s: float) -> None:
+        """Lets this worker take back its claims (made at ``claimed_at``) of ``keys`` ``after_s`` from now,
+        when no call of ours runs for them, unless another worker has claimed them since."""
         free_from = self._clock() + timedelta(seconds=after_s)
-        self._abandoned.update((key, free_from) for key in keys)
+        self._abandoned.update((key, (claimed_at, free_from)) for key in keys)
 
-    async def _claim(self, payment: Payment, *, fetched: bool) -> tuple[Payment, Plan]:
-        """Claims the payment's Initial transactions; returns the payment at its claimed version, and the plan.
+    async def _claim(self, payment: Payment, *, fetched: bool) -> tuple[Payment, Plan, datetime]:
+        """Claims the payment's Initial transactions; returns the payment at its claimed version, the plan,
+        and the claim's time.
 
         ``fetched`` tells whether ``payment`` was read through the API: a message's copy may be
         stale and carries the payment method token masked.
         """
         now = self._clock()
-        self._abandoned = {key: at for key, at in self._abandoned.items() if at + self._lease > now}
+        self._abandoned = {key: held for key, held in self._abandoned.items() if held[1] + self._lease > now}
         for _ in range(self._settings.max_conflicts):
-            now = self._clock()
-            free = {key for key, at in self._abandoned.items() if at <= now}
+            now = decisions.claim_time(self._clock())
+            free = {key: claimed_at for key, (claimed_at, free_from) in self._abandoned.items() if free_from <= now}
             plan = decisions.plan_work(payment, now=now, lease=self._lease, abandoned=free)
             if plan.held_until is not None:
                 wait_s = (plan.held_until - now).total_seconds()
                 raise ClaimHeld(f"a transaction is claimed by another worker for {wait_s:.1f}s more", wait_s)
             if not plan.work:
-                return payment, plan
+                return payment, plan, now
             if plan.needs_payment_method and not fetched:
                 payment, fetched = await self._store.get_payment(payment.id), True
                 continue
-            actions = decisions.claim_actions(plan.work, type_key=self._settings.interaction_type_key, now=now)
+            actions = decisions.claim_actions(plan.work, type_key=self._settings.interaction_type_key, now=now, lease=self._lease)
             try:
                 version = await self._store.update_payment(payment.id, payment.version, actions)
             except ConcurrentModification:
@@ -158,24 +161,36 @@ class Processor:
             except BaseException:
                 # The claim may have been stored with its answer lost; no PSP call was made under it,
                 # so this worker's retry may take it back at once instead of waiting out its own lease.
-                self._abandon((work.idempotency_key for work in plan.work), after_s=0.0)
+                self._abandon((work.idempotency_key for work in plan.work), now, after_s=0.0)
                 raise
             # The update was checked against the version read, so the payment is now that one plus the
             # claim's interactions, which nothing after the claim reads: parsing the answer would cost
             # more than the rest of the claim.
-            return payment.model_copy(update={"version": version}), plan
+            return payment.model_copy(update={"version": version}), plan, now
         raise RetryableError(f"claim kept conflicting after {self._settings.max_conflicts} attempts")
 
     async def _outcome(self, payment: Payment, work: Work, route: Route | UnknownAccount) -> Outcome:
-        """The outcome of one claimed transaction: a refusal, what the PSP already did, or a PSP call."""
+        """The outcome of one claimed transaction: what the PSP already did, a refusal, or a PSP call.
+
+        What the PSP did comes first: the money rules judge what is still to be done, and a transaction
+        executed under an earlier claim may break them since (a chargeback added meanwhile, say).
+        """
         if isinstance(route, UnknownAccount):
+            if work.claimed_before:  # it may have been executed under an account since removed
+                raise PermanentError(
+                    f"transaction claimed before, and {route.interface} account {route.account!r} is no longer"
+                    " configured: check at the PSP what was done, then restore the route or record it"
+                )
             outcome = _unknown_account(route).as_outcome()
-        elif (refusal := money.refusal_for(payment, work.transaction, capabilities_of(route.adapter))) is not None:
-            outcome = refusal.as_outcome()
         else:
             request = OperationRequest(payment, work.transaction, work.idempotency_key, self._settings.project_key)
             found = await self._find(route, request) if work.claimed_before else None
-            outcome = found or await self._call_psp(route, work.operation, request)
+            if found is not None:
+                outcome = found
+            elif (refusal := money.refusal_for(payment, work.transaction, capabilities_of(route.adapter))) is not None:
+                outcome = refusal.as_outcome()
+            else:
+                outcome = await self._call_psp(route, work.operation, request)
         log.info("transaction.outcome", state=outcome.state.value, code=outcome.code, psp_reference=outcome.psp_reference)
         self._metrics.labelled(self._metrics.transactions, work.transaction.type.value, outcome.state.value).inc()
         return outcome
@@ -233,7 +248,12 @@ class Processor:
                 continue
             except Rejected as error:
                 if essential_only:
-                    raise
+                    outcome = result.outcome
+                    log.error("outcome.not_stored", psp_reference=outcome.psp_reference, state=outcome.state.value)
+                    self._metrics.outcomes_not_stored.inc()
+                    raise Rejected(
+                        f"{error}; the PSP's outcome is not stored: {outcome.state.value}, reference {outcome.psp_reference}"
+                    ) from None
                 # Money moved at the PSP: its state and reference must be stored even if commercetools
                 # refuses the interaction (a field it does not accept, a size limit).
                 log.error("outcome.write_rejected", error=str(error))

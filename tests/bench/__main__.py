@@ -43,7 +43,7 @@ from pydantic import SecretStr
 
 from connector.commercetools.client import CommercetoolsClient
 from connector.commercetools.interaction_type import interaction_type_draft
-from tests.sandbox_ledger import execution_times, record_authorization
+from tests.sandbox_ledger import execution_times, references_for
 from tests.stack import free_port, messages
 from tests.stack.ctmock import LocalCommercetools
 from tests.stack.kafka import LocalKafka, create_topics
@@ -83,8 +83,8 @@ class Load:
     """Payments of one project and their deliveries."""
 
     def __init__(self, ct: CommercetoolsClient, project_key: str, ledger: Path | None = None) -> None:
-        """``ledger``: where the connector's sandbox records the authorizations that payments start out
-        with (the strict sandbox captures and cancels only its own); None for the baseline, which checks none."""
+        """``ledger``: where the connector's sandbox records what payments start out with (the strict
+        sandbox captures, cancels and refunds only its own); None for the baseline, which checks none."""
         self._ct, self._project_key, self._ledger = ct, project_key, ledger
 
     async def create(self, count: int, mix: list[Any]) -> Deliveries:
@@ -95,9 +95,7 @@ class Load:
             formats: tuple[messages.Format, ...] = ("platform", "cloudevents")
             fmt = formats[index // len(mix) % 2]
             planned = max(a for _, a in done + initial)
-            references = tuple(
-                record_authorization(self._ledger, amount) for kind_, amount in done if kind_ == "Authorization" and self._ledger
-            )
+            references = references_for(self._ledger, done) if self._ledger else ()
             async with limit:
                 if kind == "created":
                     payment = await self._ct.create_payment(payment_draft(planned, done, initial, references))

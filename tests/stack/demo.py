@@ -28,6 +28,7 @@ from connector.commercetools.client import CommercetoolsClient
 from connector.config import CommercetoolsSettings, Settings, WorkerSettings, without_files
 from connector.logs import configure_logging
 from connector.models.payment import Payment
+from tests.sandbox_ledger import references_for
 from tests.stack import messages
 from tests.stack.broker import choose_broker
 from tests.stack.ctmock import LocalCommercetools
@@ -86,9 +87,11 @@ def local_peers(source: Literal["kafka", "pubsub"]) -> Iterator[tuple[LocalQueue
         yield queue, stack.enter_context(LocalCommercetools()).url
 
 
-async def create_payments(ct: CommercetoolsClient) -> list[Payment]:
-    payments = [await ct.create_payment(payment_draft(s.planned, s.done, s.initial)) for s in SCENARIOS]
-    return payments
+async def create_payments(ct: CommercetoolsClient, ledger: str) -> list[Payment]:
+    """The scenarios' payments; what they start out with is recorded in the sandbox's ``ledger`` first."""
+    return [
+        await ct.create_payment(payment_draft(s.planned, s.done, s.initial, references_for(ledger, s.done))) for s in SCENARIOS
+    ]
 
 
 def deliveries_for(payments: list[Payment]) -> list[bytes]:
@@ -136,7 +139,7 @@ async def run_demo(queue: LocalQueue, ct_url: str, timeout_s: float = 60.0) -> b
     ct = build_commercetools(settings.commercetools)
     stop = asyncio.Event()
     try:
-        payments = await create_payments(ct)
+        payments = await create_payments(ct, ledger)
         await queue.publish(deliveries_for(payments))
         async with asyncio.TaskGroup() as tasks:
             worker = tasks.create_task(run_worker(settings, stop))
