@@ -400,6 +400,19 @@ async def test_a_psp_request_that_outlives_the_lease_is_answered_in_progress_nev
     await psp.aclose()
 
 
+async def executed_then_crashed(payments: InMemoryPayments, psp: Gate, clock: ManualClock, payment: Payment) -> None:
+    """A worker executes the payment's transaction at the PSP and dies before storing the outcome."""
+
+    async def crash_before_the_outcome(payment_id: str, actions: list[dict[str, Any]]) -> None:
+        if any(a["action"] == "changeTransactionState" for a in actions):
+            payments.before_update = None
+            raise Unreachable("the worker died")
+
+    payments.before_update = crash_before_the_outcome
+    with pytest.raises(Unreachable):
+        await processor(payments, psp, clock).reconcile(trigger(payment))
+
+
 @pytest.mark.parametrize("finds", [True, False], ids=["with find", "keys alone"])
 async def test_a_takeover_after_the_psp_forgot_the_key_asks_the_psp_first(
     payments: InMemoryPayments, clock: ManualClock, ledger: Path, finds: bool
@@ -411,15 +424,7 @@ async def test_a_takeover_after_the_psp_forgot_the_key_asks_the_psp_first(
     if not finds:
         psp.find = None  # type: ignore[assignment,method-assign]
     payment = payments.create(payment_draft(1000, (), (("Charge", 1000),)))
-
-    async def crash_before_the_outcome(payment_id: str, actions: list[dict[str, Any]]) -> None:
-        if any(a["action"] == "changeTransactionState" for a in actions):
-            payments.before_update = None
-            raise Unreachable("the worker died")
-
-    payments.before_update = crash_before_the_outcome
-    with pytest.raises(Unreachable):
-        await processor(payments, psp, clock).reconcile(trigger(payment))
+    await executed_then_crashed(payments, psp, clock, payment)
     clock.advance(61)
     assert (await processor(payments, psp, clock).reconcile(trigger(payment))).outcome == "done"
     assert len(executions(ledger)) == (1 if finds else 2)
@@ -434,15 +439,7 @@ async def test_what_the_psp_did_is_stored_even_where_the_money_rules_now_refuse(
     back. The takeover asks the PSP first and stores its refund: the rules judge only what is still to do."""
     charged = (("Charge", 1000),)
     payment = payments.create(payment_draft(1000, charged, (("Refund", 1000),), references_for(ledger, charged)))
-
-    async def crash_before_the_outcome(payment_id: str, actions: list[dict[str, Any]]) -> None:
-        if any(a["action"] == "changeTransactionState" for a in actions):
-            payments.before_update = None
-            raise Unreachable("the worker died")
-
-    payments.before_update = crash_before_the_outcome
-    with pytest.raises(Unreachable):
-        await processor(payments, psp, clock).reconcile(trigger(payment))
+    await executed_then_crashed(payments, psp, clock, payment)
     chargeback = {"type": "Chargeback", "amount": {"centAmount": 1000, "currencyCode": "EUR"}, "state": "Initial"}
     payments.write(payment.id, [{"action": "addTransaction", "transaction": chargeback}])
     clock.advance(LEASE_S + 1)
