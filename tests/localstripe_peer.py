@@ -12,7 +12,8 @@ And a harness extension that gives it Stripe's idempotency semantics, which stoc
 ignores (it executes every request): the first answer for a key, a 5xx included, is stored and
 replayed (``Idempotent-Replayed: true``); a request whose key's first request is still running gets
 409 ``idempotency_key_in_use``; a key reused with another body gets 400 ``idempotency_error``; keys
-are forgotten after a retention. ``POST /_config/idempotency`` sets ``retention_s`` and
+are forgotten after a retention. ``POST /_config/idempotency`` sets ``retention_s``, ``search_lag_s``
+(Stripe's search is eventually consistent: objects younger than this are not found yet) and
 ``delay_ms`` (how long each keyed request runs); ``POST /_config/faults`` makes the next ``count``
 keyed requests answer ``status``, stored for their keys as Stripe stores a 500. It also answers
 ``GET /v1/payment_intents/search`` for ``metadata['ctTransactionId']:'...'`` queries (Stripe's
@@ -90,6 +91,7 @@ def serve(port: int) -> None:
         settings = await request.json()
         keys.retention_s = float(settings.get("retention_s", keys.retention_s))
         keys.delay_s = float(settings.get("delay_ms", keys.delay_s * 1000)) / 1000
+        keys.search_lag_s = float(settings.get("search_lag_s", keys.search_lag_s))
         return web.json_response({})
 
     async def configure_faults(request: web.Request) -> web.Response:
@@ -104,7 +106,11 @@ def serve(port: int) -> None:
             match = re.fullmatch(r"metadata\['ctTransactionId'\]:'([^']*)'", request.query.get("query", ""))
             if match is None:
                 return _stripe_error(400, "invalid_request_error", None, "unsupported search query")
-            data = [o for o in _objects("payment_intent") if (o.get("metadata") or {}).get("ctTransactionId") == match[1]]
+            visible = time.time() - keys.search_lag_s
+            data = [
+                o for o in _objects("payment_intent")
+                if (o.get("metadata") or {}).get("ctTransactionId") == match[1] and o.get("created", 0) <= visible
+            ]  # fmt: skip
             return web.json_response({"object": "search_result", "url": request.path, "has_more": False, "data": data})
         if request.method == "GET" and request.path == "/v1/refunds" and "payment_intent" in request.query:
             data = [o for o in _objects("refund") if o.get("payment_intent") == request.query["payment_intent"]]
@@ -144,6 +150,7 @@ class IdempotencyKeys:
 
     retention_s: float = 86_400.0
     delay_s: float = 0.0
+    search_lag_s: float = 0.0
     faults: list[int] = field(default_factory=list)
     _keys: dict[str, _Key] = field(default_factory=dict)
 
@@ -151,7 +158,7 @@ class IdempotencyKeys:
         """Forgets every key, fault and setting (with the store, between tests)."""
         self._keys.clear()
         self.faults.clear()
-        self.retention_s, self.delay_s = 86_400.0, 0.0
+        self.retention_s, self.delay_s, self.search_lag_s = 86_400.0, 0.0, 0.0
 
     async def answer(self, key: str, path: str, body: bytes, execute: Any) -> Any:
         now = time.monotonic()
@@ -227,8 +234,11 @@ class LocalStripe:
         async with httpx.AsyncClient() as http:
             return list((await http.get(f"{self.url}/_config/requests")).json())
 
-    async def configure(self, *, retention_s: float | None = None, delay_ms: int | None = None) -> None:
-        settings = {k: v for k, v in {"retention_s": retention_s, "delay_ms": delay_ms}.items() if v is not None}
+    async def configure(
+        self, *, retention_s: float | None = None, delay_ms: int | None = None, search_lag_s: float | None = None
+    ) -> None:
+        asked = {"retention_s": retention_s, "delay_ms": delay_ms, "search_lag_s": search_lag_s}
+        settings = {k: v for k, v in asked.items() if v is not None}
         async with httpx.AsyncClient() as http:
             (await http.post(f"{self.url}/_config/idempotency", json=settings)).raise_for_status()
 

@@ -285,3 +285,14 @@ def test_zero_decimal_currencies_that_iso_counts_in_cents() -> None:
     assert stripe_amount(Money(centAmount=1000, currencyCode="MGA")) == 10
     assert "whole units" in str(stripe_amount(Money(centAmount=1050, currencyCode="MGA")))
     assert stripe_amount(Money(centAmount=500, currencyCode="JPY")) == 500
+
+
+async def test_a_search_that_has_not_caught_up_falls_back_on_the_key(adapter: StripeAdapter, localstripe: LocalStripe) -> None:
+    """Stripe's search lags (about a minute): find misses an intent made just before, and the call with the
+    same idempotency key then replays it. One PaymentIntent."""
+    await localstripe.configure(search_lag_s=60)
+    authorization = request(("Authorization", 2500, "Initial", None))
+    first = await adapter.authorize(authorization)
+    assert await adapter.find(authorization) is None
+    assert (await adapter.authorize(authorization)).psp_reference == first.psp_reference
+    assert len(await localstripe.objects("payment_intents")) == 1
