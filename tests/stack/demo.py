@@ -106,7 +106,8 @@ def deliveries_for(payments: list[Payment]) -> list[bytes]:
 
 
 def report(payments: list[Payment]) -> tuple[str, bool]:
-    lines = [f"{'scenario':<24} {'transaction':<20} {'amount':>8}  {'expected':<8} {'state':<8} PSP reference"]
+    width = max(len(s.name) for s in SCENARIOS)
+    lines = [f"{'scenario':<{width}} {'transaction':<20} {'amount':>8}  {'expected':<8} {'state':<8} PSP reference"]
     all_right = True
     for scenario, payment in zip(SCENARIOS, payments, strict=True):
         executed = payment.transactions[len(scenario.done) :]
@@ -114,7 +115,7 @@ def report(payments: list[Payment]) -> tuple[str, bool]:
             right = transaction.state.value == expected
             all_right &= right
             lines.append(
-                f"{scenario.name:<24} {transaction.type.value:<20} {transaction.amount.cent_amount:>8}  "
+                f"{scenario.name:<{width}} {transaction.type.value:<20} {transaction.amount.cent_amount:>8}  "
                 f"{expected:<8} {transaction.state.value:<8} {transaction.interaction_id or '-'}{'' if right else '  <-- WRONG'}"
             )
     return "\n".join(lines), all_right
