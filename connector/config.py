@@ -72,7 +72,7 @@ class WorkerSettings(BaseSettings):
     delivery_timeout_s: float = Field(default=60.0, gt=0)
     shutdown_timeout_s: float = Field(default=20.0, gt=0)
     max_attempts: int = Field(default=5, ge=1)
-    claim_lease_s: float | None = Field(default=None, gt=0, description="empty: derived (claim_lease_s())")
+    claim_lease_s: float | None = Field(default=None, gt=0, le=86_400, description="empty: derived (claim_lease_s())")
     max_clock_skew_s: float = Field(default=10.0, ge=0, description="how far the pods' clocks may differ at most")
     http_host: str = Field(default="0.0.0.0", description="address of /healthz, /readyz and /metrics")
     http_port: int = Field(default=8080, ge=0, le=65535, description="0: any free port (tests, the demo)")

@@ -33,11 +33,14 @@ def payment(
     })  # fmt: skip
 
 
-def claim(key: str, at: datetime) -> dict[str, Any]:
+def claim(key: str, at: datetime, attempt: str = "attempt-b") -> dict[str, Any]:
     return {
         "type": {"typeId": "type", "id": "t"},
-        "fields": {"type": "request", "idempotencyKey": key, "createdAt": at.isoformat()},
-    }
+        "fields": {
+            "type": "request", "idempotencyKey": key, "createdAt": at.isoformat(),
+            "request": json.dumps({"attempt": attempt}),
+        },
+    }  # fmt: skip
 
 
 def test_plan_takes_initial_transactions_in_order() -> None:
@@ -61,22 +64,24 @@ def test_fresh_claim_of_another_worker_holds_the_payment() -> None:
 
 def test_own_abandoned_claim_is_taken_back_at_once_while_it_is_the_latest() -> None:
     """A fresh claim that this worker made in a failed attempt does not hold its own retry; once another
-    worker has claimed the key since, it does."""
+    worker has claimed the key since, even in the same millisecond, it does: claims are told by attempt."""
     key = decisions.idempotency_key("tx-0", payment(("Charge", 1, "Initial")).transactions[0].type)
-    ours = NOW - timedelta(seconds=40)
-    p = payment(("Charge", 500, "Initial"), interactions=[claim(key, ours)])
-    plan = decisions.plan_work(p, now=NOW - timedelta(seconds=29), lease=LEASE, abandoned={key: ours})
+    at = NOW - timedelta(seconds=10)
+    p = payment(("Charge", 500, "Initial"), interactions=[claim(key, at, "ours")])
+    plan = decisions.plan_work(p, now=NOW, lease=LEASE, abandoned={key: "ours"})
     assert [w.idempotency_key for w in plan.work] == [key] and plan.held_until is None
-    taken_over = payment(("Charge", 500, "Initial"), interactions=[claim(key, ours), claim(key, NOW - timedelta(seconds=1))])
-    plan = decisions.plan_work(taken_over, now=NOW, lease=LEASE, abandoned={key: ours})
-    assert plan.work == () and plan.held_until == NOW + timedelta(seconds=29)
+    taken_over = payment(("Charge", 500, "Initial"), interactions=[claim(key, at, "ours"), claim(key, at, "theirs")])
+    plan = decisions.plan_work(taken_over, now=NOW, lease=LEASE, abandoned={key: "ours"})
+    assert plan.work == () and plan.held_until == at + LEASE
 
 
 def test_the_claimants_longer_lease_is_honoured() -> None:
     """A claim says its claimant's lease; a worker with a shorter one (another version, other settings) waits for it."""
     p = payment(("Charge", 500, "Initial"))
     [work] = decisions.plan_work(p, now=NOW, lease=LEASE).work
-    actions = decisions.claim_actions([work], type_key="t", now=NOW - timedelta(seconds=60), lease=timedelta(seconds=100))
+    actions = decisions.claim_actions(
+        [work], type_key="t", now=NOW - timedelta(seconds=60), lease=timedelta(seconds=100), attempt="a"
+    )
     claimed = payment(("Charge", 500, "Initial"), interactions=[{"type": {"typeId": "type", "id": "t"}, **actions[0]}])
     assert decisions.plan_work(claimed, now=NOW, lease=LEASE).held_until == NOW + timedelta(seconds=40)
 
@@ -128,7 +133,7 @@ def test_only_state_and_reference_when_the_rest_was_refused() -> None:
 def test_claim_adds_one_request_interaction_per_transaction() -> None:
     """The claim names each transaction, its operation and its idempotency key."""
     plan = decisions.plan_work(payment(("Charge", 500, "Initial"), ("Refund", 1, "Initial")), now=NOW, lease=LEASE)
-    actions = decisions.claim_actions(plan.work, type_key="itype", now=NOW, lease=LEASE)
+    actions = decisions.claim_actions(plan.work, type_key="itype", now=NOW, lease=LEASE, attempt="a")
     assert [a["action"] for a in actions] == ["addInterfaceInteraction"] * 2
     fields = actions[0]["fields"]
     assert fields["type"] == "request" and fields["transactionId"] == "tx-0" and fields["operation"] == "charge"

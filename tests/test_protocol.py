@@ -147,7 +147,8 @@ def claim_by_another_worker(payments: InMemoryPayments, payment: Payment, clock:
     """The claim another worker made ``age_s`` ago, and whose PSP call may still be running."""
     plan = plan_work(payment, now=clock.now(), lease=timedelta(seconds=LEASE_S))
     claimed_at = clock.now() - timedelta(seconds=age_s)
-    payments.write(payment.id, claim_actions(plan.work, type_key=TYPE_KEY, now=claimed_at, lease=timedelta(seconds=LEASE_S)))
+    lease = timedelta(seconds=LEASE_S)
+    payments.write(payment.id, claim_actions(plan.work, type_key=TYPE_KEY, now=claimed_at, lease=lease, attempt="another"))
 
 
 # The processor

@@ -272,6 +272,11 @@ async def test_find_refuses_to_guess_when_stripe_shows_what_this_transaction_did
     await adapter.charge(request(("Authorization", 3000, "Success", intent), ("Charge", 3000, "Initial", None), prefix="x-"))
     with pytest.raises(PermanentError, match="not by this transaction"):
         await adapter.find(request(("Authorization", 3000, "Success", intent), ("Charge", 3000, "Initial", None)))
+    # Captured by another Charge of the same payment: nothing was done for this one (the money rules refuse it).
+    other = (await adapter.authorize(request(("Authorization", 3000, "Initial", None), prefix="c-"))).psp_reference
+    await adapter.charge(request(("Authorization", 3000, "Success", other), ("Charge", 3000, "Initial", None), prefix="c-"))
+    captured = (("Authorization", 3000, "Success", other), ("Charge", 3000, "Success", other))
+    assert await adapter.find(request(*captured, ("Charge", 1, "Initial", None), prefix="c-")) is None
     await localstripe.configure(retention_s=0)  # Stripe forgot the key: the same request executes again
     twice = request(("Authorization", 1000, "Initial", None), prefix="t-")
     await adapter.authorize(twice)

@@ -231,7 +231,10 @@ class StripeAdapter:
             return _outcome_of(intent, {"canceled": TransactionState.SUCCESS}, summary) if cancelled else None
         if intent["status"] != "succeeded":
             return None  # not captured (yet)
-        if (intent.get("metadata") or {}).get("ctCaptureTransactionId") != request.transaction.id:
+        captured_by = (intent.get("metadata") or {}).get("ctCaptureTransactionId")
+        if captured_by != request.transaction.id and captured_by in {t.id for t in request.payment.transactions}:
+            return None  # captured by another Charge of this payment: the money rules refuse this one
+        if captured_by != request.transaction.id:
             raise PermanentError(
                 f"Stripe shows PaymentIntent {intent['id']} captured, but not by this transaction: reconcile it by hand"
             )

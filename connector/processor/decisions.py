@@ -24,7 +24,8 @@ from connector.processor.money import NOTHING_SETTLED, Totals
 MAX_INTERACTION_TEXT = 4000
 
 Action = dict[str, Any]
-NO_CLAIMS: Mapping[str, datetime] = MappingProxyType({})
+NO_CLAIMS: Mapping[str, str] = MappingProxyType({})
+MAX_LEASE_S = 86_400.0  # a claim's lease is read up to a day; the setting allows no more
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,9 +60,9 @@ def idempotency_key(transaction_id: str, transaction_type: TransactionType) -> s
     return f"{transaction_id}-{transaction_type.value}"
 
 
-def plan_work(payment: Payment, *, now: datetime, lease: timedelta, abandoned: Mapping[str, datetime] = NO_CLAIMS) -> Plan:
-    """``abandoned``: keys this worker claimed (at the time given) in an attempt that has ended, with no
-    call of its own still running; it may take such a key back at once while its claim is the latest."""
+def plan_work(payment: Payment, *, now: datetime, lease: timedelta, abandoned: Mapping[str, str] = NO_CLAIMS) -> Plan:
+    """``abandoned``: keys this worker claimed in an attempt that has ended (with that attempt's id), with
+    no call of its own still running; it may take such a key back at once while its claim is the latest."""
     claims = _latest_claims(payment)
     work: list[Work] = []
     held_until: datetime | None = None
@@ -70,7 +71,7 @@ def plan_work(payment: Payment, *, now: datetime, lease: timedelta, abandoned: M
             continue
         key = idempotency_key(transaction.id, transaction.type)
         claim = claims.get(key)
-        if claim is not None and abandoned.get(key) != claim.at:
+        if claim is not None and (claim.attempt is None or abandoned.get(key) != claim.attempt):
             # The longer of the two leases: the claimant's own (its settings may differ, during a
             # rollout say) and this worker's.
             until = claim.at + max(lease, claim.lease)
@@ -93,9 +94,10 @@ def awaits_only_the_issuer(payment: Payment) -> bool:
     return bool(initial) and all(is_issuer_record(t) for t in initial)
 
 
-def claim_actions(work: Iterable[Work], *, type_key: str, now: datetime, lease: timedelta) -> list[Action]:
-    """The claim: a ``request`` interaction per transaction, created ``now`` (``claim_time``), with the
-    claimant's lease, which other workers honour if it is longer than theirs."""
+def claim_actions(work: Iterable[Work], *, type_key: str, now: datetime, lease: timedelta, attempt: str) -> list[Action]:
+    """The claim: a ``request`` interaction per transaction, created ``now``, with the claimant's lease
+    (which other workers honour if it is longer than theirs) and the id of the claiming attempt (by
+    which a worker knows its own claim)."""
     return [
         _interaction(
             type_key,
@@ -107,15 +109,11 @@ def claim_actions(work: Iterable[Work], *, type_key: str, now: datetime, lease: 
                 "amount": w.transaction.amount.cent_amount,
                 "currency": w.transaction.amount.currency_code,
                 "leaseS": lease.total_seconds(),
+                "attempt": attempt,
             },
         )
         for w in work
     ]
-
-
-def claim_time(now: datetime) -> datetime:
-    """``now`` as a claim stores it (milliseconds), so that a worker recognises its own claim."""
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
 def apply_outcome(payment: Payment, transaction_id: str, outcome: Outcome) -> Payment:
@@ -200,6 +198,7 @@ def payment_status_code(payment: Payment, settled: Mapping[str, TransactionState
 class _Claim:
     at: datetime
     lease: timedelta  # the claimant's; zero when the claim does not say
+    attempt: str | None  # the claiming attempt's id
 
 
 def _latest_claims(payment: Payment) -> dict[str, _Claim]:
@@ -215,16 +214,22 @@ def _latest_claims(payment: Payment) -> dict[str, _Claim]:
         except ValueError:
             continue
         if key not in claims or at >= claims[key].at:
-            claims[key] = _Claim(at, _claimed_lease(fields.get("request")))
+            claims[key] = _claim(at, fields.get("request"))
     return claims
 
 
-def _claimed_lease(request: object) -> timedelta:
+def _claim(at: datetime, request: object) -> _Claim:
+    """A claim from its time and its ``request`` summary (JSON with the claimant's lease and attempt)."""
     try:
-        lease = orjson.loads(request).get("leaseS") if isinstance(request, str) else None
-    except (orjson.JSONDecodeError, AttributeError):
-        return timedelta(0)
-    return timedelta(seconds=lease) if isinstance(lease, int | float) and 0 < lease < 86_400 else timedelta(0)
+        summary = orjson.loads(request) if isinstance(request, str) else None
+    except orjson.JSONDecodeError:
+        summary = None
+    if not isinstance(summary, dict):
+        return _Claim(at, timedelta(0), None)
+    lease, attempt = summary.get("leaseS"), summary.get("attempt")
+    if not isinstance(lease, int | float) or isinstance(lease, bool) or not 0 < lease <= MAX_LEASE_S:
+        lease = 0
+    return _Claim(at, timedelta(seconds=lease), attempt if isinstance(attempt, str) else None)
 
 
 def _interaction(

@@ -9,7 +9,7 @@ rules, each refusal named by its code:
   ``currency_minor_units``: a ``fractionDigits`` that is not the currency's (ISO 4217).
 - Authorization: ``authorization_exists`` when another one succeeded or is pending, cancelled or not
   (one authorization per payment, so every capture and cancel knows which one it addresses); ``amount_exceeds_planned``
-  when it and the payment's direct charges exceed ``amountPlanned``.
+  when it and the payment's charges exceed ``amountPlanned``.
 - Charge: ``amount_exceeds_planned`` when it and the payment's other charges exceed ``amountPlanned``.
 - Charge on a payment with an Authorization (anywhere, in any state) is a capture of it, never a new
   charge:
@@ -59,24 +59,20 @@ class Totals:
     has_authorization: bool  # in any state, anywhere in the payment: then a Charge is its capture
     authorization_live: bool  # an authorization holds money, or may
     authorized: int  # Success authorizations
-    captures: int  # live Charges after the first Authorization, in the payment's order
+    captures: int  # live Charges on a payment with an Authorization, wherever they stand: its captures
     captured: int
-    direct_charged: int  # live Charges before any Authorization (charged before it was added)
+    charged: int  # live Charges, captures or not
     charged_settled: int  # Success Charges: what a refund may pay back
     refunded: int  # live Refunds
     charged_back: int  # Chargebacks not failed: an Initial one is the issuer's claim already
     cancelled: bool  # a CancelAuthorization succeeded or is under way
-
-    @property
-    def charged(self) -> int:
-        return self.captured + self.direct_charged
 
     @classmethod
     def of(cls, payment: Payment, settled: Mapping[str, TransactionState] = NOTHING_SETTLED) -> "Totals":
         """``settled``: new states of some transactions (by id), not stored yet."""
         # One pass: this runs for every transaction the connector executes.
         has_authorization = authorization_live = cancelled = False
-        authorized = captures = captured = direct = charged_settled = refunded = charged_back = 0
+        authorized = charges = charged = charged_settled = refunded = charged_back = 0
         for t in payment.transactions:
             amount, state = t.amount.cent_amount, settled.get(t.id, t.state)
             live = state is TransactionState.SUCCESS or state is TransactionState.PENDING
@@ -86,19 +82,19 @@ class Totals:
                     authorization_live |= live
                     authorized += amount if state is TransactionState.SUCCESS else 0
                 case TransactionType.CHARGE if live:
+                    charges, charged = charges + 1, charged + amount
                     charged_settled += amount if state is TransactionState.SUCCESS else 0
-                    if has_authorization:
-                        captures, captured = captures + 1, captured + amount
-                    else:
-                        direct += amount
                 case TransactionType.REFUND if live:
                     refunded += amount
                 case TransactionType.CHARGEBACK if state is not TransactionState.FAILURE:
                     charged_back += amount
                 case TransactionType.CANCEL_AUTHORIZATION if live:
                     cancelled = True
+        # Once the payment has an Authorization, every live Charge counts as its capture, even one made
+        # before it was added: the safe side, where a capture too many or a cancel after one is refused.
+        captures, captured = (charges, charged) if has_authorization else (0, 0)
         return cls(
-            has_authorization, authorization_live, authorized, captures, captured, direct, charged_settled, refunded,
+            has_authorization, authorization_live, authorized, captures, captured, charged, charged_settled, refunded,
             charged_back, cancelled,
         )  # fmt: skip
 
@@ -123,10 +119,10 @@ def refusal_for(payment: Payment, transaction: Transaction, capabilities: Capabi
                 return Refusal(
                     "authorization_exists", "The payment already has an authorization; another one needs a new payment"
                 )
-            if amount + totals.direct_charged > planned:
+            if amount + totals.charged > planned:
                 return Refusal(
                     "amount_exceeds_planned",
-                    f"Authorization of {amount} with {totals.direct_charged} already charged exceeds the planned {planned}",
+                    f"Authorization of {amount} with {totals.charged} already charged exceeds the planned {planned}",
                 )
         case TransactionType.CHARGE if totals.has_authorization:
             return _capture_refusal(amount, totals, capabilities)

@@ -6,6 +6,7 @@ them, and answers each 409 by refetching the payment and deciding again.
 
 import asyncio
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -83,9 +84,9 @@ class Processor:
         self._clock = clock
         self._metrics = metrics or Metrics()
         self._lease = timedelta(seconds=settings.claim_lease_s)
-        # Keys this worker claimed in attempts that ended unfinished: when it claimed them, and from when
-        # it may take them back (no call of ours runs for them then), as long as that claim is the latest.
-        self._abandoned: dict[str, tuple[datetime, datetime]] = {}
+        # Keys this worker claimed in attempts that ended unfinished: the claiming attempt's id, and from
+        # when it may take them back (no call of ours runs for them then), as long as that claim is the latest.
+        self._abandoned: dict[str, tuple[str, datetime]] = {}
 
     async def reconcile(self, trigger: PaymentTrigger) -> Reconciled:
         try:
@@ -94,7 +95,7 @@ class Processor:
             if route is None:
                 return Reconciled(payment.id, "not_ours")
             structlog.contextvars.bind_contextvars(interface=route.interface)
-            payment, plan, claimed_at = await self._claim(payment, fetched=trigger.payment is None)
+            payment, plan, attempt = await self._claim(payment, fetched=trigger.payment is None)
         except NotFound:
             return Reconciled(trigger.payment_id, "payment_not_found")
         if not plan.work:  # Initial Chargebacks are the issuer's: left as they are, and counted as not ours
@@ -112,10 +113,10 @@ class Processor:
         except asyncio.CancelledError:
             # The delivery timed out or the worker is stopping: the cancelled PSP request may still run
             # at the PSP, so its claim is not taken back before that request must have ended.
-            self._abandon(unfinished, claimed_at, after_s=_request_timeout_s(route))
+            self._abandon(unfinished, attempt, after_s=_request_timeout_s(route))
             raise
         except BaseException:
-            self._abandon(unfinished, claimed_at, after_s=0.0)
+            self._abandon(unfinished, attempt, after_s=0.0)
             raise
         finally:
             structlog.contextvars.unbind_contextvars("transaction_id")
@@ -123,34 +124,37 @@ class Processor:
             self._abandoned.pop(work.idempotency_key, None)
         return Reconciled(payment.id, "done", tuple(results))
 
-    def _abandon(self, keys: Iterable[str], claimed_at: datetime, *, after_s: float) -> None:
-        """Lets this worker take back its claims (made at ``claimed_at``) of ``keys`` ``after_s`` from now,
-        when no call of ours runs for them, unless another worker has claimed them since."""
+    def _abandon(self, keys: Iterable[str], attempt: str, *, after_s: float) -> None:
+        """Lets this worker take back its claims (by ``attempt``) of ``keys`` ``after_s`` from now, when no
+        call of ours runs for them, unless another worker has claimed them since."""
         free_from = self._clock() + timedelta(seconds=after_s)
-        self._abandoned.update((key, (claimed_at, free_from)) for key in keys)
+        self._abandoned.update((key, (attempt, free_from)) for key in keys)
 
-    async def _claim(self, payment: Payment, *, fetched: bool) -> tuple[Payment, Plan, datetime]:
+    async def _claim(self, payment: Payment, *, fetched: bool) -> tuple[Payment, Plan, str]:
         """Claims the payment's Initial transactions; returns the payment at its claimed version, the plan,
-        and the claim's time.
+        and the claiming attempt's id.
 
         ``fetched`` tells whether ``payment`` was read through the API: a message's copy may be
         stale and carries the payment method token masked.
         """
         now = self._clock()
         self._abandoned = {key: held for key, held in self._abandoned.items() if held[1] + self._lease > now}
+        attempt = uuid.uuid4().hex
         for _ in range(self._settings.max_conflicts):
-            now = decisions.claim_time(self._clock())
-            free = {key: claimed_at for key, (claimed_at, free_from) in self._abandoned.items() if free_from <= now}
+            now = self._clock()
+            free = {key: ours for key, (ours, free_from) in self._abandoned.items() if free_from <= now}
             plan = decisions.plan_work(payment, now=now, lease=self._lease, abandoned=free)
             if plan.held_until is not None:
                 wait_s = (plan.held_until - now).total_seconds()
                 raise ClaimHeld(f"a transaction is claimed by another worker for {wait_s:.1f}s more", wait_s)
             if not plan.work:
-                return payment, plan, now
+                return payment, plan, attempt
             if plan.needs_payment_method and not fetched:
                 payment, fetched = await self._store.get_payment(payment.id), True
                 continue
-            actions = decisions.claim_actions(plan.work, type_key=self._settings.interaction_type_key, now=now, lease=self._lease)
+            actions = decisions.claim_actions(
+                plan.work, type_key=self._settings.interaction_type_key, now=now, lease=self._lease, attempt=attempt
+            )
             try:
                 version = await self._store.update_payment(payment.id, payment.version, actions)
             except ConcurrentModification:
@@ -161,12 +165,12 @@ class Processor:
             except BaseException:
                 # The claim may have been stored with its answer lost; no PSP call was made under it,
                 # so this worker's retry may take it back at once instead of waiting out its own lease.
-                self._abandon((work.idempotency_key for work in plan.work), now, after_s=0.0)
+                self._abandon((work.idempotency_key for work in plan.work), attempt, after_s=0.0)
                 raise
             # The update was checked against the version read, so the payment is now that one plus the
             # claim's interactions, which nothing after the claim reads: parsing the answer would cost
             # more than the rest of the claim.
-            return payment.model_copy(update={"version": version}), plan, now
+            return payment.model_copy(update={"version": version}), plan, attempt
         raise RetryableError(f"claim kept conflicting after {self._settings.max_conflicts} attempts")
 
     async def _outcome(self, payment: Payment, work: Work, route: Route | UnknownAccount) -> Outcome:
