@@ -2,9 +2,11 @@
 
 import asyncio
 import gc
+from collections.abc import Callable
 from dataclasses import replace
 
 from connector.adapters.registry import AdapterRegistry
+from connector.breaker import COMMERCETOOLS, Breaker, Breakers, PauseWaits, psp_dependency
 from connector.commercetools.client import CommercetoolsClient
 from connector.commercetools.interaction_type import interaction_type_draft
 from connector.config import CommercetoolsSettings, Settings, claim_lease_s
@@ -92,10 +94,19 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
             delivery_timeout_s=worker_settings.delivery_timeout_s,
             shutdown_timeout_s=worker_settings.shutdown_timeout_s,
             retry=replace(DELIVERY_BACKOFF, attempts=worker_settings.max_attempts),
+            project_key=settings.commercetools.project_key,
         )
-        worker = Worker(source, Processor(ct, registry, processor_settings, metrics=metrics), limits, metrics)
+        breakers = Breakers(
+            [COMMERCETOOLS, *map(psp_dependency, registry.interfaces())],
+            PauseWaits(max_s=worker_settings.pause_max_s),
+        )
+        metrics.watch_breakers(breakers.all)
+        processor = Processor(ct, registry, processor_settings, metrics=metrics, breakers=breakers)
+        worker = Worker(source, processor, limits, metrics, breakers=breakers)
         token_obtained = asyncio.Event()
-        readiness = {"commercetools_token": token_obtained.is_set, "source_subscribed": worker.subscribed.is_set}
+        readiness = {"commercetools_token": token_obtained.is_set, "source_subscribed": worker.subscribed.is_set} | {
+            f"{name}_answering": _answering(breaker) for name, breaker in breakers.all.items()
+        }
         async with OpsServer(worker_settings.http_host, worker_settings.http_port, metrics.registry, readiness):
             await ct.check_credentials()
             token_obtained.set()
@@ -108,3 +119,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     finally:
         await registry.aclose()
         await ct.aclose()
+
+
+def _answering(breaker: Breaker) -> Callable[[], bool]:
+    return lambda: not breaker.is_open

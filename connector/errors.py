@@ -25,6 +25,10 @@ class BadDelivery(PermanentError):
     """A delivery that is not a valid commercetools subscription message."""
 
 
+class ForeignProject(BadDelivery):
+    """A delivery of another commercetools project than the one this worker serves."""
+
+
 class CommercetoolsError(ConnectorError):
     """Base of the errors of the commercetools API."""
 
@@ -46,7 +50,11 @@ class Rejected(CommercetoolsError, PermanentError):
 
 
 class RateLimited(CommercetoolsError, RetryableError):
-    """HTTP 429 from commercetools."""
+    """HTTP 429 from commercetools; ``retry_after_s`` from its Retry-After header, when it sent one."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class ServerError(CommercetoolsError, RetryableError):
@@ -72,6 +80,23 @@ class PspCredentialsRejected(RetryableError):
 
     Retried, because an operator may fix the key meanwhile, then dead-lettered with this reason; the
     transaction stays Initial, to be replayed once the key works."""
+
+
+class PspDown(RetryableError):
+    """A PSP route failed after its call's own retries (unreachable, a server error, rate limited, or our
+    credentials refused): the worker pauses the route (connector.breaker) instead of dead-lettering."""
+
+    def __init__(self, interface: str, message: str) -> None:
+        super().__init__(message)
+        self.interface = interface
+
+
+class Paused(RetryableError):
+    """Not tried: the dependency's breaker is open and this delivery is not its probe."""
+
+    def __init__(self, dependency: str) -> None:
+        super().__init__(f"{dependency} is paused")
+        self.dependency = dependency
 
 
 class ClaimHeld(RetryableError):

@@ -1,10 +1,26 @@
-"""Retry or dead-letter: what to do with a delivery whose processing failed. Pure."""
+"""Retry, pause or dead-letter: what to do with a delivery whose processing failed. Pure.
+
+Dead letters are for poison only: a delivery that cannot be read, a permanent refusal, or one that
+fails alone while its dependency answers everyone else. A dependency that is down pauses the work
+that needs it (connector.breaker) for as long as it is down: an outage is never the delivery's fault.
+"""
 
 from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from connector.errors import ClaimHeld, ConnectorError, PermanentError, RetryableError
+from connector.breaker import COMMERCETOOLS, psp_dependency
+from connector.errors import (
+    ClaimHeld,
+    CommercetoolsError,
+    ConnectorError,
+    Paused,
+    PermanentError,
+    PspDown,
+    PspRequestInProgress,
+    RateLimited,
+    RetryableError,
+)
 from connector.models.delivery import describe_validation_error
 from connector.retrying import Backoff
 
@@ -19,17 +35,41 @@ class DeadLetter:
     reason: str
 
 
-def decide(error: BaseException, attempt: int, policy: Backoff, jitter: float) -> RetryLater | DeadLetter:
-    """``attempt`` counts from 1; ``jitter`` in [0, 1) spreads retries of many workers apart."""
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """Wait at ``dependency``'s breaker; ``failed`` False: refused at the open breaker, nothing was tried."""
+
+    dependency: str
+    failed: bool
+    reason: str
+    retry_after_s: float | None = None
+
+
+def decide(
+    error: BaseException, attempt: int, policy: Backoff, jitter: float, *, waiting_on: str = COMMERCETOOLS
+) -> RetryLater | DeadLetter | Pause:
+    """``attempt`` counts from 1; ``jitter`` in [0, 1) spreads retries of many workers apart;
+    ``waiting_on``: the dependency the attempt was waiting on, blamed when the attempt timed out."""
     reason = describe(error)
     if isinstance(error, PermanentError) or not _is_transient(error):
         return DeadLetter(reason)
+    if (pause := _pause_for(error, reason, waiting_on)) is not None:
+        return pause
+    if isinstance(error, ClaimHeld):  # another worker's claim: its lease ends, so no bound on attempts
+        return RetryLater(error.retry_after_s + jitter)
+    if isinstance(error, PspRequestInProgress):  # a request of ours still runs at the PSP: it ends too
+        return RetryLater(_backoff(policy, attempt, jitter))
     if attempt >= policy.attempts:
         return DeadLetter(f"gave up after {attempt} attempts: {reason}")
-    if isinstance(error, ClaimHeld):
-        return RetryLater(error.retry_after_s + jitter)
-    backoff = min(policy.wait_max_s, policy.wait_initial_s * 2 ** (attempt - 1))
-    return RetryLater(backoff * (0.5 + jitter / 2))
+    return RetryLater(_backoff(policy, attempt, jitter))
+
+
+def fails_alone(failures_while_others_succeed: int, policy: Backoff) -> DeadLetter | None:
+    """A delivery that keeps failing on a dependency that answers other deliveries in between (the
+    breaker closed since its last failure) is poison in disguise: a PSP's stored 500 for its key, say."""
+    if failures_while_others_succeed < policy.attempts:
+        return None
+    return DeadLetter(f"failed {failures_while_others_succeed} times while its dependency answered other deliveries")
 
 
 def describe(error: BaseException) -> str:
@@ -40,6 +80,24 @@ def describe(error: BaseException) -> str:
     if isinstance(error, ConnectorError) and str(error):
         return f"{name}: {error}"
     return name
+
+
+def _pause_for(error: BaseException, reason: str, waiting_on: str) -> Pause | None:
+    if isinstance(error, Paused):
+        return Pause(error.dependency, failed=False, reason=reason)
+    if isinstance(error, PspDown):
+        return Pause(psp_dependency(error.interface), failed=True, reason=reason)
+    if isinstance(error, CommercetoolsError):  # transient ones only reach here
+        retry_after_s = error.retry_after_s if isinstance(error, RateLimited) else None
+        return Pause(COMMERCETOOLS, failed=True, reason=reason, retry_after_s=retry_after_s)
+    if isinstance(error, TimeoutError):  # the whole attempt ran out of time waiting on this dependency
+        return Pause(waiting_on, failed=True, reason=f"timed out waiting on {waiting_on}")
+    return None
+
+
+def _backoff(policy: Backoff, attempt: int, jitter: float) -> float:
+    backoff = min(policy.wait_max_s, policy.wait_initial_s * 2.0 ** min(attempt - 1, 30))
+    return backoff * (0.5 + jitter / 2)
 
 
 def _is_transient(error: BaseException) -> bool:

@@ -6,11 +6,14 @@ what it does; ``/metrics`` (connector.ops_http) renders the registry. Labels are
 """
 
 from collections.abc import Callable, Iterator, Mapping
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from connector.breaker import Breaker
 
 M = TypeVar("M", Counter, Gauge, Histogram)
 
@@ -80,6 +83,12 @@ class Metrics:
             "Outcomes commercetools refused even reduced to state and PSP reference: dead-lettered, for an operator",
             registry=self.registry,
         )
+        self.source_failures = Counter(
+            "connector_source_failures",
+            "Source operations that failed and are tried again (the delivery stays unsettled meanwhile)",
+            ["operation"],  # ack, dead_letter, retry_later
+            registry=self.registry,
+        )
         self.dead_letters = Counter(
             "connector_dead_letters", "Deliveries moved to the dead-letter destination", registry=self.registry
         )
@@ -97,6 +106,27 @@ class Metrics:
     def watch_lag(self, lag: Callable[[], Mapping[str, int]]) -> None:
         """Reports ``lag()`` (messages behind, per partition) on every scrape."""
         self.registry.register(_LagCollector(lag))
+
+    def watch_breakers(self, breakers: "Mapping[str, Breaker]") -> None:
+        """Reports each dependency's pause (connector.breaker) on every scrape."""
+        self.registry.register(_BreakerCollector(breakers))
+
+
+class _BreakerCollector(Collector):
+    def __init__(self, breakers: "Mapping[str, Breaker]") -> None:
+        self._breakers = breakers
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        paused = GaugeMetricFamily("connector_paused", "1 while work that needs the dependency is paused", labels=["dependency"])
+        paused_for = GaugeMetricFamily(
+            "connector_paused_seconds", "How long the dependency's current pause has lasted", labels=["dependency"]
+        )
+        pauses = CounterMetricFamily("connector_pauses", "Pauses begun, by dependency", labels=["dependency"])
+        for name, breaker in sorted(self._breakers.items()):
+            paused.add_metric([name], float(breaker.is_open))
+            paused_for.add_metric([name], breaker.open_for_s())
+            pauses.add_metric([name], breaker.pauses)
+        yield from (paused, paused_for, pauses)
 
 
 class _LagCollector(Collector):

@@ -8,18 +8,19 @@ cancel the rest (it comes again, unacknowledged) and commit what is done.
 
 import asyncio
 import random
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 import structlog
 
 from connector import failure_policy
+from connector.breaker import COMMERCETOOLS, Breaker, Breakers, PauseWaits
 from connector.dispatch import KeyedDispatcher
-from connector.errors import BadDelivery
-from connector.failure_policy import DeadLetter
+from connector.errors import BadDelivery, ForeignProject
+from connector.failure_policy import DeadLetter, Pause
 from connector.metrics import Metrics
 from connector.models.delivery import DEFAULT_MAX_BYTES, Ignored, PaymentTrigger, parse_delivery
-from connector.processor.reconcile import Processor
+from connector.processor.reconcile import Processor, Progress
 from connector.retrying import Backoff
 from connector.sources.contract import Delivery, Source
 
@@ -28,6 +29,11 @@ log = structlog.get_logger("connector.worker")
 
 # Retries of a whole delivery: its calls have retried their own transient faults already.
 DELIVERY_BACKOFF = Backoff(attempts=5, budget_s=300.0, wait_initial_s=0.5, wait_max_s=30.0)
+# A source operation (ack, dead-letter publish, hand-back) that fails is tried again, for as long as
+# it takes, with waits growing to this bound: the delivery stays unsettled meanwhile, and comes again
+# if the worker stops first.
+SOURCE_RETRY = PauseWaits(initial_s=1.0, max_s=60.0)
+SOURCE_OPERATION_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +43,8 @@ class WorkerLimits:
     delivery_timeout_s: float = 60.0
     shutdown_timeout_s: float = 20.0
     retry: Backoff = DELIVERY_BACKOFF
+    source_retry: PauseWaits = SOURCE_RETRY
+    project_key: str | None = None  # deliveries of another project are dead-lettered
 
 
 class Worker:
@@ -47,12 +55,14 @@ class Worker:
         limits: WorkerLimits,
         metrics: Metrics | None = None,
         jitter: Callable[[], float] = random.random,
+        breakers: Breakers | None = None,
     ) -> None:
         self._source = source
         self._processor = processor
         self._limits = limits
         self._metrics = metrics or Metrics()
         self._jitter = jitter
+        self._breakers = breakers or Breakers([COMMERCETOOLS], PauseWaits())
         self.subscribed = asyncio.Event()  # readiness: the source is started
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -64,6 +74,8 @@ class Worker:
                 dispatcher = KeyedDispatcher(tasks, self._limits.max_in_flight)
                 self._metrics.in_flight.set_function(lambda: dispatcher.in_flight)
                 async for delivery in self._source.deliveries(stop):
+                    if not await self._commercetools_answers(stop):
+                        break  # stopping during a pause: the delivery comes again
                     await self._route(delivery, dispatcher)
                 log.info("worker.stopping", in_flight=dispatcher.in_flight)
                 cancelled = await dispatcher.drain(self._limits.shutdown_timeout_s)
@@ -71,17 +83,30 @@ class Worker:
         finally:
             await asyncio.shield(self._source.close())  # commit what is done, even when cancelled
 
+    async def _commercetools_answers(self, stop: asyncio.Event) -> bool:
+        """Every delivery needs commercetools: while it is paused, no new one is taken. False: stopping."""
+        breaker = self._breakers[COMMERCETOOLS]
+        while breaker.is_open and not stop.is_set():
+            closed = asyncio.ensure_future(breaker.closed())
+            stopping = asyncio.ensure_future(stop.wait())
+            try:
+                await asyncio.wait([closed, stopping], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                closed.cancel()
+                stopping.cancel()
+        return not stop.is_set()
+
     async def _route(self, delivery: Delivery, dispatcher: KeyedDispatcher) -> None:
         try:
-            parsed = parse_delivery(delivery.body, self._limits.max_delivery_bytes)
+            parsed = parse_delivery(delivery.body, self._limits.max_delivery_bytes, self._limits.project_key)
         except BadDelivery as exc:
-            log.warning("delivery.dead_lettered", position=delivery.position, reason=str(exc), attempts=delivery.attempt)
-            await delivery.dead_letter(str(exc), attempts=delivery.attempt)
-            self._count("unreadable", "dead_lettered")
+            # In a task of its own: a dead-letter destination that fails must not hold up the next deliveries.
+            reason, label = str(exc), "foreign_project" if isinstance(exc, ForeignProject) else "unreadable"
+            await dispatcher.submit(delivery.position, lambda: self._dead_letter(delivery, label, reason, delivery.attempt))
             return
         if isinstance(parsed, Ignored):
             log.debug("delivery.ignored", position=delivery.position, message_id=parsed.message_id, reason=parsed.reason)
-            await delivery.ack()
+            await dispatcher.submit(delivery.position, lambda: self._settle(delivery, "ack", delivery.ack))
             self._count("other", "ignored")  # not our message types: a bounded label
             return
         await dispatcher.submit(parsed.payment_id, lambda: self._handle(delivery, parsed))
@@ -91,35 +116,119 @@ class Worker:
             message_id=trigger.message_id, payment_id=trigger.payment_id, position=delivery.position
         )
         attempt = delivery.attempt
+        pauses = _Pauses()
         while True:
+            progress = Progress()
             try:
                 async with asyncio.timeout(self._limits.delivery_timeout_s):
-                    result = await self._processor.reconcile(trigger)
+                    result = await self._processor.reconcile(trigger, progress)
             except Exception as exc:  # every failure is judged below; none may stop the worker
-                decision = failure_policy.decide(exc, attempt, self._limits.retry, self._jitter())
+                decision = failure_policy.decide(exc, attempt, self._limits.retry, self._jitter(), waiting_on=progress.waiting_on)
+                if isinstance(decision, Pause):
+                    if not await self._pause(delivery, trigger, decision, pauses, attempt):
+                        return  # it failed alone: dead-lettered
+                    attempt += 1
+                    continue
+                pauses.leave()
                 if isinstance(decision, DeadLetter):
-                    log.error("delivery.dead_lettered", reason=decision.reason, attempts=attempt)
-                    await delivery.dead_letter(decision.reason, attempts=attempt)
-                    self._count(trigger.message_type, "dead_lettered")
+                    await self._dead_letter(delivery, trigger.message_type, decision.reason, attempt)
                     return
                 log.warning(
                     "delivery.retrying", error=failure_policy.describe(exc), attempt=attempt, delay_s=round(decision.delay_s, 3)
                 )
                 self._metrics.labelled(self._metrics.retries, "delivery").inc()
-                if await delivery.retry_later(decision.delay_s):
+                if await self._hand_back(delivery, decision.delay_s):
                     self._count(trigger.message_type, "handed_back")
                     return  # the queue brings it back
                 await asyncio.sleep(decision.delay_s)
                 attempt += 1
                 continue
-            await delivery.ack()
+            self._breakers[COMMERCETOOLS].succeeded()  # every processed delivery was answered by commercetools
+            pauses.leave()
+            await self._settle(delivery, "ack", delivery.ack)
             # A delivery that did its work is told by its transactions' own lines: debug is enough then.
             log_processed = log.debug if result.outcome == "done" else log.info
             log_processed("delivery.processed", outcome=result.outcome, transactions=len(result.results))
             self._count(trigger.message_type, result.outcome)
             return
 
+    async def _pause(self, delivery: Delivery, trigger: PaymentTrigger, decision: Pause, pauses: "_Pauses", attempt: int) -> bool:
+        """Waits at the dependency's breaker, to retry as its probe or once it closes; False: dead-lettered
+        instead, because the delivery keeps failing while the dependency answers others."""
+        breaker = self._breakers[decision.dependency]
+        pauses.wait_at(breaker)
+        if decision.failed:
+            if (poison := failure_policy.fails_alone(pauses.failed_at(breaker), self._limits.retry)) is not None:
+                await self._dead_letter(delivery, trigger.message_type, f"{poison.reason}: {decision.reason}", attempt)
+                return False
+            wait_s = breaker.failed(decision.retry_after_s)
+            log.warning("delivery.paused", dependency=breaker.name, reason=decision.reason, probe_in_s=round(wait_s, 3))
+        self._metrics.labelled(self._metrics.retries, "delivery").inc()
+        await breaker.turn()
+        return True
+
+    async def _dead_letter(self, delivery: Delivery, message_type: str, reason: str, attempts: int) -> None:
+        log.error("delivery.dead_lettered", position=delivery.position, reason=reason, attempts=attempts)
+        await self._settle(delivery, "dead_letter", lambda: delivery.dead_letter(reason, attempts=attempts))
+        self._count(message_type, "dead_lettered")
+
+    async def _hand_back(self, delivery: Delivery, delay_s: float) -> bool:
+        handed_back = False
+
+        async def hand_back() -> None:
+            nonlocal handed_back
+            handed_back = await delivery.retry_later(delay_s)
+
+        await self._settle(delivery, "retry_later", hand_back)
+        return handed_back
+
+    async def _settle(self, delivery: Delivery, operation: str, call: Callable[[], Awaitable[object]]) -> None:
+        """Runs a source operation until it works. While it fails the delivery stays unsettled (it comes
+        again if the worker stops first); a failure never reaches the worker's other deliveries."""
+        failures = 0
+        while True:
+            try:
+                async with asyncio.timeout(SOURCE_OPERATION_TIMEOUT_S):
+                    await call()
+                return
+            except Exception as exc:
+                failures += 1
+                wait_s = self._limits.source_retry.after(failures)
+                log.error(
+                    "source.operation_failed", operation=operation, position=delivery.position,
+                    error=failure_policy.describe(exc), failures=failures, retry_in_s=wait_s,
+                )  # fmt: skip
+                self._metrics.labelled(self._metrics.source_failures, operation).inc()
+                await asyncio.sleep(wait_s)
+
     def _count(self, message_type: str, result: str) -> None:
         self._metrics.labelled(self._metrics.deliveries, message_type, result).inc()
         if result == "dead_lettered":
             self._metrics.dead_letters.inc()
+
+
+@dataclass(slots=True)
+class _Pauses:
+    """One delivery's pauses: the breaker it waits at, and how often it failed on a dependency that
+    answered other deliveries since (the breaker closed in between)."""
+
+    waiting_at: Breaker | None = None
+    closings_seen: dict[str, int] = field(default_factory=dict)
+    alone: int = 0
+
+    def wait_at(self, breaker: Breaker) -> None:
+        if self.waiting_at is not None and self.waiting_at is not breaker:
+            self.waiting_at.release()  # its probe told nothing of that dependency
+        self.waiting_at = breaker
+
+    def failed_at(self, breaker: Breaker) -> int:
+        """Records a failure on ``breaker``'s dependency; returns how many failed alone so far."""
+        seen = self.closings_seen.get(breaker.name)
+        self.alone += seen is not None and breaker.closings > seen
+        self.closings_seen[breaker.name] = breaker.closings
+        return self.alone
+
+    def leave(self) -> None:
+        if self.waiting_at is not None:
+            self.waiting_at.release()
+            self.waiting_at = None

@@ -216,6 +216,7 @@ class InMemorySource:
         self._unfinished: dict[str, InMemoryDelivery] = {}  # handed to a worker, not yet acked or dead-lettered
         self._log: list[tuple[str, bytes]] = []  # every message, in the order published (a partition)
         self._changed = asyncio.Event()
+        self._arrived = asyncio.Event()  # set when a delivery is put on ``_ready``
         self._sequence = 0
         self.acked: list[bytes] = []
         self.dead_letters: list[tuple[bytes, str, int]] = []
@@ -226,29 +227,35 @@ class InMemorySource:
         for body in bodies:
             self._sequence += 1
             self._log.append((f"memory:{self._sequence}", body))
-            self._ready.put_nowait(InMemoryDelivery(body, f"memory:{self._sequence}", 1, self))
+            self._put(InMemoryDelivery(body, f"memory:{self._sequence}", 1, self))
+
+    def _put(self, delivery: InMemoryDelivery) -> None:
+        self._ready.put_nowait(delivery)
+        self._arrived.set()
 
     async def start(self) -> None:
         if self.hands_back:  # Pub/Sub: what the last consumer left unfinished comes again, one attempt later
             for delivery in self._unfinished.values():
-                self._ready.put_nowait(InMemoryDelivery(delivery.body, delivery.position, delivery.attempt + 1, self))
+                self._put(InMemoryDelivery(delivery.body, delivery.position, delivery.attempt + 1, self))
         elif self._unfinished:  # Kafka: the committed offset is the first unfinished one; all after it come again
             first = min(self._log.index((d.position, d.body)) for d in self._unfinished.values())
             self._ready = asyncio.Queue()
             for position, body in self._log[first:]:
-                self._ready.put_nowait(InMemoryDelivery(body, position, 1, self))
+                self._put(InMemoryDelivery(body, position, 1, self))
         self._unfinished.clear()
 
     async def deliveries(self, stop: asyncio.Event) -> AsyncIterator[InMemoryDelivery]:
         stopped = asyncio.ensure_future(stop.wait())
         try:
             while not stop.is_set():
-                taken = asyncio.ensure_future(self._ready.get())
-                await asyncio.wait({taken, stopped}, return_when=asyncio.FIRST_COMPLETED)
-                if not taken.done():
-                    taken.cancel()
-                    return
-                delivery = taken.result()
+                if self._ready.empty():
+                    arrived = asyncio.ensure_future(self._arrived.wait())
+                    await asyncio.wait({arrived, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                    arrived.cancel()
+                    self._arrived.clear()
+                    continue
+                # Taken and registered in one step: ``pending`` never misses a delivery in between.
+                delivery = self._ready.get_nowait()
                 self._unfinished[delivery.position] = delivery
                 yield delivery
         finally:
@@ -302,7 +309,7 @@ class InMemorySource:
         due = [d for at, d in self._delayed if at <= now]
         self._delayed = [(at, d) for at, d in self._delayed if at > now]
         for delivery in due:
-            self._ready.put_nowait(delivery)
+            self._put(delivery)
 
     def _notify(self) -> None:
         self._changed.set()

@@ -141,7 +141,11 @@ async def test_readyz_waits_for_the_source_and_healthz_does_not(ct_url: str, pro
                 while (await _get_or_none(http, "/readyz")) != 200:
                     await asyncio.sleep(0.2)
             assert (await http.get("/readyz")).json() == {
-                "ready": True, "checks": {"commercetools_token": True, "source_subscribed": True}
+                "ready": True,
+                "checks": {
+                    "commercetools_token": True, "source_subscribed": True,
+                    "commercetools_answering": True, "psp:sandbox_answering": True,
+                },
             }  # fmt: skip
 
 

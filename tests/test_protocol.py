@@ -17,11 +17,13 @@ import pytest
 from connector.adapters.contract import OperationRequest, Outcome
 from connector.adapters.registry import AdapterRegistry
 from connector.adapters.sandbox import SandboxAdapter, SandboxLedger
+from connector.breaker import COMMERCETOOLS, Breakers, PauseWaits, psp_dependency
 from connector.errors import (
     ClaimHeld,
     ConcurrentModification,
     PermanentError,
     PspCredentialsRejected,
+    PspDown,
     PspUnavailable,
     Rejected,
     RetryableError,
@@ -45,6 +47,7 @@ TYPE_KEY = "connector-payment-interaction"
 LEASE_S = 30.0
 NO_PSP_RETRY = Backoff(attempts=1)
 FAST_RETRY = Backoff(attempts=3, budget_s=5.0, wait_initial_s=0.001, wait_max_s=0.002)
+FAST_PAUSES = PauseWaits(initial_s=0.001, max_s=0.01)
 
 
 class Gate:
@@ -58,7 +61,7 @@ class Gate:
         self.failing: Callable[[OperationRequest], bool] = lambda request: False  # which calls always fail
         self.opened = asyncio.Event()
         self.opened.set()
-        self.broken = 0  # calls that fail with PspUnavailable before reaching the sandbox
+        self.broken = 0  # calls (lookups too) that fail with PspUnavailable before reaching the sandbox
         self.holds: Callable[[OperationRequest], bool] = lambda request: True  # which calls wait for ``opened``
         self.keys: list[str] = []  # one per call that reached the gate
         self._called = asyncio.Event()
@@ -75,15 +78,19 @@ class Gate:
         self._called.set()
         if self.holds(request):
             await self.opened.wait()
-        if self.broken or self.failing(request):
-            self.broken = max(self.broken - 1, 0)
-            raise PspUnavailable("connection reset")
+        self._fail_if_broken(request)
         result: Outcome = await getattr(self._inner, name)(request)
         return result
 
     async def find(self, request: OperationRequest) -> Outcome | None:
         self.lookups += 1
+        self._fail_if_broken(request)  # a PSP that is down answers no lookup either
         return await self._inner.find(request)
+
+    def _fail_if_broken(self, request: OperationRequest) -> None:
+        if self.broken or self.failing(request):
+            self.broken = max(self.broken - 1, 0)
+            raise PspUnavailable("connection reset")
 
     async def authorize(self, request: OperationRequest) -> Outcome:
         return await self._call("authorize", request)
@@ -129,10 +136,16 @@ async def psp(ledger: Path, clock: ManualClock) -> AsyncIterator[Gate]:
 
 
 def processor(
-    payments: InMemoryPayments, psp: Gate, clock: ManualClock, psp_backoff: Backoff = NO_PSP_RETRY, metrics: Metrics | None = None
+    payments: InMemoryPayments,
+    psp: Gate,
+    clock: ManualClock,
+    psp_backoff: Backoff = NO_PSP_RETRY,
+    metrics: Metrics | None = None,
+    breakers: Breakers | None = None,
 ) -> Processor:
     settings = ProcessorSettings(PROJECT, TYPE_KEY, claim_lease_s=LEASE_S, psp_backoff=psp_backoff)
-    return Processor(payments, AdapterRegistry({("sandbox", None): psp}), settings, clock=clock.now, metrics=metrics)
+    registry = AdapterRegistry({("sandbox", None): psp})
+    return Processor(payments, registry, settings, clock=clock.now, metrics=metrics, breakers=breakers)
 
 
 def trigger(payment: Payment, embedded: bool = False) -> PaymentTrigger:
@@ -248,7 +261,7 @@ async def test_a_worker_takes_back_its_own_failed_claim_at_once_and_others_wait_
     payment = payments.create(payment_draft(1000, (), (("Charge", 1000),)))
     first = processor(payments, psp, clock)
     psp.broken = 1
-    with pytest.raises(PspUnavailable):
+    with pytest.raises(PspDown):
         await first.reconcile(trigger(payment))
     with pytest.raises(ClaimHeld):  # another worker cannot know that no call of ours still runs
         await processor(payments, psp, clock).reconcile(trigger(payment))
@@ -269,7 +282,7 @@ async def test_a_worker_never_takes_back_a_claim_another_worker_has_made_since(
     clock.advance(10)
     psp.broken = 1
     psp.opened.set()
-    with pytest.raises(PspUnavailable):
+    with pytest.raises(PspDown):
         await failing
     psp.opened.clear()
     clock.advance(LEASE_S - 10 + 1)
@@ -338,7 +351,7 @@ async def test_an_executed_outcome_is_stored_when_a_later_transaction_of_the_pay
     payment = payments.create(payment_draft(1000, (), (("Authorization", 1000), ("Charge", 1000))))
     psp.failing = lambda request: request.transaction.type.value == "Charge"
     worker = processor(payments, psp, clock)
-    with pytest.raises(PspUnavailable):
+    with pytest.raises(PspDown):
         await worker.reconcile(trigger(payment))
     stored = payments.stored(payment.id)
     [authorized] = executions(ledger)
@@ -558,9 +571,17 @@ async def test_the_fake_store_is_as_strict_as_commercetools(payments: InMemoryPa
 # The worker
 
 
-def worker_for(source: InMemorySource, payments: InMemoryPayments, psp: Gate, clock: ManualClock, **limits: Any) -> Worker:
+def worker_for(
+    source: InMemorySource, payments: InMemoryPayments, psp: Gate, clock: ManualClock, metrics: Metrics | None = None, **limits: Any
+) -> Worker:
     defaults: dict[str, Any] = {"retry": FAST_RETRY, "shutdown_timeout_s": 5.0}
-    return Worker(source, processor(payments, psp, clock), WorkerLimits(**(defaults | limits)), jitter=lambda: 0.0)
+    metrics = metrics or Metrics()
+    breakers = Breakers([COMMERCETOOLS, psp_dependency("sandbox")], FAST_PAUSES)
+    metrics.watch_breakers(breakers.all)
+    return Worker(
+        source, processor(payments, psp, clock, metrics=metrics, breakers=breakers),
+        WorkerLimits(**(defaults | limits)), metrics, jitter=lambda: 0.0, breakers=breakers,
+    )  # fmt: skip
 
 
 async def run_until(worker: Worker, condition: Callable[[], bool], source: InMemorySource) -> None:
@@ -594,41 +615,57 @@ async def test_every_delivery_ends_acknowledged_or_dead_lettered(
     assert sorted(e.calls for e in executions(ledger)) == [1] * 20  # the duplicate found nothing to do
 
 
-@pytest.mark.parametrize("hands_back", [True, False], ids=["handed-back", "in-place"])
-async def test_a_transient_failure_is_retried_then_processed(
+@pytest.mark.parametrize("hands_back", [True, False], ids=["pubsub-like", "kafka-like"])
+async def test_a_commercetools_failure_pauses_and_the_delivery_is_processed_in_place(
     payments: InMemoryPayments, psp: Gate, clock: ManualClock, ledger: Path, hands_back: bool
 ) -> None:
-    """Pub/Sub hands the message back with a delay (it comes again when the clock passes it); a Kafka
-    partition cannot, and the worker retries in place."""
+    """An outage is waited out where the delivery is, on either kind of queue: nothing is handed back
+    (Pub/Sub would redeliver it to run the whole protocol again) and nothing is dead-lettered."""
     source = InMemorySource(clock, hands_back=hands_back)
     payment = payments.create(payment_draft(1000, (), (("Charge", 1000),)))
     payments.failures.append(ServerError("POST /payments: 503"))  # the claim fails once
     source.publish(created(payment))
-    stop = asyncio.Event()
-    running = asyncio.create_task(worker_for(source, payments, psp, clock).run(stop))
-    if hands_back:
-        await source.wait_for_delayed()
-        clock.advance(1.0)
-    await source.wait_until(lambda: source.pending == 0)
-    stop.set()
-    await asyncio.wait_for(running, timeout=10)
+    metrics = Metrics()
+    await run_until(worker_for(source, payments, psp, clock, metrics=metrics), lambda: source.pending == 0, source)
     assert payments.stored(payment.id).transactions[0].state.value == "Success"
-    assert source.handed_back == (1 if hands_back else 0) and len(source.acked) == 1
+    assert source.handed_back == 0 and len(source.acked) == 1 and source.dead_letters == []
     assert [e.calls for e in executions(ledger)] == [1]
+    assert metrics.registry.get_sample_value("connector_pauses_total", {"dependency": "commercetools"}) == 1
+    assert metrics.registry.get_sample_value("connector_paused", {"dependency": "commercetools"}) == 0
 
 
-async def test_a_persistent_failure_is_dead_lettered_after_its_attempts_and_the_next_is_processed(
-    payments: InMemoryPayments, psp: Gate, clock: ManualClock
+async def test_a_psp_outage_pauses_its_route_and_every_payment_completes_once_it_answers(
+    payments: InMemoryPayments, psp: Gate, clock: ManualClock, ledger: Path
 ) -> None:
     source = InMemorySource(clock, hands_back=False)
-    poison, healthy = (payments.create(payment_draft(1000, (), (("Charge", 1000),))) for _ in range(2))
-    psp.broken = 3  # every attempt of the first delivery
-    source.publish(created(poison), created(healthy))
-    worker = worker_for(source, payments, psp, clock, max_in_flight=1)
+    batch = [payments.create(payment_draft(1000 + i, (), (("Charge", 1000 + i),))) for i in range(6)]
+    psp.broken = 25  # far more failures than any delivery's attempts used to allow
+    source.publish(*(created(p) for p in batch))
+    metrics = Metrics()
+    worker = worker_for(source, payments, psp, clock, metrics=metrics, max_in_flight=3)
+    await run_until(worker, lambda: source.pending == 0, source)
+    assert source.dead_letters == [] and len(source.acked) == 6
+    assert {payments.stored(p.id).transactions[0].state.value for p in batch} == {"Success"}
+    assert sorted(e.calls for e in executions(ledger)) == [1] * 6
+    assert metrics.registry.get_sample_value("connector_pauses_total", {"dependency": "psp:sandbox"}) >= 1
+    # While paused, one probe at a time reached the PSP: not every waiting delivery at each turn.
+    assert len(psp.keys) <= 25 + 6 + 3
+
+
+async def test_a_delivery_that_fails_alone_is_dead_lettered_and_the_others_go_through(
+    payments: InMemoryPayments, psp: Gate, clock: ManualClock
+) -> None:
+    """A PSP that keeps failing one payment (Stripe stores a 500 under its key) while it answers the
+    others is no outage: that delivery is poison after its attempts."""
+    source = InMemorySource(clock, hands_back=False)
+    poison, *healthy = (payments.create(payment_draft(1000, (), (("Charge", 1000),))) for _ in range(40))
+    psp.failing = lambda request: request.payment.id == poison.id
+    source.publish(created(poison), *(created(p) for p in healthy))
+    worker = worker_for(source, payments, psp, clock, max_in_flight=2)
     await run_until(worker, lambda: source.pending == 0, source)
     [(body, reason, attempts)] = source.dead_letters
-    assert poison.id.encode() in body and attempts == 3 and "gave up after 3 attempts" in reason
-    assert payments.stored(healthy.id).transactions[0].state.value == "Success"
+    assert poison.id.encode() in body and "answered other deliveries" in reason and attempts >= 3
+    assert {payments.stored(p.id).transactions[0].state.value for p in healthy} == {"Success"}
     assert payments.stored(poison.id).transactions[0].state.value == "Initial"  # replayable
 
 
@@ -781,25 +818,28 @@ async def test_an_initial_chargeback_is_left_as_it_is(payments: InMemoryPayments
     assert payments.requests["POST"] == 0 and psp.keys == []
 
 
-async def test_a_refused_psp_key_is_dead_lettered_as_the_operators_fault(
-    payments: InMemoryPayments, psp: Gate, clock: ManualClock
+async def test_a_refused_psp_key_pauses_the_route_until_the_key_works(
+    payments: InMemoryPayments, psp: Gate, clock: ManualClock, ledger: Path
 ) -> None:
-    """401/403 from the PSP: retried, then dead-lettered with a reason that says so, and counted; the
-    transaction is not failed, and stays Initial for a replay once the key is fixed."""
+    """401/403 from the PSP: an operator's fault, never the customer's. The route pauses, counting the
+    refusals, and the transaction is neither failed nor dead-lettered: it completes once the key works."""
     source = InMemorySource(clock, hands_back=False)
     payment = payments.create(payment_draft(1000, (), (("Charge", 1000),)))
     source.publish(created(payment))
+    refusals = 3
+    sandbox_charge = psp.charge
 
-    async def refused(request: OperationRequest) -> Outcome:
-        raise PspCredentialsRejected("Stripe refused this account's API key (HTTP 401)")
+    async def refused_then_fixed(request: OperationRequest) -> Outcome:
+        nonlocal refusals
+        if refusals:
+            refusals -= 1
+            raise PspCredentialsRejected("Stripe refused this account's API key (HTTP 401)")
+        return await sandbox_charge(request)
 
-    psp.charge = refused  # type: ignore[method-assign]
+    psp.charge = refused_then_fixed  # type: ignore[method-assign]
     metrics = Metrics()
-    worker = Worker(
-        source, processor(payments, psp, clock, metrics=metrics), WorkerLimits(retry=FAST_RETRY), metrics, jitter=lambda: 0.0
-    )
-    await run_until(worker, lambda: source.pending == 0, source)
-    [(_, reason, attempts)] = source.dead_letters
-    assert attempts == 3 and "PspCredentialsRejected" in reason and "API key" in reason
-    assert payments.stored(payment.id).transactions[0].state.value == "Initial"
+    await run_until(worker_for(source, payments, psp, clock, metrics=metrics), lambda: source.pending == 0, source)
+    assert source.dead_letters == [] and len(source.acked) == 1
+    assert payments.stored(payment.id).transactions[0].state.value == "Success"
+    assert [e.calls for e in executions(ledger)] == [1]
     assert metrics.registry.get_sample_value("connector_psp_credentials_rejected_total", {"interface": "sandbox"}) == 3

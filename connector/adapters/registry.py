@@ -85,6 +85,10 @@ class AdapterRegistry:
             return None
         return UnknownAccount(method.payment_interface, method.interface_account or "(none)")
 
+    def interfaces(self) -> list[str]:
+        """The payment interfaces served, in lower case."""
+        return sorted({interface for interface, _ in self._routes})
+
     def longest_request_s(self) -> float:
         """The longest one PSP request of any routed adapter may run (their declared capabilities)."""
         return max((capabilities_of(adapter).request_timeout_s for adapter in self._routes.values()), default=0.0)

@@ -12,7 +12,7 @@ from typing import Annotated, Any, TypeVar
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from connector.errors import BadDelivery
+from connector.errors import BadDelivery, ForeignProject
 from connector.models.payment import Payment
 
 M = TypeVar("M", bound=BaseModel)
@@ -83,7 +83,8 @@ class Ignored:
     reason: str
 
 
-def parse_delivery(body: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> PaymentTrigger | Ignored:
+def parse_delivery(body: bytes, max_bytes: int = DEFAULT_MAX_BYTES, project_key: str | None = None) -> PaymentTrigger | Ignored:
+    """``project_key``: the project this worker serves; a message of another is refused (ForeignProject)."""
     if len(body) > max_bytes:
         raise BadDelivery(f"delivery is {len(body)} bytes, above the limit of {max_bytes}")
     try:
@@ -94,12 +95,15 @@ def parse_delivery(body: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> PaymentTr
         raise BadDelivery(f"delivery is JSON {type(document).__name__}, expected an object")
     if "specversion" in document:
         event = _validate(CloudEvent, document, "CloudEvent")
-        return _from_platform(_validate(PlatformMessage, event.data, "CloudEvent data"), fallback_id=event.id)
-    return _from_platform(_validate(PlatformMessage, document, "message"), fallback_id=None)
+        return _from_platform(_validate(PlatformMessage, event.data, "CloudEvent data"), event.id, project_key)
+    return _from_platform(_validate(PlatformMessage, document, "message"), None, project_key)
 
 
-def _from_platform(message: PlatformMessage, fallback_id: str | None) -> PaymentTrigger | Ignored:
+def _from_platform(message: PlatformMessage, fallback_id: str | None, project_key: str | None) -> PaymentTrigger | Ignored:
     message_id = message.id or fallback_id
+    if project_key is not None and message.project_key is not None and message.project_key != project_key:
+        # A worker pointed at the wrong project, or a topic two projects share: never consumed silently.
+        raise ForeignProject(f"delivery is of project {message.project_key!r}, and this worker serves {project_key!r}")
     if message.notification_type != "Message":
         return Ignored(message_id, f"notification type {message.notification_type!r} is not a message")
     if message.resource.type_id != "payment":

@@ -16,12 +16,16 @@ import structlog
 
 from connector.adapters.contract import Operation, OperationRequest, Outcome, capabilities_of, finder_of
 from connector.adapters.registry import AdapterRegistry, Route, UnknownAccount
+from connector.breaker import COMMERCETOOLS, Breakers, psp_dependency
 from connector.errors import (
     ClaimHeld,
     ConcurrentModification,
     NotFound,
+    Paused,
     PermanentError,
     PspCredentialsRejected,
+    PspDown,
+    PspRequestInProgress,
     PspUnavailable,
     Rejected,
     RetryableError,
@@ -69,6 +73,13 @@ class Reconciled:
     results: tuple[Result, ...] = ()
 
 
+@dataclass(slots=True)
+class Progress:
+    """Which dependency an attempt is waiting on: the one a timeout of the whole attempt is blamed on."""
+
+    waiting_on: str = COMMERCETOOLS
+
+
 class Processor:
     def __init__(
         self,
@@ -77,24 +88,28 @@ class Processor:
         settings: ProcessorSettings,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         metrics: Metrics | None = None,
+        breakers: Breakers | None = None,
     ) -> None:
         self._store = store
         self._registry = registry
         self._settings = settings
         self._clock = clock
         self._metrics = metrics or Metrics()
+        self._breakers = breakers
         self._lease = timedelta(seconds=settings.claim_lease_s)
         # Keys this worker claimed in attempts that ended unfinished: the claiming attempt's id, and from
         # when it may take them back (no call of ours runs for them then), as long as that claim is the latest.
         self._abandoned: dict[str, tuple[str, datetime]] = {}
 
-    async def reconcile(self, trigger: PaymentTrigger) -> Reconciled:
+    async def reconcile(self, trigger: PaymentTrigger, progress: Progress | None = None) -> Reconciled:
+        progress = progress or Progress()
         try:
             payment = trigger.payment or await self._store.get_payment(trigger.payment_id)
             route = self._registry.find(payment.payment_method_info)
             if route is None:
                 return Reconciled(payment.id, "not_ours")
             structlog.contextvars.bind_contextvars(interface=route.interface)
+            self._check_open(route)  # before the claim: a paused route claims nothing
             payment, plan, attempt = await self._claim(payment, fetched=trigger.payment is None)
         except NotFound:
             return Reconciled(trigger.payment_id, "payment_not_found")
@@ -105,7 +120,7 @@ class Processor:
         try:
             for work in plan.work:
                 structlog.contextvars.bind_contextvars(transaction_id=work.transaction.id)
-                result = Result(work, await self._outcome(payment, work, route))
+                result = Result(work, await self._outcome(payment, work, route, progress))
                 # Stored before the next transaction runs: an outcome the PSP gave is never lost to a later fault.
                 payment = await self._store_outcome(payment, result)
                 unfinished.discard(work.idempotency_key)
@@ -123,6 +138,11 @@ class Processor:
         for work in plan.work:
             self._abandoned.pop(work.idempotency_key, None)
         return Reconciled(payment.id, "done", tuple(results))
+
+    def _check_open(self, route: Route | UnknownAccount) -> None:
+        breaker = self._breakers.get(psp_dependency(route.interface)) if self._breakers else None
+        if breaker is not None and not breaker.admits():
+            raise Paused(breaker.name)
 
     def _abandon(self, keys: Iterable[str], attempt: str, *, after_s: float) -> None:
         """Lets this worker take back its claims (by ``attempt``) of ``keys`` ``after_s`` from now, when no
@@ -173,7 +193,7 @@ class Processor:
             return payment.model_copy(update={"version": version}), plan, attempt
         raise RetryableError(f"claim kept conflicting after {self._settings.max_conflicts} attempts")
 
-    async def _outcome(self, payment: Payment, work: Work, route: Route | UnknownAccount) -> Outcome:
+    async def _outcome(self, payment: Payment, work: Work, route: Route | UnknownAccount, progress: Progress) -> Outcome:
         """The outcome of one claimed transaction: what the PSP already did, a refusal, or a PSP call.
 
         What the PSP did comes first: the money rules judge what is still to be done, and a transaction
@@ -188,16 +208,32 @@ class Processor:
             outcome = _unknown_account(route).as_outcome()
         else:
             request = OperationRequest(payment, work.transaction, work.idempotency_key, self._settings.project_key)
-            found = await self._find(route, request) if work.claimed_before else None
-            if found is not None:
-                outcome = found
-            elif (refusal := money.refusal_for(payment, work.transaction, capabilities_of(route.adapter))) is not None:
-                outcome = refusal.as_outcome()
-            else:
-                outcome = await self._call_psp(route, work.operation, request)
+            progress.waiting_on = psp_dependency(route.interface)
+            try:
+                outcome = await self._psp_outcome(payment, work, route, request)
+            except PspRequestInProgress:
+                raise  # one key in flight, not an outage
+            except (PspUnavailable, PspCredentialsRejected) as exc:
+                raise PspDown(route.interface, f"{exc.__class__.__name__}: {exc}") from exc
+            progress.waiting_on = COMMERCETOOLS
         log.info("transaction.outcome", state=outcome.state.value, code=outcome.code, psp_reference=outcome.psp_reference)
         self._metrics.labelled(self._metrics.transactions, work.transaction.type.value, outcome.state.value).inc()
         return outcome
+
+    async def _psp_outcome(self, payment: Payment, work: Work, route: Route, request: OperationRequest) -> Outcome:
+        found = await self._find(route, request) if work.claimed_before else None
+        if found is not None:
+            return found
+        if (refusal := money.refusal_for(payment, work.transaction, capabilities_of(route.adapter))) is not None:
+            return refusal.as_outcome()
+        outcome = await self._call_psp(route, work.operation, request)
+        self._psp_answered(route)
+        return outcome
+
+    def _psp_answered(self, route: Route) -> None:
+        """The PSP answered: a pause of its route (connector.breaker) ends."""
+        if self._breakers is not None and (breaker := self._breakers.get(psp_dependency(route.interface))) is not None:
+            breaker.succeeded()
 
     async def _find(self, route: Route, request: OperationRequest) -> Outcome | None:
         """What the PSP did for a transaction claimed before (by a crashed worker, or past the PSP's key retention)."""
@@ -206,6 +242,7 @@ class Processor:
             return None  # the idempotency key alone guards it, within the PSP's retention of keys
         retried = self._metrics.labelled(self._metrics.retries, "psp").inc
         found = await retry(lambda: finder.find(request), on=PspUnavailable, backoff=self._settings.psp_backoff, on_retry=retried)
+        self._psp_answered(route)
         self._metrics.labelled(self._metrics.psp_lookups, route.interface, "found" if found else "nothing").inc()
         if found is not None:
             log.info("transaction.found_at_psp", psp_reference=found.psp_reference)

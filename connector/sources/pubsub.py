@@ -11,6 +11,7 @@ delivery attempts (that policy must then exist: ``start`` checks).
 """
 
 import asyncio
+import math
 from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -62,7 +63,8 @@ class PubSubDelivery:
 
     async def retry_later(self, delay_s: float) -> bool:
         """Pub/Sub redelivers once the deadline passes: a nack that waits ``delay_s``."""
-        self.message.modify_ack_deadline(max(0, min(MAX_ACK_DEADLINE_S, round(delay_s))))
+        # Whole seconds, rounded up: a delay below one second must not become an immediate redelivery.
+        self.message.modify_ack_deadline(max(1, min(MAX_ACK_DEADLINE_S, math.ceil(delay_s))))
         self.message.drop()  # out of lease management, so the deadline is not extended again
         return True
 
