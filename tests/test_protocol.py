@@ -572,7 +572,12 @@ async def test_the_fake_store_is_as_strict_as_commercetools(payments: InMemoryPa
 
 
 def worker_for(
-    source: InMemorySource, payments: InMemoryPayments, psp: Gate, clock: ManualClock, metrics: Metrics | None = None, **limits: Any
+    source: InMemorySource,
+    payments: InMemoryPayments,
+    psp: Gate,
+    clock: ManualClock,
+    metrics: Metrics | None = None,
+    **limits: Any,
 ) -> Worker:
     defaults: dict[str, Any] = {"retry": FAST_RETRY, "shutdown_timeout_s": 5.0}
     metrics = metrics or Metrics()

@@ -10,6 +10,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -20,9 +21,11 @@ from connector.adapters.contract import OperationRequest, Outcome
 from connector.adapters.registry import AdapterRegistry
 from connector.adapters.sandbox import SandboxAdapter, SandboxLedger
 from connector.app import build_source
+from connector.breaker import COMMERCETOOLS, Breakers, PauseWaits, psp_dependency
 from connector.commercetools.client import CommercetoolsClient
 from connector.errors import PspUnavailable
 from connector.models.payment import Payment
+from connector.processor.decisions import claim_actions, plan_work
 from connector.processor.reconcile import Processor, ProcessorSettings
 from connector.retrying import Backoff
 from connector.worker import Worker, WorkerLimits
@@ -159,38 +162,36 @@ class FailingPsp:
         await self._inner.aclose()
 
 
-async def test_pubsub_nacks_a_transient_failure_and_the_redelivery_succeeds(
+async def test_pubsub_hands_a_held_claim_back_for_its_whole_delay_and_the_redelivery_succeeds(
     pubsub_emulator: object, ct_url: str, project_key: str, ct: CommercetoolsClient, tmp_path: Path
 ) -> None:
-    """On Pub/Sub a transient failure hands the message back (nack); it comes again and succeeds."""
+    """Another worker's fresh claim: on Pub/Sub the message is handed back (a nack with a deadline) and
+    comes again no sooner than the claim's lease ends (whole seconds, rounded up, never to zero)."""
     queue = PubSubQueue()
     await queue.create()
     payment = await ct.create_payment(payment_draft(1000, (), (("Charge", 1000),)))
+    lease = timedelta(seconds=1.5)
+    plan = plan_work(payment, now=datetime.now(UTC), lease=lease)
+    claim = claim_actions(plan.work, type_key=INTERACTION_TYPE_KEY, now=datetime.now(UTC), lease=lease, attempt="another")
+    await ct.update_payment(payment.id, payment.version, claim)
     await queue.publish([messages.payment_created(project_key, as_json(payment), "platform")])
     settings = settings_for(queue, ct_url=ct_url, project_key=project_key, ledger=tmp_path / "l.sqlite")
     ledger = tmp_path / "l.sqlite"
-    calls = Counter[str]()
-
-    def first_call_fails(request: OperationRequest) -> bool:
-        calls[request.idempotency_key] += 1
-        return calls[request.idempotency_key] == 1
-
-    flaky = FailingPsp(SandboxAdapter(SandboxLedger(ledger)), first_call_fails)
     processor = Processor(
-        ct, AdapterRegistry({("sandbox", None): flaky}),
-        ProcessorSettings(project_key=project_key, interaction_type_key=INTERACTION_TYPE_KEY, psp_backoff=Backoff(attempts=1)),
+        ct, AdapterRegistry({("sandbox", None): SandboxAdapter(SandboxLedger(ledger))}),
+        ProcessorSettings(project_key=project_key, interaction_type_key=INTERACTION_TYPE_KEY, claim_lease_s=1.5),
     )  # fmt: skip
-    limits = WorkerLimits(retry=Backoff(attempts=5, wait_initial_s=0.5, wait_max_s=1.0))
     stop = asyncio.Event()
-    with structlog.testing.capture_logs() as logs:
-        worker = asyncio.create_task(Worker(build_source(settings), processor, limits).run(stop))
+    with structlog.testing.capture_logs(processors=[structlog.processors.TimeStamper(fmt="iso")]) as logs:
+        worker = asyncio.create_task(Worker(build_source(settings), processor, WorkerLimits(), jitter=lambda: 0.0).run(stop))
         [settled] = await wait_until_settled(ct, [payment.id], timeout_s=60)
         stop.set()
         await asyncio.wait_for(worker, timeout=30)
-    handled = [
-        (line["event"], line.get("attempt")) for line in logs if line["event"] in ("delivery.retrying", "delivery.processed")
-    ]
-    assert handled == [("delivery.retrying", 1), ("delivery.processed", None)]
+    [retrying] = [line for line in logs if line["event"] == "delivery.retrying"]
+    [processed] = [line for line in logs if line["event"] == "delivery.processed"]
+    assert "ClaimHeld" in retrying["error"] and 0 < retrying["delay_s"] < 1.5
+    waited_s = (datetime.fromisoformat(processed["timestamp"]) - datetime.fromisoformat(retrying["timestamp"])).total_seconds()
+    assert waited_s >= 1.0  # the deadline was at least one whole second, not an immediate redelivery
     assert settled.transactions[0].state.value == "Success"
     assert [e.calls for e in executions(ledger)] == [1]
     assert await queue.unfinished() == 0
@@ -276,30 +277,47 @@ def test_bad_settings_exit_2_naming_the_setting(change: dict[str, str | None], n
     assert CLIENT_SECRET not in done.stderr + done.stdout
 
 
-async def test_persistent_failure_is_dead_lettered_after_the_configured_attempts(
+async def test_a_delivery_failing_alone_is_dead_lettered_after_the_configured_attempts(
     queue: EventQueue, ct_url: str, project_key: str, ct: CommercetoolsClient, tmp_path: Path
 ) -> None:
-    """A delivery that keeps failing transiently is dead-lettered after max attempts; the next payment is processed."""
-    poison, healthy = [await ct.create_payment(payment_draft(1000, (), (("Charge", 1000),))) for _ in range(2)]
-    await queue.publish([messages.payment_created(project_key, as_json(p), "platform") for p in (poison, healthy)])
+    """A PSP that keeps failing one payment while it answers the others (as Stripe replays a stored 500
+    for its key): that delivery is dead-lettered after its attempts, and the payments around it go through."""
+    poison = await ct.create_payment(payment_draft(1000, (), (("Charge", 1000),)))
     settings = settings_for(queue, ct_url=ct_url, project_key=project_key, ledger=tmp_path / "l.sqlite")
     ledger = SandboxLedger(tmp_path / "l.sqlite")
+    breakers = Breakers([COMMERCETOOLS, psp_dependency("sandbox")], PauseWaits(initial_s=0.05, max_s=0.2))
     processor = Processor(
         ct, AdapterRegistry({("sandbox", None): FailingPsp(SandboxAdapter(ledger), lambda r: r.payment.id == poison.id)}),
         ProcessorSettings(project_key=project_key, interaction_type_key=INTERACTION_TYPE_KEY, psp_backoff=Backoff(attempts=1)),
+        breakers=breakers,
     )  # fmt: skip
     limits = WorkerLimits(retry=Backoff(attempts=3, wait_initial_s=0.05, wait_max_s=0.1))
     stop = asyncio.Event()
-    worker = asyncio.create_task(Worker(build_source(settings), processor, limits).run(stop))
+    await queue.publish([messages.payment_created(project_key, as_json(poison), "platform")])
+    worker = asyncio.create_task(Worker(build_source(settings), processor, limits, breakers=breakers).run(stop))
+    healthy: list[Payment] = []
+    enough = asyncio.Event()
+
+    async def others_keep_coming() -> None:  # the PSP answers them between the poison's attempts
+        while not enough.is_set():
+            payment = await ct.create_payment(payment_draft(2000, (), (("Charge", 2000),)))
+            await queue.publish([messages.payment_created(project_key, as_json(payment), "platform")])
+            healthy.append(payment)
+            await asyncio.sleep(0.2)
+
+    trickle = asyncio.create_task(others_keep_coming())
     try:
-        [settled] = await wait_until_settled(ct, [healthy.id], timeout_s=60)
         [(body, headers)] = await queue.dead_letters(1, timeout_s=60)
+        enough.set()
+        await asyncio.wait_for(trickle, timeout=30)
+        settled = await wait_until_settled(ct, [p.id for p in healthy], timeout_s=60)
     finally:
+        enough.set()
         stop.set()
         await asyncio.wait_for(worker, timeout=30)
-    assert settled.transactions[0].state.value == "Success"
+    assert {p.transactions[0].state.value for p in settled} == {"Success"} and len(settled) >= 3
     assert json.loads(body)["resource"]["id"] == poison.id
-    assert headers["attempts"] == "3" and "gave up after 3 attempts" in headers["reason"]
+    assert "failed 3 times while its dependency answered other deliveries" in headers["reason"]
     assert (await ct.get_payment(poison.id)).transactions[0].state.value == "Initial"  # replayable from the dead letters
     assert await queue.unfinished() == 0
 

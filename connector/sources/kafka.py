@@ -7,7 +7,8 @@ and finished work that comes again is harmless because processing is idempotent.
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
@@ -111,6 +112,9 @@ class KafkaSource:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._partitions: dict[TopicPartition, PartitionOffsets] = {}
+        self._buffer: deque[tuple[TopicPartition, ConsumerRecord[bytes, bytes]]] = deque()  # fetched, not yet yielded
+        self._arrived = asyncio.Event()
+        self._fetcher: asyncio.Task[None] | None = None
         self._last_commit = 0.0
 
     async def start(self) -> None:
@@ -141,8 +145,43 @@ class KafkaSource:
         self._consumer, self._producer = consumer, producer
 
     async def deliveries(self, stop: asyncio.Event) -> AsyncIterator[KafkaDelivery]:
+        """Yields what the fetch task buffered. The worker may stop taking deliveries for minutes (its
+        in-flight bound, an outage's pause): the fetch task polls on meanwhile, so the consumer stays
+        in its group (aiokafka leaves it after ``max_poll_interval_ms`` without a poll)."""
         consumer = self._require(self._consumer)
-        while not stop.is_set():
+        fetcher = self._fetcher = asyncio.create_task(self._fetch(consumer))
+        try:
+            while not stop.is_set():
+                if not self._buffer:
+                    self._arrived.clear()
+                    await _first_of(self._arrived.wait(), stop.wait(), fetcher, timeout_s=self._config.poll_timeout_s)
+                    if fetcher.done():
+                        fetcher.result()  # its error, if it had one (a KafkaError it waits out)
+                    continue
+                partition, record = self._buffer.popleft()
+                offsets = self._partitions.get(partition)
+                if offsets is None:
+                    continue  # revoked since it was fetched: its new owner reads it
+                offsets.started(record.offset)
+                yield KafkaDelivery(record, offsets, self)
+        finally:
+            await self._stop_fetching()
+
+    async def _stop_fetching(self) -> None:
+        if self._fetcher is not None:
+            self._fetcher.cancel()
+            await asyncio.gather(self._fetcher, return_exceptions=True)
+            self._fetcher = None
+        self._buffer.clear()  # read again from the committed offsets, by whoever owns them next
+
+    async def _fetch(self, consumer: AIOKafkaConsumer) -> None:
+        """Polls for as long as the source is read, pausing the partitions while the buffer is full."""
+        while True:
+            full = len(self._buffer) >= self._config.max_batch
+            if full:
+                consumer.pause(*consumer.assignment())
+            elif paused := consumer.paused():
+                consumer.resume(*paused)
             try:
                 batches = await consumer.getmany(
                     timeout_ms=int(self._config.poll_timeout_s * 1000), max_records=self._config.max_batch
@@ -152,12 +191,10 @@ class KafkaSource:
                 await asyncio.sleep(1.0)
                 continue
             for partition, records in batches.items():
-                offsets = self._partitions.setdefault(partition, PartitionOffsets())
-                for record in records:
-                    if stop.is_set():
-                        return  # the rest of the batch stays uncommitted and is read again
-                    offsets.started(record.offset)
-                    yield KafkaDelivery(record, offsets, self)
+                self._partitions.setdefault(partition, PartitionOffsets())
+                self._buffer.extend((partition, record) for record in records)
+            if batches:
+                self._arrived.set()
             await self.commit(force=False)
 
     async def commit(self, *, force: bool = True) -> None:
@@ -202,6 +239,7 @@ class KafkaSource:
                 await producer.send_and_wait(self._config.dead_letter_topic, value=record.value, key=record.key, headers=headers)
 
     async def close(self) -> None:
+        await self._stop_fetching()  # a reader that left its loop early may not have closed it
         await self.commit()
         if self._consumer is not None:
             await self._consumer.stop()
@@ -218,6 +256,7 @@ class KafkaSource:
         await self.commit()
         for partition in revoked:
             self._partitions.pop(partition, None)  # late acks land on the detached tracker
+        self._buffer = deque(item for item in self._buffer if item[0] not in revoked)
 
     @staticmethod
     def _require(client: T | None) -> T:
@@ -235,3 +274,14 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         log.info("kafka.partitions_assigned", partitions=sorted(p.partition for p in assigned))
+
+
+async def _first_of(*waits: "Awaitable[object]", timeout_s: float) -> None:
+    """Waits until the first of ``waits`` is done, or ``timeout_s``; cancels the others (not tasks passed in)."""
+    futures = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(futures, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for future, wait in zip(futures, waits, strict=True):
+            if future is not wait:
+                future.cancel()
