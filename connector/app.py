@@ -67,6 +67,7 @@ def build_source(settings: Settings) -> Source:
             sasl_username=kafka.sasl_username,
             sasl_password=kafka.sasl_password,
             commit_interval_s=kafka.commit_interval_s,
+            start_timeout_s=kafka.start_timeout_s,
         )
     )
 

@@ -48,6 +48,7 @@ class KafkaSettings(BaseSettings):
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     commit_interval_s: float = Field(default=1.0, gt=0)
+    start_timeout_s: float = Field(default=60.0, gt=0, description="how long start-up waits for the broker and topics")
 
 
 class PubSubSettings(BaseSettings):

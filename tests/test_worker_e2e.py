@@ -343,7 +343,8 @@ async def test_pubsub_dead_letter_policy_takes_poison_after_its_attempts(
             queue.dead_letter_topic = dead_letters
             [(body, _)] = await queue.dead_letters(1, timeout_s=30)
     assert settled.transactions[0].state.value == "Success" and body == b"not json at all"
-    assert sum(1 for line in logs if line["event"] == "delivery.dead_lettered") == 5  # one per delivery attempt
+    # Judged once; the redeliveries the policy needs before it takes the message are handed straight back.
+    assert sum(1 for line in logs if line["event"] == "delivery.dead_lettered") == 1
 
 
 def subscribe(topic: str, subscription: str) -> None:

@@ -19,6 +19,8 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 from pydantic import SecretStr
 
+from connector.errors import ConfigurationError
+
 log = structlog.get_logger("connector.sources.kafka")
 
 T = TypeVar("T")
@@ -118,11 +120,19 @@ class KafkaSource:
         self._last_commit = 0.0
 
     async def start(self) -> None:
-        async for attempt in stamina.retry_context(
-            on=KafkaError, attempts=None, timeout=self._config.start_timeout_s, wait_max=5.0
-        ):
-            with attempt:
-                await self._connect()
+        """Connects and checks the topics, retrying within ``start_timeout_s`` (a broker or a topic still
+        being set up); a topic still missing then is a ConfigurationError naming its setting."""
+        try:
+            async for attempt in stamina.retry_context(
+                on=KafkaError, attempts=None, timeout=self._config.start_timeout_s, wait_max=5.0
+            ):
+                with attempt:
+                    await self._connect()
+        except _MissingTopic as missing:
+            raise ConfigurationError(
+                f"{missing.setting}: topic {missing.topic!r} does not exist on {self._config.bootstrap_servers}, or these"
+                " credentials cannot see it (brokers like Confluent Cloud create no topic on demand: create it first)"
+            ) from None
 
     async def _connect(self) -> None:
         options = self._config.client_options()
@@ -136,6 +146,7 @@ class KafkaSource:
         producer = AIOKafkaProducer(acks="all", enable_idempotence=True, **options)
         try:
             await consumer.start()
+            await self._check_topics(consumer)
             consumer.subscribe([self._config.topic], listener=_Rebalance(self))
             await producer.start()
         except BaseException:
@@ -143,6 +154,14 @@ class KafkaSource:
             await producer.stop()
             raise
         self._consumer, self._producer = consumer, producer
+
+    async def _check_topics(self, consumer: AIOKafkaConsumer) -> None:
+        """Both topics must exist: the dead letters' too, or the first poison delivery would hold its
+        partition back until someone created it. Read from the cluster's metadata, which creates nothing."""
+        topics = await consumer.topics()
+        for setting, topic in (("KAFKA_TOPIC", self._config.topic), ("KAFKA_DEAD_LETTER_TOPIC", self._config.dead_letter_topic)):
+            if topic not in topics:
+                raise _MissingTopic(setting, topic)
 
     async def deliveries(self, stop: asyncio.Event) -> AsyncIterator[KafkaDelivery]:
         """Yields what the fetch task buffered. The worker may stop taking deliveries for minutes (its
@@ -263,6 +282,14 @@ class KafkaSource:
         if client is None:
             raise RuntimeError("KafkaSource.start() was not awaited")
         return client
+
+
+class _MissingTopic(KafkaError):  # type: ignore[misc]
+    """Retried like the broker's own errors while the worker starts (the topic may be on its way)."""
+
+    def __init__(self, setting: str, topic: str) -> None:
+        super().__init__(f"{setting}: {topic}")
+        self.setting, self.topic = setting, topic
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]

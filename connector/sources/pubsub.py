@@ -7,7 +7,8 @@ library extends their leases while they are processed, so long PSP calls keep th
 Poison deliveries: with ``dead_letter_topic`` set, the message is published there with attributes
 naming the reason, the attempt count and its origin, then acknowledged. Without it, the message is
 nacked and the subscription's own dead-letter policy moves it aside after its maximum number of
-delivery attempts (that policy must then exist: ``start`` checks).
+delivery attempts (that policy must then exist: ``start`` checks); this process remembers it, and
+hands each redelivery straight back without processing it again.
 """
 
 import asyncio
@@ -27,6 +28,7 @@ log = structlog.get_logger("connector.sources.pubsub")
 
 MAX_ACK_DEADLINE_S = 600  # Pub/Sub's upper bound
 LEASE_EXTENSION_S = 20
+MAX_POISON_REMEMBERED = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +84,7 @@ class PubSubSource:
         self._queue: asyncio.Queue[Message] = asyncio.Queue()
         self._pull: Future[None] | None = None
         self._received: dict[str, int] = {}  # message id -> deliveries seen by this process
+        self._poison: dict[str, None] = {}  # ids nacked for the dead-letter policy, oldest first
 
     @property
     def subscription_id(self) -> str:
@@ -95,7 +98,20 @@ class PubSubSource:
                 self._config.start_timeout_s,
             )
         except GoogleAPICallError as exc:
-            raise ConfigurationError(f"Pub/Sub subscription {self._path} cannot be read: {exc.__class__.__name__}") from None
+            raise ConfigurationError(
+                f"PUBSUB_SUBSCRIPTION: subscription {self._path} cannot be read: {exc.__class__.__name__}"
+            ) from None
+        if self._publisher is not None and self._config.dead_letter_topic:
+            topic = self._publisher.topic_path(self._config.project_id, self._config.dead_letter_topic)
+            try:
+                await asyncio.wait_for(
+                    asyncio.to_thread(self._publisher.get_topic, request={"topic": topic}), self._config.start_timeout_s
+                )
+            except GoogleAPICallError as exc:
+                raise ConfigurationError(
+                    f"PUBSUB_DEAD_LETTER_TOPIC: topic {topic} cannot be read: {exc.__class__.__name__}"
+                    " (it must exist, and these credentials reach it)"
+                ) from None
         if not self._config.dead_letter_topic and not subscription.dead_letter_policy.dead_letter_topic:
             raise ConfigurationError(
                 f"PUBSUB_DEAD_LETTER_TOPIC is empty and subscription {self._path} has no dead-letter policy:"
@@ -122,6 +138,11 @@ class PubSubSource:
                 if self._pull is not None and self._pull.done():
                     self._pull.result()  # the streaming pull died: raise its error, and the process restarts
                 continue
+            if message.message_id in self._poison:
+                # Judged poison already, and left to the subscription's dead-letter policy: handed back
+                # at once until the policy takes it, never processed again.
+                message.nack()
+                continue
             # Without a dead-letter policy Pub/Sub does not count deliveries: count them here.
             self._received[message.message_id] = self._received.get(message.message_id, 0) + 1
             yield PubSubDelivery(message, self)
@@ -134,6 +155,9 @@ class PubSubSource:
 
     async def dead_letter(self, message: Message, reason: str, attempts: int) -> None:
         if self._publisher is None or not self._config.dead_letter_topic:
+            self._poison[message.message_id] = None
+            while len(self._poison) > MAX_POISON_REMEMBERED:
+                self._poison.pop(next(iter(self._poison)))
             message.nack()  # the subscription's dead-letter policy takes it after its maximum attempts
             return
         topic = self._publisher.topic_path(self._config.project_id, self._config.dead_letter_topic)

@@ -116,7 +116,7 @@ class LocalKafka:
                 "transaction.state.log.replication.factor=1",
                 "transaction.state.log.min.isr=1",
                 "group.initial.rebalance.delay.ms=0",
-                "auto.create.topics.enable=true",
+                "auto.create.topics.enable=false",  # as Confluent Cloud: a topic must be created first
             ])
             + "\n"
         )  # fmt: skip

@@ -42,7 +42,7 @@ def broker_environment(port: int, controller_port: int, partitions: int, cluster
         "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR": "1",
         "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR": "1",
         "KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS": "0",
-        "KAFKA_AUTO_CREATE_TOPICS_ENABLE": "true",
+        "KAFKA_AUTO_CREATE_TOPICS_ENABLE": "false",  # as Confluent Cloud: a topic must be created first
         **JVM_OPTIONS,
     }
 

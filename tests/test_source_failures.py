@@ -1,0 +1,107 @@
+"""What the worker needs from its source, checked at start-up, and source operations that fail at run time.
+
+Real peers only: the broker refuses to create topics on demand (as Confluent Cloud does), so a
+dead-letter topic that is missing is missing for the producer too.
+"""
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import structlog
+from aiokafka.admin import AIOKafkaAdminClient
+
+from connector.commercetools.client import CommercetoolsClient
+from tests.queues import EventQueue, KafkaQueue, PubSubQueue
+from tests.stack import messages
+from tests.stack.kafka import create_topics
+from tests.stack.payments import as_json, payment_draft, wait_until_settled
+from tests.support import CLIENT_SECRET, running_worker, sandbox_route, settings_for, worker_environment
+
+
+async def test_an_unwritable_dead_letter_topic_holds_back_only_the_poison_delivery(
+    kafka_bootstrap: str, ct_url: str, project_key: str, ct: CommercetoolsClient, tmp_path: Path
+) -> None:
+    """The dead-letter topic disappears while the worker runs, and a malformed delivery comes: the worker
+    stays up, the payments behind it are processed, and the malformed one stays uncommitted (it would come
+    again after a restart) until the topic is back; then it goes there."""
+    queue = KafkaQueue(kafka_bootstrap)
+    await queue.create()
+    payments = [await ct.create_payment(payment_draft(1000 + i, (), (("Charge", 1000 + i),))) for i in range(8)]
+    settings = settings_for(queue, ct_url=ct_url, project_key=project_key, ledger=tmp_path / "l.sqlite")
+    with structlog.testing.capture_logs() as logs:
+        async with running_worker(settings) as worker:
+            await _delete_topic(kafka_bootstrap, f"{queue.topic}.dlq")
+            bodies = [messages.payment_created(project_key, as_json(p), "platform") for p in payments]
+            await queue.publish([b"not json at all", *bodies])
+            settled = await wait_until_settled(ct, [p.id for p in payments], timeout_s=60)
+            async with asyncio.timeout(120):  # a publish waits out the producer's metadata timeout first
+                while not any(line["event"] == "source.operation_failed" for line in logs):
+                    await asyncio.sleep(0.2)
+            assert await queue.unfinished() >= 1  # its partition's commit stops before it
+            assert not worker.done()
+            await create_topics(kafka_bootstrap, f"{queue.topic}.dlq")
+            [(body, headers)] = await queue.dead_letters(1, timeout_s=180)
+            async with asyncio.timeout(30):
+                while await queue.unfinished():
+                    await asyncio.sleep(0.5)
+    assert {p.transactions[0].state.value for p in settled} == {"Success"}
+    assert body == b"not json at all" and "not valid JSON" in headers["reason"]
+    failed = [line for line in logs if line["event"] == "source.operation_failed"]
+    assert {line["operation"] for line in failed} == {"dead_letter"}
+
+
+async def _delete_topic(bootstrap: str, topic: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics([topic])
+        async with asyncio.timeout(30):
+            while topic in await admin.list_topics():
+                await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
+
+
+@pytest.mark.parametrize("source", ["kafka", "pubsub"])
+async def test_start_up_with_a_missing_dead_letter_topic_exits_2_naming_the_setting(
+    source: str, request: pytest.FixtureRequest, ct_url: str, project_key: str, tmp_path: Path
+) -> None:
+    queue: EventQueue = (
+        KafkaQueue(request.getfixturevalue("kafka_bootstrap"))
+        if source == "kafka"
+        else (request.getfixturevalue("pubsub_emulator") and PubSubQueue())
+    )
+    await queue.create()
+    env = os.environ | worker_environment(queue, ct_url=ct_url, project_key=project_key, routes=[sandbox_route(tmp_path / "l")])
+    setting = "KAFKA_DEAD_LETTER_TOPIC" if source == "kafka" else "PUBSUB_DEAD_LETTER_TOPIC"
+    env |= {setting: "no-such-topic", "KAFKA_START_TIMEOUT_S": "3"}
+    done = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "connector", "run"],
+        env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert setting in done.stderr and "no-such-topic" in done.stderr
+    assert CLIENT_SECRET not in done.stderr + done.stdout
+
+
+async def test_a_delivery_of_another_project_is_dead_lettered_naming_both(
+    queue: EventQueue, ct_url: str, project_key: str, ct: CommercetoolsClient, tmp_path: Path
+) -> None:
+    """A worker pointed at the wrong project, or a topic two projects share: nothing is consumed silently."""
+    payment = await ct.create_payment(payment_draft(1000, (), (("Charge", 1000),)))
+    ours = await ct.create_payment(payment_draft(2000, (), (("Charge", 2000),)))
+    foreign = messages.payment_created("staging-project", as_json(payment), "platform")
+    await queue.publish([foreign, messages.payment_created(project_key, as_json(ours), "cloudevents")])
+    settings = settings_for(queue, ct_url=ct_url, project_key=project_key, ledger=tmp_path / "l.sqlite")
+    async with running_worker(settings):
+        [(body, headers)] = await queue.dead_letters(1, timeout_s=60)
+        [settled] = await wait_until_settled(ct, [ours.id], timeout_s=60)
+    assert json.loads(body)["projectKey"] == "staging-project"
+    assert "'staging-project'" in headers["reason"] and f"'{project_key}'" in headers["reason"]
+    assert (await ct.get_payment(payment.id)).transactions[0].state.value == "Initial"
+    assert settled.transactions[0].state.value == "Success"
