@@ -3,16 +3,18 @@
 import asyncio
 import gc
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from connector.adapters.registry import AdapterRegistry
 from connector.breaker import COMMERCETOOLS, Breaker, Breakers, PauseWaits, psp_dependency
 from connector.commercetools.client import CommercetoolsClient
 from connector.commercetools.interaction_type import interaction_type_draft
 from connector.config import CommercetoolsSettings, Settings, claim_lease_s
+from connector.errors import ConfigurationError
 from connector.metrics import Metrics
 from connector.ops_http import OpsServer
 from connector.processor.reconcile import Processor, ProcessorSettings
+from connector.reconciler import Reconciler, ReconcilerSettings, SweepReport
 from connector.sources.contract import Source
 from connector.sources.kafka import KafkaConfig, KafkaSource
 from connector.worker import DELIVERY_BACKOFF, Worker, WorkerLimits
@@ -72,23 +74,67 @@ def build_source(settings: Settings) -> Source:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """What both the worker and the one-shot reconciler are made of."""
+
+    registry: AdapterRegistry
+    ct: CommercetoolsClient
+    metrics: Metrics
+    breakers: Breakers
+    processor: Processor
+    reconciler: Reconciler
+
+    async def aclose(self) -> None:
+        await self.registry.aclose()
+        await self.ct.aclose()
+
+
+def build_parts(settings: Settings) -> Parts:
+    """Loads the adapters (a bad plugin fails here, before any delivery) and wires the rest to them."""
+    worker_settings = settings.worker
+    registry = AdapterRegistry.load(worker_settings.adapters)
+    metrics = Metrics()
+    ct = build_commercetools(settings.commercetools, metrics)
+    lease_s = claim_lease_s(worker_settings, registry.longest_request_s())
+    if worker_settings.reconcile_lookback_s <= lease_s:
+        raise ConfigurationError(
+            f"invalid settings:\n  CONNECTOR_RECONCILE_LOOKBACK_S: {worker_settings.reconcile_lookback_s:g}s leaves the"
+            f" reconciler nothing to look at: it skips payments changed within the claim lease ({lease_s:g}s)"
+        )
+    processor_settings = ProcessorSettings(
+        project_key=settings.commercetools.project_key,
+        interaction_type_key=worker_settings.interaction_type_key,
+        claim_lease_s=lease_s,
+    )
+    breakers = Breakers(
+        [COMMERCETOOLS, *map(psp_dependency, registry.interfaces())], PauseWaits(max_s=worker_settings.pause_max_s)
+    )
+    metrics.watch_breakers(breakers.all)
+    processor = Processor(ct, registry, processor_settings, metrics=metrics, breakers=breakers)
+    reconciler_settings = ReconcilerSettings(
+        interval_s=worker_settings.reconcile_interval_s,
+        lookback_s=worker_settings.reconcile_lookback_s,
+        quiet_s=lease_s,
+        pending_age_s=worker_settings.reconcile_pending_age_s,
+        attempt_timeout_s=worker_settings.delivery_timeout_s,
+    )
+    interfaces = sorted({route.interface for route in worker_settings.adapters})
+    reconciler = Reconciler(ct, processor, interfaces, reconciler_settings, lease_s=lease_s, breakers=breakers, metrics=metrics)
+    return Parts(registry, ct, metrics, breakers, processor, reconciler)
+
+
 async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
-    """Checks plugins, credentials and the interaction Type, then runs the worker until ``stop``.
+    """Checks plugins, credentials and the interaction Type, then runs the worker (and the reconciler,
+    unless its interval is 0) until ``stop``.
 
     The operations endpoint answers from the start: alive at once, ready once subscribed.
     """
     worker_settings = settings.worker
-    registry = AdapterRegistry.load(worker_settings.adapters)  # a bad plugin fails here, before any delivery
-    metrics = Metrics()
-    ct = build_commercetools(settings.commercetools, metrics)
+    parts = build_parts(settings)
     try:
         source = build_source(settings)
-        metrics.watch_lag(source.lag)
-        processor_settings = ProcessorSettings(
-            project_key=settings.commercetools.project_key,
-            interaction_type_key=worker_settings.interaction_type_key,
-            claim_lease_s=claim_lease_s(worker_settings, registry.longest_request_s()),
-        )
+        parts.metrics.watch_lag(source.lag)
         limits = WorkerLimits(
             max_in_flight=worker_settings.max_in_flight,
             max_delivery_bytes=worker_settings.max_delivery_bytes,
@@ -97,29 +143,35 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
             retry=replace(DELIVERY_BACKOFF, attempts=worker_settings.max_attempts),
             project_key=settings.commercetools.project_key,
         )
-        breakers = Breakers(
-            [COMMERCETOOLS, *map(psp_dependency, registry.interfaces())],
-            PauseWaits(max_s=worker_settings.pause_max_s),
-        )
-        metrics.watch_breakers(breakers.all)
-        processor = Processor(ct, registry, processor_settings, metrics=metrics, breakers=breakers)
-        worker = Worker(source, processor, limits, metrics, breakers=breakers)
+        worker = Worker(source, parts.processor, limits, parts.metrics, breakers=parts.breakers)
         token_obtained = asyncio.Event()
         readiness = {"commercetools_token": token_obtained.is_set, "source_subscribed": worker.subscribed.is_set} | {
-            f"{name}_answering": _answering(breaker) for name, breaker in breakers.all.items()
+            f"{name}_answering": _answering(breaker) for name, breaker in parts.breakers.all.items()
         }
-        async with OpsServer(worker_settings.http_host, worker_settings.http_port, metrics.registry, readiness):
-            await ct.check_credentials()
+        async with OpsServer(worker_settings.http_host, worker_settings.http_port, parts.metrics.registry, readiness):
+            await parts.ct.check_credentials()
             token_obtained.set()
-            await ct.ensure_type(interaction_type_draft(worker_settings.interaction_type_key))
+            await parts.ct.ensure_type(interaction_type_draft(worker_settings.interaction_type_key))
             # What start-up allocated (modules, models, schemas) lives as long as the process: keep it
             # out of the garbage collector's full scans, which otherwise revisit it on every pass.
             gc.freeze()
             gc.set_threshold(*GC_THRESHOLDS)
-            await worker.run(stop)
+            async with asyncio.TaskGroup() as tasks:
+                if worker_settings.reconcile_interval_s > 0:
+                    tasks.create_task(parts.reconciler.run(stop))
+                await worker.run(stop)
     finally:
-        await registry.aclose()
-        await ct.aclose()
+        await parts.aclose()
+
+
+async def reconcile_once(settings: Settings) -> SweepReport:
+    """One sweep of the reconciler, now, whoever swept last (``connector reconcile``)."""
+    parts = build_parts(settings)
+    try:
+        await parts.ct.check_credentials()
+        return await parts.reconciler.sweep()
+    finally:
+        await parts.aclose()
 
 
 def _answering(breaker: Breaker) -> Callable[[], bool]:

@@ -1,4 +1,4 @@
-"""Command line: ``connector run`` (the worker), ``setup`` and ``healthcheck``: what works in the image."""
+"""Command line: ``connector run`` (the worker), ``reconcile``, ``replay``, ``setup`` and ``healthcheck``."""
 
 import asyncio
 import contextlib
@@ -34,6 +34,22 @@ def run() -> None:
         except AuthenticationFailed as exc:
             structlog.get_logger("connector").error("worker.cannot_authenticate", error=str(exc))
             raise typer.Exit(1) from None
+
+
+@app.command()
+def reconcile() -> None:
+    """Sweep once, now: run the protocol on payments no delivery came for, and ask the PSP about old Pending ones."""
+    with _bad_settings_exit():
+        settings = load_settings()
+        configure_logging(settings.worker.log_format, settings.worker.log_level)
+        from connector.app import reconcile_once
+
+        try:
+            report = asyncio.run(reconcile_once(settings))
+        except AuthenticationFailed as exc:
+            typer.echo(f"connector: {exc}", err=True)
+            raise typer.Exit(1) from None
+        typer.echo(json.dumps(report.as_json()))
 
 
 @app.command()

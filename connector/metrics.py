@@ -89,6 +89,18 @@ class Metrics:
             ["operation"],  # ack, dead_letter, retry_later
             registry=self.registry,
         )
+        self.sweeps = Counter(
+            "connector_reconciler_sweeps",
+            "Reconciler intervals, by what came of them",
+            ["result"],  # swept, not_its_turn, paused, failed
+            registry=self.registry,
+        )
+        self.reconciled = Counter(
+            "connector_reconciler_payments",
+            "Payments the reconciler found needing work, by what it did",
+            ["result"],  # driven, settled, still_pending, no_lookup, held, psp_paused, failed, nothing_to_do, ...
+            registry=self.registry,
+        )
         self.dead_letters = Counter(
             "connector_dead_letters", "Deliveries moved to the dead-letter destination", registry=self.registry
         )

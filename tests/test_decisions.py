@@ -202,3 +202,42 @@ def test_interaction_text_is_clipped() -> None:
     assert all(
         len(v) <= decisions.MAX_INTERACTION_TEXT for a in actions for v in a.get("fields", {}).values() if isinstance(v, str)
     )
+
+
+def response(key: str, at: datetime) -> dict[str, Any]:
+    return {
+        "type": {"typeId": "type", "id": "t"},
+        "fields": {"type": "response", "idempotencyKey": key, "createdAt": at.isoformat()},
+    }
+
+
+PENDING_AGE = timedelta(minutes=15)
+
+
+def test_the_reconciler_takes_initial_transactions_without_a_fresh_claim() -> None:
+    unclaimed = payment(("Charge", 1000, "Initial"))
+    assert decisions.sweep_of(unclaimed, now=NOW, lease=LEASE, pending_age=PENDING_AGE) == decisions.Sweep(True, ())
+    stale = payment(("Charge", 1000, "Initial"), interactions=[claim("tx-0-Charge", NOW - LEASE - timedelta(seconds=1))])
+    assert decisions.sweep_of(stale, now=NOW, lease=LEASE, pending_age=PENDING_AGE).initial
+    fresh = payment(("Charge", 1000, "Initial"), interactions=[claim("tx-0-Charge", NOW - timedelta(seconds=5))])
+    assert not decisions.sweep_of(fresh, now=NOW, lease=LEASE, pending_age=PENDING_AGE).needed  # a worker is on it
+
+
+def test_the_reconciler_asks_about_pending_transactions_once_they_are_old_enough() -> None:
+    """Old enough from the response that stored the Pending; the issuer's chargebacks are never asked about."""
+    old = payment(
+        ("Charge", 1000, "Pending"), ("Chargeback", 1000, "Pending"),
+        interactions=[response("tx-0-Charge", NOW - PENDING_AGE - timedelta(seconds=1))],
+    )  # fmt: skip
+    assert [t.id for t in decisions.sweep_of(old, now=NOW, lease=LEASE, pending_age=PENDING_AGE).pending] == ["tx-0"]
+    young = payment(("Charge", 1000, "Pending"), interactions=[response("tx-0-Charge", NOW - timedelta(minutes=1))])
+    assert not decisions.sweep_of(young, now=NOW, lease=LEASE, pending_age=PENDING_AGE).needed
+    written_by_someone_else = payment(("Charge", 1000, "Pending")).model_copy(
+        update={"last_modified_at": (NOW - timedelta(hours=1)).isoformat()}
+    )
+    assert decisions.sweep_of(written_by_someone_else, now=NOW, lease=LEASE, pending_age=PENDING_AGE).pending
+
+
+def test_settled_payments_need_nothing() -> None:
+    settled = payment(("Authorization", 1000, "Success"), ("Charge", 1000, "Failure"))
+    assert not decisions.sweep_of(settled, now=NOW, lease=LEASE, pending_age=PENDING_AGE).needed

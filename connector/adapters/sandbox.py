@@ -16,7 +16,8 @@ The tests read the ledger to count executions (``tests/sandbox_ledger.py``).
 
 Outcome rules, by the transaction amount's last two digits (``centAmount % 100``):
 - 13: an Authorization or Charge is declined (Failure, code ``card_declined``);
-- 42: the PSP answers asynchronously (Pending, code ``pending``);
+- 42: the PSP answers asynchronously (Pending, code ``pending``); with ``pending_settles_s`` set,
+  ``find`` answers Success from that long after (the customer authenticated, the bank confirmed);
 - 55: the PSP fails with a server error and stores it for the key: every call gets it again
   (``PspUnavailable``), and nothing is executed;
 - 77: the PSP executes, but its answer to the first call is lost (``PspUnavailable``, as a timeout
@@ -96,6 +97,9 @@ class SandboxSettings(BaseModel):
     key_retention_s: float = Field(default=DAY_S, gt=0, description="how long idempotency keys are remembered")
     multiple_captures: bool = Field(default=False, description="an authorization may be captured more than once")
     find_executions: bool = Field(default=True, description="offer the optional find operation")
+    pending_settles_s: float | None = Field(
+        default=None, ge=0, description="a Pending execution (amount ending in 42) becomes Success this long after; empty: never"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +208,17 @@ class SandboxLedger:
                 if key is None or key[0] + retention_s <= now:
                     self._count("found_key_forgotten")  # a call with the key would have executed again
         return found
+
+    def settle(self, reference: str, state: TransactionState, code: str, text: str) -> Execution:
+        """A Pending execution decided since (the customer authenticated, the bank confirmed)."""
+        with _Immediate(self._db):
+            self._db.execute(
+                "UPDATE executions SET state = ?, code = ?, text = ? WHERE psp_reference = ? AND state = ?",
+                (state.value, code, text, reference, TransactionState.PENDING.value),
+            )
+            settled = self._find("psp_reference = ?", (reference,))
+        assert settled is not None
+        return settled
 
     def executions_on(self, target: str) -> list[Execution]:
         """The executions that address ``target`` (the captures and cancels of an authorization)."""
@@ -349,9 +364,11 @@ class SandboxAdapter:
         multiple_captures: bool = False,
         slow_ms: int = 0,
         timeout_ms: int | None = None,
+        pending_settles_s: float | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._ledger = ledger
+        self._pending_settles_s = pending_settles_s
         self._latency_s = latency_ms / 1000
         self._slow_s = slow_ms / 1000 or self._latency_s
         self._timeout_s = None if timeout_ms is None else timeout_ms / 1000
@@ -427,6 +444,10 @@ class SandboxAdapter:
             return None
         if executed.completes_at > self._clock():
             raise PspRequestInProgress("the sandbox is still executing this transaction")
+        settles_at = None if self._pending_settles_s is None else executed.completes_at + self._pending_settles_s
+        if executed.state is TransactionState.PENDING and settles_at is not None and settles_at <= self._clock():
+            code, text = SUCCESS_CODE[operation]  # what a customer's authentication or a bank's confirmation decided
+            executed = self._ledger.settle(executed.psp_reference, TransactionState.SUCCESS, code, text)
         return _outcome(executed, _request_summary(operation, request))
 
 
@@ -480,4 +501,5 @@ def create_adapter(settings: Mapping[str, Any]) -> SandboxAdapter:
         multiple_captures=parsed.multiple_captures,
         slow_ms=parsed.slow_ms,
         timeout_ms=parsed.timeout_ms,
+        pending_settles_s=parsed.pending_settles_s,
     )

@@ -80,6 +80,23 @@ class CommercetoolsClient:
         body = await self._request("POST", f"/payments/{payment_id}", {"version": version, "actions": actions})
         return _Versioned.model_validate_json(body).version
 
+    async def query_payments(self, params: list[tuple[str, str]]) -> list[Payment]:
+        """One page of ``GET /payments`` (``where``, ``sort``, ``limit``... as query parameters, repeatable)."""
+        return _PaymentPage.model_validate_json(await self._request("GET", "/payments", params=params)).results
+
+    async def custom_object(self, container: str, key: str) -> dict[str, Any] | None:
+        """The Custom Object at ``container``/``key``; None when there is none."""
+        try:
+            found: dict[str, Any] = orjson.loads(await self._request("GET", f"/custom-objects/{container}/{key}"))
+        except NotFound:
+            return None
+        return found
+
+    async def put_custom_object(self, draft: dict[str, Any]) -> dict[str, Any]:
+        """Creates or replaces a Custom Object; with ``version`` in the draft, only at that version (0: a new one)."""
+        stored: dict[str, Any] = orjson.loads(await self._request("POST", "/custom-objects", draft))
+        return stored
+
     async def create_payment(self, draft: dict[str, Any]) -> Payment:
         return Payment.model_validate_json(await self._request("POST", "/payments", draft))
 
@@ -104,20 +121,22 @@ class CommercetoolsClient:
         updated: dict[str, Any] = orjson.loads(await self._request("POST", f"/{endpoint}/{resource['id']}", body))
         return updated
 
-    async def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> bytes:
+    async def _request(
+        self, method: str, path: str, body: dict[str, Any] | None = None, params: list[tuple[str, str]] | None = None
+    ) -> bytes:
         """The response body of a successful request; typed errors otherwise."""
         retried = self._metrics.labelled(self._metrics.retries, "commercetools").inc
-        return await retry(lambda: self._send(method, path, body), on=TRANSIENT, backoff=self._retry, on_retry=retried)
+        return await retry(lambda: self._send(method, path, body, params), on=TRANSIENT, backoff=self._retry, on_retry=retried)
 
-    async def _send(self, method: str, path: str, body: dict[str, Any] | None) -> bytes:
+    async def _send(self, method: str, path: str, body: dict[str, Any] | None, params: list[tuple[str, str]] | None) -> bytes:
         """One request; after a 401 (a token revoked or expired early), one more with a fresh token."""
         for _ in range(2):
             token = self._tokens.current() or await self._tokens.get()  # no coroutine on the hot path
             try:
                 async with self._http.request(
-                    method, self._base + path, json=body, headers={"Authorization": f"Bearer {token}"}
+                    method, self._base + path, json=body, params=params, headers={"Authorization": f"Bearer {token}"}
                 ) as response:
-                    status, content = response.status, await response.read()
+                    status, content, retry_after = response.status, await response.read(), response.headers.get("Retry-After")
             except (aiohttp.ClientError, TimeoutError) as exc:
                 self._metrics.labelled(self._metrics.commercetools_requests, method, "error").inc()
                 failure = "timed out" if isinstance(exc, TimeoutError) else f"failed: {exc.__class__.__name__}"
@@ -127,7 +146,7 @@ class CommercetoolsClient:
                 self._tokens.invalidate(token)
                 continue
             if status >= 300:
-                _raise_for(method, path, status, content)
+                _raise_for(method, path, status, content, retry_after)
             return content
         raise AuthenticationFailed(f"{method} {path}: a fresh token was refused too")
 
@@ -136,7 +155,11 @@ class _Versioned(BaseModel):
     version: int
 
 
-def _raise_for(method: str, path: str, status: int, content: bytes) -> None:
+class _PaymentPage(BaseModel):
+    results: list[Payment]
+
+
+def _raise_for(method: str, path: str, status: int, content: bytes, retry_after: str | None = None) -> None:
     what = f"{method} {path} answered HTTP {status}"
     first_error = _first_error(content)
     if status == 404:
@@ -145,12 +168,21 @@ def _raise_for(method: str, path: str, status: int, content: bytes) -> None:
         return_version = first_error.get("currentVersion")
         raise ConcurrentModification(what, return_version if isinstance(return_version, int) else None)
     if status == 429:
-        raise RateLimited(what)
+        raise RateLimited(what, _seconds(retry_after))
     if status >= 500:
         raise ServerError(what)
     code = first_error.get("code", "")
     message = str(first_error.get("message", ""))[:300]
     raise Rejected(f"{what}: {code} {message}".rstrip())
+
+
+def _seconds(retry_after: str | None) -> float | None:
+    """Retry-After in seconds (an HTTP date is not used by commercetools; read as absent)."""
+    try:
+        seconds = float(retry_after) if retry_after is not None else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and 0 <= seconds <= 3600 else None
 
 
 def _first_error(content: bytes) -> dict[str, Any]:

@@ -83,6 +83,57 @@ def plan_work(payment: Payment, *, now: datetime, lease: timedelta, abandoned: M
     return Plan(tuple(work), None)
 
 
+@dataclass(frozen=True, slots=True)
+class Sweep:
+    """What the reconciler finds to do on a payment no delivery may come for (connector.reconciler)."""
+
+    initial: bool  # Initial transactions with no claim, or only stale ones: run the protocol on them
+    pending: tuple[Transaction, ...]  # Pending long enough to ask the PSP what became of them
+
+    @property
+    def needed(self) -> bool:
+        return self.initial or bool(self.pending)
+
+
+def sweep_of(payment: Payment, *, now: datetime, lease: timedelta, pending_age: timedelta) -> Sweep:
+    """A fresh claim means a worker is on it: left alone, whatever the reconciler found."""
+    plan = plan_work(payment, now=now, lease=lease)
+    pending = tuple(
+        t
+        for t in payment.transactions
+        if t.state is TransactionState.PENDING
+        and not is_issuer_record(t)
+        and (since := pending_since(payment, t)) is not None
+        and since <= now - pending_age
+    )
+    return Sweep(initial=bool(plan.work), pending=pending)
+
+
+def pending_since(payment: Payment, transaction: Transaction) -> datetime | None:
+    """When the transaction's Pending outcome was stored (its latest response), else when the payment
+    last changed (a Pending written by someone else); None when neither says."""
+    latest: datetime | None = None
+    key = idempotency_key(transaction.id, transaction.type)
+    for interaction in payment.interface_interactions:
+        fields = interaction.fields
+        if fields.get("type") != "response" or fields.get("idempotencyKey") != key:
+            continue
+        at = parse_time(fields.get("createdAt"))
+        if at is not None and (latest is None or at > latest):
+            latest = at
+    return latest or parse_time(payment.last_modified_at)
+
+
+def parse_time(value: object) -> datetime | None:
+    """An ISO 8601 time, or None when ``value`` is none."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
+
+
 def is_issuer_record(transaction: Transaction) -> bool:
     """A Chargeback is the card issuer's record of money taken back: never claimed, executed or written."""
     return transaction.type is TransactionType.CHARGEBACK

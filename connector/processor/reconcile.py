@@ -7,14 +7,14 @@ them, and answers each 409 by refetching the payment and deciding again.
 import asyncio
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import structlog
 
-from connector.adapters.contract import Operation, OperationRequest, Outcome, capabilities_of, finder_of
+from connector.adapters.contract import OPERATION_FOR, Operation, OperationRequest, Outcome, capabilities_of, finder_of
 from connector.adapters.registry import AdapterRegistry, Route, UnknownAccount
 from connector.breaker import COMMERCETOOLS, Breakers, psp_dependency
 from connector.errors import (
@@ -32,9 +32,9 @@ from connector.errors import (
 )
 from connector.metrics import Metrics
 from connector.models.delivery import PaymentTrigger
-from connector.models.payment import Payment
+from connector.models.payment import Payment, Transaction
 from connector.processor import decisions, money
-from connector.processor.decisions import Plan, Result, Work
+from connector.processor.decisions import Plan, Result, Work, idempotency_key
 from connector.processor.money import Refusal
 from connector.retrying import Backoff, retry
 
@@ -69,7 +69,9 @@ class Reconciled:
     """What one delivery did to its payment, for the log line and the tests."""
 
     payment_id: str
-    outcome: str  # "done", "nothing_to_do", "not_ours", "payment_not_found"
+    outcome: (
+        str  # "done", "nothing_to_do", "not_ours", "payment_not_found"; settle_pending: "settled", "still_pending", "no_lookup"
+    )
     results: tuple[Result, ...] = ()
 
 
@@ -138,6 +140,35 @@ class Processor:
         for work in plan.work:
             self._abandoned.pop(work.idempotency_key, None)
         return Reconciled(payment.id, "done", tuple(results))
+
+    async def settle_pending(self, payment: Payment, pending: Sequence[Transaction]) -> Reconciled:
+        """Asks the PSP what became of Pending transactions (the adapter's look-up) and stores what it
+        decided since. Nothing is executed, so no claim is needed: each outcome is written version-checked
+        and forward only, so when another replica (or a notice) stored it first, this writes nothing.
+        ``payment`` must have been read through the API (its version is written against)."""
+        route = self._registry.find(payment.payment_method_info)
+        finder = finder_of(route.adapter) if isinstance(route, Route) else None
+        if not isinstance(route, Route) or finder is None:
+            return Reconciled(payment.id, "no_lookup")  # left Pending, and counted by the caller
+        structlog.contextvars.bind_contextvars(interface=route.interface)
+        self._check_open(route)
+        results: list[Result] = []
+        for transaction in pending:
+            work = Work(transaction, OPERATION_FOR[transaction.type], idempotency_key(transaction.id, transaction.type), True)
+            request = OperationRequest(payment, transaction, work.idempotency_key, self._settings.project_key)
+            try:
+                found = await self._find(route, request)
+            except PspRequestInProgress:
+                continue  # the PSP is still at it
+            except (PspUnavailable, PspCredentialsRejected) as exc:
+                raise PspDown(route.interface, f"{exc.__class__.__name__}: {exc}") from exc
+            if found is None or found.state.rank <= transaction.state.rank:
+                continue
+            log.info("transaction.settled_at_psp", transaction_id=transaction.id, state=found.state.value)
+            result = Result(work, found)
+            payment = await self._store_outcome(payment, result)
+            results.append(result)
+        return Reconciled(payment.id, "settled" if results else "still_pending", tuple(results))
 
     def _check_open(self, route: Route | UnknownAccount) -> None:
         breaker = self._breakers.get(psp_dependency(route.interface)) if self._breakers else None
