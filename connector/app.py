@@ -4,6 +4,7 @@ import asyncio
 import gc
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from connector.adapters.registry import AdapterRegistry
 from connector.breaker import COMMERCETOOLS, Breaker, Breakers, PauseWaits, psp_dependency
@@ -15,9 +16,13 @@ from connector.metrics import Metrics
 from connector.ops_http import OpsServer
 from connector.processor.reconcile import Processor, ProcessorSettings
 from connector.reconciler import Reconciler, ReconcilerSettings, SweepReport
+from connector.replay import ReplayFilter, ReplayReport, replay
 from connector.sources.contract import Source
-from connector.sources.kafka import KafkaConfig, KafkaSource
+from connector.sources.kafka import KafkaConfig, KafkaDeadLetters, KafkaSource
 from connector.worker import DELIVERY_BACKOFF, Worker, WorkerLimits
+
+if TYPE_CHECKING:
+    from connector.sources.pubsub import PubSubConfig
 
 # The garbage collector's young-generation threshold, raised from Python's 700. Each delivery keeps
 # a few dozen objects alive while it waits on the network (its task, frames, buffered records), so
@@ -43,34 +48,61 @@ def build_commercetools(ct: CommercetoolsSettings, metrics: Metrics | None = Non
 def build_source(settings: Settings) -> Source:
     if settings.pubsub is not None:
         # Imported here: google-cloud-pubsub and gRPC cost a Kafka worker a second of start-up CPU.
-        from connector.sources.pubsub import PubSubConfig, PubSubSource
+        from connector.sources.pubsub import PubSubSource
 
-        pubsub = settings.pubsub
-        return PubSubSource(
-            PubSubConfig(
-                project_id=pubsub.project_id,
-                subscription=pubsub.subscription,
-                dead_letter_topic=pubsub.dead_letter_topic or None,
-                max_messages=pubsub.max_messages,
-                max_bytes=pubsub.max_bytes,
-                max_lease_s=pubsub.max_lease_s,
-            )
-        )
+        return PubSubSource(_pubsub_config(settings))
+    return KafkaSource(_kafka_config(settings))
+
+
+async def replay_dead_letters(settings: Settings, chosen: ReplayFilter, *, dry_run: bool) -> ReplayReport:
+    """``connector replay``: the chosen dead letters back to where the worker reads (none on a dry run)."""
+    registry = AdapterRegistry.load(settings.worker.adapters)
+    try:
+        forgotten_after = registry.keys_forgotten_after_s()
+        if settings.pubsub is not None:
+            from connector.sources.pubsub import PubSubDeadLetters
+
+            if not settings.pubsub.dead_letter_subscription:
+                raise ConfigurationError(
+                    "invalid settings:\n  PUBSUB_DEAD_LETTER_SUBSCRIPTION: connector replay reads the dead letters through it"
+                )
+            async with PubSubDeadLetters(_pubsub_config(settings), settings.pubsub.dead_letter_subscription) as letters:
+                return await replay(letters, chosen, dry_run=dry_run, keys_forgotten_after_s=forgotten_after)
+        async with KafkaDeadLetters(_kafka_config(settings)) as kafka_letters:
+            return await replay(kafka_letters, chosen, dry_run=dry_run, keys_forgotten_after_s=forgotten_after)
+    finally:
+        await registry.aclose()
+
+
+def _pubsub_config(settings: Settings) -> "PubSubConfig":
+    from connector.sources.pubsub import PubSubConfig
+
+    pubsub = settings.pubsub
+    assert pubsub is not None
+    return PubSubConfig(
+        project_id=pubsub.project_id,
+        subscription=pubsub.subscription,
+        dead_letter_topic=pubsub.dead_letter_topic or None,
+        max_messages=pubsub.max_messages,
+        max_bytes=pubsub.max_bytes,
+        max_lease_s=pubsub.max_lease_s,
+    )
+
+
+def _kafka_config(settings: Settings) -> KafkaConfig:
     kafka = settings.kafka
     assert kafka is not None  # Settings holds exactly one source
-    return KafkaSource(
-        KafkaConfig(
-            bootstrap_servers=kafka.bootstrap_servers,
-            topic=kafka.topic,
-            group_id=kafka.group_id,
-            dead_letter_topic=kafka.dead_letter_topic or f"{kafka.topic}.dlq",
-            security_protocol=kafka.security_protocol,
-            sasl_mechanism=kafka.sasl_mechanism,
-            sasl_username=kafka.sasl_username,
-            sasl_password=kafka.sasl_password,
-            commit_interval_s=kafka.commit_interval_s,
-            start_timeout_s=kafka.start_timeout_s,
-        )
+    return KafkaConfig(
+        bootstrap_servers=kafka.bootstrap_servers,
+        topic=kafka.topic,
+        group_id=kafka.group_id,
+        dead_letter_topic=kafka.dead_letter_topic or f"{kafka.topic}.dlq",
+        security_protocol=kafka.security_protocol,
+        sasl_mechanism=kafka.sasl_mechanism,
+        sasl_username=kafka.sasl_username,
+        sasl_password=kafka.sasl_password,
+        commit_interval_s=kafka.commit_interval_s,
+        start_timeout_s=kafka.start_timeout_s,
     )
 
 

@@ -53,6 +53,33 @@ def reconcile() -> None:
 
 
 @app.command()
+def replay(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="list and count what would move; move nothing")] = False,
+    reason: Annotated[str | None, typer.Option(help="only dead letters whose reason contains this (any case)")] = None,
+    older_than_s: Annotated[float | None, typer.Option(help="only those dead-lettered at least this long ago")] = None,
+    newer_than_s: Annotated[float | None, typer.Option(help="only those dead-lettered at most this long ago")] = None,
+    payment_id: Annotated[list[str] | None, typer.Option(help="only deliveries of this payment (repeatable)")] = None,
+) -> None:
+    """Move dead-lettered deliveries back to the main topic or subscription, to be processed again."""
+    with _bad_settings_exit():
+        settings = load_settings()
+        configure_logging(settings.worker.log_format, settings.worker.log_level)
+        from connector.app import replay_dead_letters
+        from connector.replay import ReplayFilter
+
+        chosen = ReplayFilter(reason, older_than_s, newer_than_s, frozenset(payment_id or ()))
+        report = asyncio.run(replay_dead_letters(settings, chosen, dry_run=dry_run))
+        if report.older_than_key_retention:
+            typer.echo(
+                f"connector: warning: {report.older_than_key_retention} of these deliveries are older than their PSP keeps"
+                " idempotency keys, on a route whose adapter cannot look a transaction up: a transaction claimed before"
+                " may be executed again. Check those payments at the PSP first (docs/operations.md, 'Replaying').",
+                err=True,
+            )
+        typer.echo(json.dumps(report.as_json()))
+
+
+@app.command()
 def setup(dry_run: Annotated[bool, typer.Option("--dry-run", help="print the drafts and send nothing")] = False) -> None:
     """Create, or bring up to date, the interaction Type and the Subscription (SUBSCRIPTION_* variables)."""
     with _bad_settings_exit():

@@ -57,6 +57,7 @@ class PubSubSettings(BaseSettings):
     project_id: str = Field(min_length=1)
     subscription: str = Field(min_length=1, description="subscription id in the project")
     dead_letter_topic: str = Field(default="", description="empty: the subscription's dead-letter policy")
+    dead_letter_subscription: str = Field(default="", description="where connector replay reads the dead letters")
     max_messages: int = Field(default=64, ge=1, description="outstanding messages (flow control)")
     max_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="outstanding bytes (flow control)")
     max_lease_s: int = Field(default=3600, ge=10, description="how long a message's lease is extended at most")

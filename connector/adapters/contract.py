@@ -81,6 +81,9 @@ class Capabilities:
     # The longest one PSP request may run, the PSP's side included: after an attempt is cancelled, its
     # request may go on that long, so the claim lease covers it (docs/design.md, 'The claim lease').
     request_timeout_s: float = 30.0
+    # How long the PSP remembers an idempotency key (Stripe: 24 hours). Past it, a retry with the key
+    # executes again unless the adapter can look the transaction up (``connector replay`` warns).
+    key_retention_s: float = 86_400.0
 
 
 DEFAULT_CAPABILITIES = Capabilities()

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from connector.adapters.contract import AdapterFactory, PaymentAdapter, capabilities_of
+from connector.adapters.contract import AdapterFactory, PaymentAdapter, capabilities_of, finder_of
 from connector.errors import ConfigurationError
 from connector.models.delivery import describe_validation_error
 from connector.models.payment import PaymentMethodInfo
@@ -88,6 +88,14 @@ class AdapterRegistry:
     def interfaces(self) -> list[str]:
         """The payment interfaces served, in lower case."""
         return sorted({interface for interface, _ in self._routes})
+
+    def keys_forgotten_after_s(self) -> dict[str, float]:
+        """Per interface whose adapter cannot look a transaction up: how long its PSP keeps idempotency keys."""
+        return {
+            interface: capabilities_of(adapter).key_retention_s
+            for (interface, _), adapter in self._routes.items()
+            if finder_of(adapter) is None
+        }
 
     def longest_request_s(self) -> float:
         """The longest one PSP request of any routed adapter may run (their declared capabilities)."""

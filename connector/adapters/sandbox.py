@@ -378,7 +378,9 @@ class SandboxAdapter:
         # Declared as a real adapter does: its client's timeout (the PSP may work longer, as Stripe may),
         # else its latency with a second's margin for a busy event loop.
         declared = self._timeout_s if self._timeout_s is not None else max(self._latency_s, self._slow_s) + 1.0
-        self.capabilities = Capabilities(multiple_captures=multiple_captures, request_timeout_s=declared)
+        self.capabilities = Capabilities(
+            multiple_captures=multiple_captures, request_timeout_s=declared, key_retention_s=key_retention_s
+        )
 
     async def authorize(self, request: OperationRequest) -> Outcome:
         return await self._execute(Operation.AUTHORIZE, request)

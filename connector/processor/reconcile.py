@@ -112,7 +112,7 @@ class Processor:
                 return Reconciled(payment.id, "not_ours")
             structlog.contextvars.bind_contextvars(interface=route.interface)
             self._check_open(route)  # before the claim: a paused route claims nothing
-            payment, plan, attempt = await self._claim(payment, fetched=trigger.payment is None)
+            payment, plan, attempt = await self._claim(payment, route, fetched=trigger.payment is None)
         except NotFound:
             return Reconciled(trigger.payment_id, "payment_not_found")
         if not plan.work:  # Initial Chargebacks are the issuer's: left as they are, and counted as not ours
@@ -181,7 +181,7 @@ class Processor:
         free_from = self._clock() + timedelta(seconds=after_s)
         self._abandoned.update((key, (attempt, free_from)) for key in keys)
 
-    async def _claim(self, payment: Payment, *, fetched: bool) -> tuple[Payment, Plan, str]:
+    async def _claim(self, payment: Payment, route: Route | UnknownAccount, *, fetched: bool) -> tuple[Payment, Plan, str]:
         """Claims the payment's Initial transactions; returns the payment at its claimed version, the plan,
         and the claiming attempt's id.
 
@@ -200,6 +200,13 @@ class Processor:
                 raise ClaimHeld(f"a transaction is claimed by another worker for {wait_s:.1f}s more", wait_s)
             if not plan.work:
                 return payment, plan, attempt
+            if isinstance(route, UnknownAccount) and any(work.claimed_before for work in plan.work):
+                # It may have been executed under an account since removed: refused before claiming, so
+                # that a replay, once the route is restored, finds no fresh claim of ours in its way.
+                raise PermanentError(
+                    f"transaction claimed before, and {route.interface} account {route.account!r} is no longer"
+                    " configured: check at the PSP what was done, then restore the route or record it"
+                )
             if plan.needs_payment_method and not fetched:
                 payment, fetched = await self._store.get_payment(payment.id), True
                 continue
@@ -230,12 +237,7 @@ class Processor:
         What the PSP did comes first: the money rules judge what is still to be done, and a transaction
         executed under an earlier claim may break them since (a chargeback added meanwhile, say).
         """
-        if isinstance(route, UnknownAccount):
-            if work.claimed_before:  # it may have been executed under an account since removed
-                raise PermanentError(
-                    f"transaction claimed before, and {route.interface} account {route.account!r} is no longer"
-                    " configured: check at the PSP what was done, then restore the route or record it"
-                )
+        if isinstance(route, UnknownAccount):  # never claimed before: the claim refused that (_claim)
             outcome = _unknown_account(route).as_outcome()
         else:
             request = OperationRequest(payment, work.transaction, work.idempotency_key, self._settings.project_key)

@@ -7,6 +7,7 @@ and finished work that comes again is harmless because processing is idempotent.
 
 import asyncio
 import ssl
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass, field
@@ -312,3 +313,102 @@ async def _first_of(*waits: "Awaitable[object]", timeout_s: float) -> None:
         for future, wait in zip(futures, waits, strict=True):
             if future is not wait:
                 future.cancel()
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaLetter:
+    record: ConsumerRecord[bytes, bytes]
+    letters: "KafkaDeadLetters"
+
+    @property
+    def body(self) -> bytes:
+        return self.record.value or b""
+
+    @property
+    def reason(self) -> str:
+        return next((value.decode(errors="replace") for key, value in self.record.headers if key == "dlq.reason"), "")
+
+    @property
+    def age_s(self) -> float:
+        return max(0.0, time.time() - float(self.record.timestamp) / 1000)
+
+    @property
+    def position(self) -> str:
+        return f"{self.record.topic}/{self.record.partition}@{self.record.offset}"
+
+    async def move(self) -> None:
+        await self.letters.republish(self)
+
+
+class KafkaDeadLetters:
+    """The dead-letter topic as ``connector replay`` reads it: with a consumer group of its own
+    (``<group>.replay``), whose committed offsets say how far earlier replays got. Each partition's
+    offset moves past what was replayed, up to the first letter left there: a later replay sees every
+    letter left, and again any moved after one (moving one twice is harmless: processing is idempotent)."""
+
+    def __init__(self, config: KafkaConfig) -> None:
+        self._config = config
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._ends: dict[TopicPartition, int] = {}
+        self._examined: dict[TopicPartition, list[int]] = {}  # offsets read, in order
+        self._moved: set[tuple[TopicPartition, int]] = set()
+
+    async def __aenter__(self) -> "KafkaDeadLetters":
+        options = self._config.client_options()
+        consumer = AIOKafkaConsumer(
+            group_id=f"{self._config.group_id}.replay", enable_auto_commit=False, auto_offset_reset="earliest", **options
+        )
+        producer = AIOKafkaProducer(acks="all", enable_idempotence=True, **options)
+        self._consumer, self._producer = consumer, producer
+        try:
+            await consumer.start()
+            await producer.start()
+            topic = self._config.dead_letter_topic
+            if topic not in await consumer.topics():
+                raise ConfigurationError(f"KAFKA_DEAD_LETTER_TOPIC: topic {topic!r} does not exist")
+        except BaseException:
+            await self.__aexit__()
+            raise
+        partitions = [TopicPartition(topic, p) for p in sorted(await producer.partitions_for(topic))]
+        consumer.assign(partitions)
+        self._ends = await consumer.end_offsets(partitions)  # what is there now; later letters wait for the next replay
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+
+    async def letters(self) -> AsyncIterator[KafkaLetter]:
+        consumer = KafkaSource._require(self._consumer)
+        for partition, end in sorted(self._ends.items()):
+            examined = self._examined.setdefault(partition, [])
+            position = await consumer.position(partition)
+            while position < end:
+                batches = await consumer.getmany(partition, timeout_ms=1000, max_records=500)
+                for record in batches.get(partition, []):
+                    if record.offset >= end:
+                        break
+                    position = record.offset + 1
+                    examined.append(record.offset)
+                    yield KafkaLetter(record, self)
+
+    async def republish(self, letter: KafkaLetter) -> None:
+        producer = KafkaSource._require(self._producer)
+        record = letter.record
+        headers = [("dlq.replayed.from", letter.position.encode())]
+        await producer.send_and_wait(self._config.topic, value=record.value, key=record.key, headers=headers)
+        self._moved.add((TopicPartition(record.topic, record.partition), record.offset))
+
+    async def done(self, *, moved_any: bool) -> None:
+        if not moved_any:
+            return  # nothing changed (a dry run, or nothing matched)
+        offsets: dict[TopicPartition, int] = {}
+        for partition, examined in self._examined.items():
+            left = next((offset for offset in examined if (partition, offset) not in self._moved), None)
+            if examined:
+                offsets[partition] = left if left is not None else examined[-1] + 1
+        if offsets:
+            await KafkaSource._require(self._consumer).commit(offsets)

@@ -13,9 +13,11 @@ hands each redelivery straight back without processing it again.
 
 import asyncio
 import math
+import time
 from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from google.api_core.exceptions import GoogleAPICallError
@@ -193,3 +195,100 @@ class PubSubSource:
         self._subscriber.close()
         if self._publisher is not None:
             self._publisher.stop()
+
+
+@dataclass(slots=True)
+class PubSubLetter:
+    received: Any  # a ReceivedMessage of the dead-letter subscription
+    letters: "PubSubDeadLetters"
+
+    @property
+    def body(self) -> bytes:
+        return bytes(self.received.message.data)
+
+    @property
+    def reason(self) -> str:
+        return str(self.received.message.attributes.get("dlq_reason", ""))
+
+    @property
+    def age_s(self) -> float:
+        return max(0.0, time.time() - float(self.received.message.publish_time.timestamp()))
+
+    @property
+    def position(self) -> str:
+        return f"{self.letters.subscription_id}/{self.received.message.message_id}"
+
+    async def move(self) -> None:
+        await self.letters.republish(self)
+
+
+class PubSubDeadLetters:
+    """The dead-letter topic as ``connector replay`` reads it: through a subscription of its own
+    (``PUBSUB_DEAD_LETTER_SUBSCRIPTION``). A letter moved is published to the main subscription's topic,
+    then acknowledged; a letter left is handed back at the end. Only letters published before the
+    replay began are read, so one dead-lettered again meanwhile waits for the next replay."""
+
+    def __init__(self, config: PubSubConfig, dead_letter_subscription: str) -> None:
+        self._config = config
+        self._subscriber = pubsub_v1.SubscriberClient()
+        self._publisher = pubsub_v1.PublisherClient()
+        self.subscription_id = dead_letter_subscription
+        self._path = self._subscriber.subscription_path(config.project_id, dead_letter_subscription)
+        self._main_topic = ""
+        self._left: list[str] = []  # ack ids to hand back
+        self._read: list[PubSubLetter] = []
+        self._began = time.time()
+
+    async def __aenter__(self) -> "PubSubDeadLetters":
+        main = self._subscriber.subscription_path(self._config.project_id, self._config.subscription)
+        try:
+            subscription = await asyncio.to_thread(self._subscriber.get_subscription, request={"subscription": main}, timeout=30)
+            await asyncio.to_thread(self._subscriber.get_subscription, request={"subscription": self._path}, timeout=30)
+        except GoogleAPICallError as exc:
+            self._close()
+            raise ConfigurationError(
+                f"PUBSUB_SUBSCRIPTION or PUBSUB_DEAD_LETTER_SUBSCRIPTION: {exc.__class__.__name__} reading {main} or {self._path}"
+            ) from None
+        self._main_topic = subscription.topic
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        self._close()
+
+    async def letters(self) -> AsyncIterator[PubSubLetter]:
+        empty = 0
+        while empty < 2:  # a pull may come back empty while messages remain: twice in a row ends it
+            response = await asyncio.to_thread(
+                self._subscriber.pull, request={"subscription": self._path, "max_messages": 100}, timeout=10
+            )
+            received = list(response.received_messages)
+            empty = 0 if received else empty + 1
+            if received:  # leased for the whole replay, not the subscription's deadline
+                request = {"subscription": self._path, "ack_ids": [m.ack_id for m in received], "ack_deadline_seconds": 600}
+                await asyncio.to_thread(self._subscriber.modify_ack_deadline, request=request, timeout=10)
+            for message in received:
+                if message.message.publish_time.timestamp() > self._began:
+                    self._left.append(message.ack_id)  # dead-lettered again since the replay began
+                    continue
+                letter = PubSubLetter(message, self)
+                self._read.append(letter)
+                yield letter
+
+    async def republish(self, letter: PubSubLetter) -> None:
+        message = letter.received.message
+        published = self._publisher.publish(self._main_topic, bytes(message.data), dlq_replayed_from=letter.position)
+        await asyncio.wait_for(asyncio.wrap_future(published), timeout=30.0)
+        request = {"subscription": self._path, "ack_ids": [letter.received.ack_id]}
+        await asyncio.to_thread(self._subscriber.acknowledge, request=request, timeout=10)
+        letter.received = None  # moved: not handed back
+
+    async def done(self, *, moved_any: bool) -> None:
+        """Hands back every letter read and not moved (Pub/Sub keeps each until it is acknowledged)."""
+        left = self._left + [letter.received.ack_id for letter in self._read if letter.received is not None]
+        for start in range(0, len(left), 1000):
+            request = {"subscription": self._path, "ack_ids": left[start : start + 1000], "ack_deadline_seconds": 0}
+            await asyncio.to_thread(self._subscriber.modify_ack_deadline, request=request, timeout=10)
+
+    def _close(self) -> None:
+        self._subscriber.close()
+        self._publisher.stop()
