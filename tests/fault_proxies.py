@@ -2,8 +2,9 @@
 
 - ``Toxiproxy`` (Shopify's, built from the Go module proxy into the cache folder): latency, reset
   connections and stalled connections at the TCP level.
-- ``FaultyHttp``: an HTTP proxy that answers bursts of 429 or 503 itself. A fake, because neither the
-  emulator nor toxiproxy can produce HTTP status codes.
+- ``FaultyHttp``: an HTTP proxy that answers bursts of 429 (with Retry-After) or 503 itself, or
+  refuses connections for a while. A fake, because neither the emulator nor toxiproxy can produce
+  HTTP status codes (and a peer that is stopped loses what it stored).
 """
 
 import asyncio
@@ -73,6 +74,7 @@ class FaultyHttp:
         self.port = free_port()
         self._upstream = upstream
         self._burst: int | None = None
+        self._burst_headers: dict[str, str] = {}
         self.answered: dict[int, int] = {}
         self.faults: list[int] = []
         self.api_requests = 0
@@ -81,13 +83,16 @@ class FaultyHttp:
         self._session: ClientSession | None = None
 
     async def __aenter__(self) -> "FaultyHttp":
+        await self._listen()
+        self._session = ClientSession()
+        return self
+
+    async def _listen(self) -> None:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-        self._session = ClientSession()
-        return self
 
     async def __aexit__(self, *_: type[BaseException] | BaseException | TracebackType | None) -> None:
         if self._session is not None:
@@ -95,15 +100,28 @@ class FaultyHttp:
         if self._runner is not None:
             await self._runner.cleanup()
 
-    def burst(self, status: int, seconds: float) -> "asyncio.Task[None]":
-        """Answers ``status`` to every request from now on, for ``seconds``; the task ends with the burst."""
-        self._burst = status
+    def burst(self, status: int, seconds: float, headers: dict[str, str] | None = None) -> "asyncio.Task[None]":
+        """Answers ``status`` (with ``headers``) to every request from now on, for ``seconds``; the task
+        ends with the burst."""
+        self._burst, self._burst_headers = status, headers or {}
 
         async def end() -> None:
             await asyncio.sleep(seconds)  # the fault's length, not a wait for something to happen
             self._burst = None
 
         return asyncio.create_task(end())
+
+    def refuse(self, seconds: float) -> "asyncio.Task[None]":
+        """Closes every connection and refuses new ones for ``seconds`` (the port stays closed), then
+        listens again; the task ends when it does."""
+
+        async def outage() -> None:
+            assert self._runner is not None
+            await self._runner.cleanup()  # open keep-alive connections are closed too
+            await asyncio.sleep(seconds)  # the fault's length
+            await self._listen()
+
+        return asyncio.create_task(outage())
 
     @property
     def url(self) -> str:
@@ -120,7 +138,8 @@ class FaultyHttp:
             return web.Response()
         if fault is not None:
             self.answered[fault] = self.answered.get(fault, 0) + 1
-            return web.json_response({"statusCode": fault, "message": "injected"}, status=fault)
+            headers = self._burst_headers if self._burst is not None else None
+            return web.json_response({"statusCode": fault, "message": "injected"}, status=fault, headers=headers)
         assert self._session is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
         async with self._session.request(

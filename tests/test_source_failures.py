@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -23,8 +24,14 @@ from tests.stack.payments import as_json, payment_draft, wait_until_settled
 from tests.support import CLIENT_SECRET, running_worker, sandbox_route, settings_for, worker_environment
 
 
+@pytest.mark.reliability
 async def test_an_unwritable_dead_letter_topic_holds_back_only_the_poison_delivery(
-    kafka_bootstrap: str, ct_url: str, project_key: str, ct: CommercetoolsClient, tmp_path: Path
+    kafka_bootstrap: str,
+    ct_url: str,
+    project_key: str,
+    ct: CommercetoolsClient,
+    tmp_path: Path,
+    reliability_report: dict[str, Any],
 ) -> None:
     """The dead-letter topic disappears while the worker runs, and a malformed delivery comes: the worker
     stays up, the payments behind it are processed, and the malformed one stays uncommitted (it would come
@@ -53,6 +60,7 @@ async def test_an_unwritable_dead_letter_topic_holds_back_only_the_poison_delive
     assert body == b"not json at all" and "not valid JSON" in headers["reason"]
     failed = [line for line in logs if line["event"] == "source.operation_failed"]
     assert {line["operation"] for line in failed} == {"dead_letter"}
+    reliability_report["source_failures_survived"] = reliability_report.get("source_failures_survived", 0) + len(failed)
 
 
 async def _delete_topic(bootstrap: str, topic: str) -> None:
