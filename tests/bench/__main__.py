@@ -15,6 +15,9 @@
 3. Latency: more deliveries, published at half the measured throughput: p50 and p99 from publish
    to the outcome stored (the payment's lastModifiedAt).
 4. Without a token: PaymentCreated deliveries of refunds and cancels only: requests per delivery.
+5. The reconciler, idle: the worker idle for 30 s sweeping every second, and 30 s without it; its
+   CPU per sweep, and its share at the default interval (5 minutes) of the worker's CPU, loaded (at
+   the measured throughput) and idle.
 
 Prints one JSON line and writes it to tests/bench/result.json. ``--profile`` adds a py-spy
 profile of the worker during the second saturation round (top entries in tests/bench/profile.txt).
@@ -50,6 +53,8 @@ from tests.stack.kafka import LocalKafka, create_topics
 from tests.stack.payments import as_json, payment_draft
 
 HERE = Path(__file__).parent
+IDLE_S = 30.0
+DEFAULT_RECONCILE_INTERVAL_S = 300.0  # CONNECTOR_RECONCILE_INTERVAL_S's default
 TYPE_KEY = "connector-payment-interaction"
 PARTITIONS = 6
 # One cycle of the mix: (done transactions, Initial transactions, delivery). Amounts ending in 13
@@ -160,6 +165,56 @@ class Metrics:
         raise TimeoutError(f"the worker handled {self.scrape()['connector_deliveries_total']} of {count} deliveries")
 
 
+def worker_environment(args: argparse.Namespace, url: str, bootstrap: str, ledger: Path, port: int) -> dict[str, str]:
+    route = {
+        "interface": "sandbox",
+        "adapter": "sandbox",
+        "settings": {"ledger_path": str(ledger), "latency_ms": args.latency_ms},
+    }
+    return {
+        **os.environ, "CTP_PROJECT_KEY": "bench-connector", "CTP_CLIENT_ID": "bench", "CTP_CLIENT_SECRET": "bench",
+        "CTP_AUTH_URL": url, "CTP_API_URL": url, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "KAFKA_TOPIC": "bench-connector",
+        "CONNECTOR_ADAPTERS": json.dumps([route]), "CONNECTOR_ALLOW_SANDBOX": "true",
+        "CONNECTOR_MAX_IN_FLIGHT": str(args.in_flight), "CONNECTOR_HTTP_HOST": "127.0.0.1", "CONNECTOR_HTTP_PORT": str(port),
+        "CONNECTOR_LOG_FORMAT": "json",
+    }  # fmt: skip
+
+
+def measure_reconciler_idle(args: argparse.Namespace, work: Path, url: str, bootstrap: str) -> dict[str, float]:
+    """The worker idle for IDLE_S, once with the reconciler sweeping every second and once without it:
+    the reconciler's CPU per sweep, over the sweeps the first made. The project holds every payment of
+    the run by then, all settled: the query the reconciler sends is answered, and finds nothing to do."""
+    cpu_s, sweeps = {}, 0.0
+    for interval in ("1", "0"):
+        port = free_port()
+        environment = worker_environment(args, url, bootstrap, work / CONNECTOR_LEDGER, port)
+        environment["CONNECTOR_RECONCILE_INTERVAL_S"] = interval
+        with (work / f"idle-worker-{interval}.log").open("wb") as log:
+            worker = subprocess.Popen([sys.executable, "-m", "connector", "run"], env=environment, stderr=log)
+        metrics = Metrics(port)
+        try:
+            deadline = time.monotonic() + 60
+            while "connector_in_flight" not in metrics.scrape():  # started and serving
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the idle worker did not start")
+                time.sleep(0.5)
+            time.sleep(2.0)  # start-up's own work done
+            before = process_cpu_s(worker.pid)
+            time.sleep(IDLE_S)  # the idle time measured, not a wait for an event
+            cpu_s[interval] = process_cpu_s(worker.pid) - before
+            if interval == "1":
+                sweeps = metrics.scrape()["connector_reconciler_sweeps_total"]
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(timeout=60)
+    per_sweep_s = max(0.0, cpu_s["1"] - cpu_s["0"]) / max(sweeps, 1.0)
+    return {
+        "reconciler_cpu_ms_per_sweep": round(per_sweep_s * 1000, 2),
+        "idle_worker_cpu_ms_per_s": round(cpu_s["0"] * 1000 / IDLE_S, 2),
+        "reconciler_sweeps_measured": sweeps,
+    }
+
+
 def process_cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
@@ -211,6 +266,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await publish(bootstrap, "bench-warm-up", [body for _, body in warm_up], rate_per_s=WARM_UP_RATE)
         finish_baseline(warming)
         figures = await measure(args, work, url, bootstrap, ct, rounds, paced, no_token)
+        print(f"the reconciler, idle: {IDLE_S:g} s with it and {IDLE_S:g} s without ...", file=sys.stderr)
+        idle = measure_reconciler_idle(args, work, url, bootstrap)
+        # Its share at the default interval: of the worker's CPU at the measured throughput, and of an idle worker's.
+        per_s = idle["reconciler_cpu_ms_per_sweep"] / DEFAULT_RECONCILE_INTERVAL_S
+        loaded_cpu_ms_per_s = figures["cpu_ms_per_tx"] * figures["tx_per_s"]
+        figures |= idle | {
+            "reconciler_share_of_loaded_worker_cpu": round(per_s / loaded_cpu_ms_per_s, 6),
+            "reconciler_share_of_idle_worker_cpu": round(per_s / max(idle["idle_worker_cpu_ms_per_s"], 1e-9), 4),
+        }
         for c in (ct, baseline_ct, warm_up_ct):
             await c.aclose()
     return figures
@@ -221,18 +285,7 @@ async def measure(
     rounds: list[tuple[Deliveries, Deliveries]], paced: Deliveries, no_token: Deliveries,
 ) -> dict[str, Any]:  # fmt: skip
     port, ledger = free_port(), work / CONNECTOR_LEDGER
-    route = {
-        "interface": "sandbox",
-        "adapter": "sandbox",
-        "settings": {"ledger_path": str(ledger), "latency_ms": args.latency_ms},
-    }
-    environment = {
-        **os.environ, "CTP_PROJECT_KEY": "bench-connector", "CTP_CLIENT_ID": "bench", "CTP_CLIENT_SECRET": "bench",
-        "CTP_AUTH_URL": url, "CTP_API_URL": url, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "KAFKA_TOPIC": "bench-connector",
-        "CONNECTOR_ADAPTERS": json.dumps([route]), "CONNECTOR_ALLOW_SANDBOX": "true",
-        "CONNECTOR_MAX_IN_FLIGHT": str(args.in_flight), "CONNECTOR_HTTP_HOST": "127.0.0.1", "CONNECTOR_HTTP_PORT": str(port),
-        "CONNECTOR_LOG_FORMAT": "json",
-    }  # fmt: skip
+    environment = worker_environment(args, url, bootstrap, ledger, port)
     metrics = Metrics(port)
     backlog, backlog_tx = rounds[0][0], transactions_in(rounds[0][0])
     rates: list[tuple[float, float]] = []  # (connector, baseline) per round
