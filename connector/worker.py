@@ -124,10 +124,9 @@ class Worker:
                     result = await self._processor.reconcile(trigger, progress)
             except Exception as exc:  # every failure is judged below; none may stop the worker
                 decision = failure_policy.decide(exc, attempt, self._limits.retry, self._jitter(), waiting_on=progress.waiting_on)
-                if isinstance(decision, Pause):
-                    if not await self._pause(delivery, trigger, decision, pauses, attempt):
+                if isinstance(decision, Pause):  # not an attempt of its own: an outage counts for nothing
+                    if not await self._pause(delivery, trigger, decision, pauses):
                         return  # it failed alone: dead-lettered
-                    attempt += 1
                     continue
                 pauses.leave()
                 if isinstance(decision, DeadLetter):
@@ -152,14 +151,14 @@ class Worker:
             self._count(trigger.message_type, result.outcome)
             return
 
-    async def _pause(self, delivery: Delivery, trigger: PaymentTrigger, decision: Pause, pauses: "_Pauses", attempt: int) -> bool:
+    async def _pause(self, delivery: Delivery, trigger: PaymentTrigger, decision: Pause, pauses: "_Pauses") -> bool:
         """Waits at the dependency's breaker, to retry as its probe or once it closes; False: dead-lettered
         instead, because the delivery keeps failing while the dependency answers others."""
         breaker = self._breakers[decision.dependency]
         pauses.wait_at(breaker)
         if decision.failed:
             if (poison := failure_policy.fails_alone(pauses.failed_at(breaker), self._limits.retry)) is not None:
-                await self._dead_letter(delivery, trigger.message_type, f"{poison.reason}: {decision.reason}", attempt)
+                await self._dead_letter(delivery, trigger.message_type, f"{poison.reason}: {decision.reason}", pauses.alone)
                 return False
             wait_s = breaker.failed(decision.retry_after_s)
             log.warning("delivery.paused", dependency=breaker.name, reason=decision.reason, probe_in_s=round(wait_s, 3))

@@ -639,6 +639,21 @@ async def test_a_commercetools_failure_pauses_and_the_delivery_is_processed_in_p
     assert metrics.registry.get_sample_value("connector_paused", {"dependency": "commercetools"}) == 0
 
 
+async def test_an_outage_counts_no_attempts_against_the_delivery(
+    payments: InMemoryPayments, psp: Gate, clock: ManualClock, ledger: Path
+) -> None:
+    """Six pauses, then a claim that keeps conflicting (retried, as one attempt of three): the delivery
+    is not dead-lettered for having waited out an outage first."""
+    source = InMemorySource(clock, hands_back=False)
+    payment = payments.create(payment_draft(1000, (), (("Charge", 1000),)))
+    conflict = ConcurrentModification("POST /payments: 409", None)
+    payments.failures.extend([ServerError("POST /payments: 503")] * 6 + [conflict] * 10)
+    source.publish(created(payment))
+    await run_until(worker_for(source, payments, psp, clock), lambda: source.pending == 0, source)
+    assert source.dead_letters == [] and len(source.acked) == 1
+    assert payments.stored(payment.id).transactions[0].state.value == "Success"
+
+
 async def test_a_psp_outage_pauses_its_route_and_every_payment_completes_once_it_answers(
     payments: InMemoryPayments, psp: Gate, clock: ManualClock, ledger: Path
 ) -> None:
