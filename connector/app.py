@@ -31,7 +31,9 @@ if TYPE_CHECKING:
 GC_THRESHOLDS = (10_000, 10, 10)
 
 
-def build_commercetools(ct: CommercetoolsSettings, metrics: Metrics | None = None) -> CommercetoolsClient:
+def build_commercetools(
+    ct: CommercetoolsSettings, metrics: Metrics | None = None, on_answer: Callable[[], object] = lambda: None
+) -> CommercetoolsClient:
     return CommercetoolsClient.create(
         api_url=ct.api_url,
         auth_url=ct.auth_url,
@@ -42,6 +44,7 @@ def build_commercetools(ct: CommercetoolsSettings, metrics: Metrics | None = Non
         timeout_s=ct.timeout_s,
         max_connections=ct.max_connections,
         metrics=metrics,
+        on_answer=on_answer,
     )
 
 
@@ -127,7 +130,12 @@ def build_parts(settings: Settings) -> Parts:
     worker_settings = settings.worker
     registry = AdapterRegistry.load(worker_settings.adapters)
     metrics = Metrics()
-    ct = build_commercetools(settings.commercetools, metrics)
+    breakers = Breakers(
+        [COMMERCETOOLS, *(psp_dependency(*route) for route in registry.routes())], PauseWaits(max_s=worker_settings.pause_max_s)
+    )
+    metrics.watch_breakers(breakers.all)
+    # Any answer of commercetools ends a pause of it, whichever request got it.
+    ct = build_commercetools(settings.commercetools, metrics, on_answer=breakers[COMMERCETOOLS].succeeded)
     lease_s = claim_lease_s(worker_settings, registry.longest_request_s())
     if worker_settings.reconcile_lookback_s <= lease_s:
         raise ConfigurationError(
@@ -139,10 +147,6 @@ def build_parts(settings: Settings) -> Parts:
         interaction_type_key=worker_settings.interaction_type_key,
         claim_lease_s=lease_s,
     )
-    breakers = Breakers(
-        [COMMERCETOOLS, *map(psp_dependency, registry.interfaces())], PauseWaits(max_s=worker_settings.pause_max_s)
-    )
-    metrics.watch_breakers(breakers.all)
     processor = Processor(ct, registry, processor_settings, metrics=metrics, breakers=breakers)
     reconciler_settings = ReconcilerSettings(
         interval_s=worker_settings.reconcile_interval_s,
@@ -188,10 +192,15 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
             # out of the garbage collector's full scans, which otherwise revisit it on every pass.
             gc.freeze()
             gc.set_threshold(*GC_THRESHOLDS)
-            async with asyncio.TaskGroup() as tasks:
-                if worker_settings.reconcile_interval_s > 0:
-                    tasks.create_task(parts.reconciler.run(stop))
+            # Beside the worker, not in a TaskGroup with it: a start-up error of the worker (a missing
+            # topic) must reach the command as itself, not wrapped in an exception group, to exit 2.
+            reconciling = asyncio.create_task(parts.reconciler.run(stop)) if worker_settings.reconcile_interval_s > 0 else None
+            try:
                 await worker.run(stop)
+            finally:
+                if reconciling is not None:  # a sweep under way is cut off: its claims lapse, as a delivery's
+                    reconciling.cancel()
+                    await asyncio.gather(reconciling, return_exceptions=True)
     finally:
         await parts.aclose()
 

@@ -16,9 +16,11 @@ from dataclasses import dataclass
 COMMERCETOOLS = "commercetools"
 
 
-def psp_dependency(interface: str) -> str:
-    """The breaker's name for a PSP route's interface (bounded: the configured interfaces)."""
-    return f"psp:{interface.casefold()}"
+def psp_dependency(interface: str, account: str | None = None) -> str:
+    """The breaker's name for a PSP route (bounded: the configured routes). One per account: one
+    account's revoked key or rate limit pauses that account's payments only."""
+    name = f"psp:{interface.casefold()}"
+    return f"{name}/{account.casefold()}" if account else name
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +42,7 @@ class Breaker:
         self._reopens_at = 0.0  # loop time from which a probe may run
         self._opened_at = 0.0
         self._probe: asyncio.Task[object] | None = None
+        self._waiters = 0  # tasks in turn()
         self._changed = asyncio.Event()  # set and replaced on every change waiters care about
         self.pauses = 0  # times it opened (for the metric)
         self.closings = 0  # times it closed: a delivery that fails again after one fails alone
@@ -51,6 +54,11 @@ class Breaker:
     def open_for_s(self) -> float:
         """How long the dependency has been paused (0 when closed)."""
         return self._clock() - self._opened_at if self.is_open else 0.0
+
+    @property
+    def attended(self) -> bool:
+        """Some delivery will try the dependency again: one waits for its turn, or probes now."""
+        return self._waiters > 0 or self._probe is not None
 
     def admits(self) -> bool:
         """Whether the calling task may use the dependency now: it is closed, or this task is its probe."""
@@ -88,6 +96,15 @@ class Breaker:
 
     async def turn(self) -> None:
         """Returns once the breaker is closed, or its wait is over and the calling task is its one probe."""
+        self._waiters += 1
+        try:
+            await self._turn()
+        finally:
+            self._waiters -= 1
+            if not self.attended:
+                self._notify()  # whoever waits for a delivery to try again may send one
+
+    async def _turn(self) -> None:
         while self.is_open:
             wait_s = self._reopens_at - self._clock()
             if wait_s <= 0 and self._probe is None:
@@ -104,9 +121,10 @@ class Breaker:
             except TimeoutError:
                 pass
 
-    async def closed(self) -> None:
-        """Returns once the breaker is closed."""
-        while self.is_open:
+    async def closed_or_unattended(self) -> None:
+        """Returns once the breaker is closed, or once no delivery waits to try the dependency again (the
+        last one ended otherwise: dead-lettered, say), so that the caller may send one to probe it."""
+        while self.is_open and self.attended:
             changed = self._changed
             try:
                 async with asyncio.timeout(self._waits.max_s):
@@ -122,6 +140,9 @@ class Breaker:
         if self._probe is not None:
             self._probe.remove_done_callback(self._probe_ended)
         self._probe = None
+        self._notify()
+
+    def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
 

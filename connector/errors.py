@@ -66,13 +66,24 @@ class Unreachable(CommercetoolsError, RetryableError):
 
 
 class PspUnavailable(RetryableError):
-    """The PSP could not be reached or answered with a server error; retry with the same key."""
+    """The PSP could not be reached or answered with a server error; retry with the same key.
+    ``retry_after_s``: how long a rate-limited PSP asked us to wait, when it said."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class PspRequestInProgress(PspUnavailable):
     """The PSP is still running a request with this idempotency key (Stripe: 409 ``idempotency_key_in_use``).
 
     Nothing is known of its outcome yet: retried like any transient fault, never stored as a Failure."""
+
+
+class PspStoredError(PermanentError):
+    """The PSP replays a server error it stored for this idempotency key (Stripe stores a 500 once its
+    request had started): no retry with the key can succeed until the PSP forgets it, and whether money
+    moved is for an operator to check at the PSP. Poison, not an outage: dead-lettered, never paused on."""
 
 
 class PspCredentialsRejected(RetryableError):
@@ -86,9 +97,9 @@ class PspDown(RetryableError):
     """A PSP route failed after its call's own retries (unreachable, a server error, rate limited, or our
     credentials refused): the worker pauses the route (connector.breaker) instead of dead-lettering."""
 
-    def __init__(self, interface: str, message: str) -> None:
+    def __init__(self, interface: str, account: str | None, message: str, retry_after_s: float | None = None) -> None:
         super().__init__(message)
-        self.interface = interface
+        self.interface, self.account, self.retry_after_s = interface, account, retry_after_s
 
 
 class Paused(RetryableError):

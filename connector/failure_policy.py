@@ -20,6 +20,7 @@ from connector.errors import (
     PspRequestInProgress,
     RateLimited,
     RetryableError,
+    ServerError,
 )
 from connector.models.delivery import describe_validation_error
 from connector.retrying import Backoff
@@ -43,6 +44,9 @@ class Pause:
     failed: bool
     reason: str
     retry_after_s: float | None = None
+    # An error answer (a 5xx), which one request may keep getting while others pass: counted towards
+    # failing alone. Rate limits, timeouts and refused connections are load or outage, never poison.
+    may_be_poison: bool = False
 
 
 def decide(
@@ -65,8 +69,9 @@ def decide(
 
 
 def fails_alone(failures_while_others_succeed: int, policy: Backoff) -> DeadLetter | None:
-    """A delivery that keeps failing on a dependency that answers other deliveries in between (the
-    breaker closed since its last failure) is poison in disguise: a PSP's stored 500 for its key, say."""
+    """A delivery that keeps getting an error answer from a dependency that answers other deliveries in
+    between (the breaker closed since its last failure) is poison in disguise. (A PSP's stored 500 is
+    told by the PSP itself: ``PspStoredError``.)"""
     if failures_while_others_succeed < policy.attempts:
         return None
     return DeadLetter(f"failed {failures_while_others_succeed} times while its dependency answered other deliveries")
@@ -86,10 +91,14 @@ def _pause_for(error: BaseException, reason: str, waiting_on: str) -> Pause | No
     if isinstance(error, Paused):
         return Pause(error.dependency, failed=False, reason=reason)
     if isinstance(error, PspDown):
-        return Pause(psp_dependency(error.interface), failed=True, reason=reason)
+        return Pause(
+            psp_dependency(error.interface, error.account), failed=True, reason=reason, retry_after_s=error.retry_after_s
+        )
     if isinstance(error, CommercetoolsError):  # transient ones only reach here
         retry_after_s = error.retry_after_s if isinstance(error, RateLimited) else None
-        return Pause(COMMERCETOOLS, failed=True, reason=reason, retry_after_s=retry_after_s)
+        return Pause(
+            COMMERCETOOLS, failed=True, reason=reason, retry_after_s=retry_after_s, may_be_poison=isinstance(error, ServerError)
+        )
     if isinstance(error, TimeoutError):  # the whole attempt ran out of time waiting on this dependency
         return Pause(waiting_on, failed=True, reason=f"timed out waiting on {waiting_on}")
     return None

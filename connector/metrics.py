@@ -98,7 +98,7 @@ class Metrics:
         self.reconciled = Counter(
             "connector_reconciler_payments",
             "Payments the reconciler found needing work, by what it did",
-            ["result"],  # driven, settled, still_pending, no_lookup, held, psp_paused, failed, nothing_to_do, ...
+            ["result"],  # driven, settled, still_pending, no_lookup, held, psp_paused, failed, claimed_too_often, ...
             registry=self.registry,
         )
         self.dead_letters = Counter(

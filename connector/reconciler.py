@@ -152,6 +152,9 @@ class Reconciler:
                 sweep = decisions.sweep_of(
                     payment, now=self._clock(), lease=self._lease, pending_age=timedelta(seconds=self._settings.pending_age_s)
                 )
+                if sweep.claimed_too_often:
+                    results["claimed_too_often"] += 1
+                    log.warning("reconciler.left_for_an_operator", payment_id=payment.id, reason="claimed too often")
                 if sweep.needed:
                     with structlog.contextvars.bound_contextvars(payment_id=payment.id, via="reconciler"):
                         results.update(await self._drive(payment, sweep))

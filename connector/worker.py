@@ -84,10 +84,11 @@ class Worker:
             await asyncio.shield(self._source.close())  # commit what is done, even when cancelled
 
     async def _commercetools_answers(self, stop: asyncio.Event) -> bool:
-        """Every delivery needs commercetools: while it is paused, no new one is taken. False: stopping."""
+        """Every delivery needs commercetools: while it is paused, no new one is taken, unless no delivery
+        is left to probe it (the next one does). False: stopping."""
         breaker = self._breakers[COMMERCETOOLS]
-        while breaker.is_open and not stop.is_set():
-            closed = asyncio.ensure_future(breaker.closed())
+        while breaker.is_open and breaker.attended and not stop.is_set():
+            closed = asyncio.ensure_future(breaker.closed_or_unattended())
             stopping = asyncio.ensure_future(stop.wait())
             try:
                 await asyncio.wait([closed, stopping], return_when=asyncio.FIRST_COMPLETED)
@@ -142,7 +143,9 @@ class Worker:
                 await asyncio.sleep(decision.delay_s)
                 attempt += 1
                 continue
-            self._breakers[COMMERCETOOLS].succeeded()  # every processed delivery was answered by commercetools
+            # Every processed delivery was answered by commercetools (the client says so of each answer
+            # too: connector.app wires it; a store without that hook relies on this).
+            self._breakers[COMMERCETOOLS].succeeded()
             pauses.leave()
             await self._settle(delivery, "ack", delivery.ack)
             # A delivery that did its work is told by its transactions' own lines: debug is enough then.
@@ -157,8 +160,10 @@ class Worker:
         breaker = self._breakers[decision.dependency]
         pauses.wait_at(breaker)
         if decision.failed:
-            if (poison := failure_policy.fails_alone(pauses.failed_at(breaker), self._limits.retry)) is not None:
-                await self._dead_letter(delivery, trigger.message_type, f"{poison.reason}: {decision.reason}", pauses.alone)
+            alone = pauses.failed_at(breaker, counts=decision.may_be_poison)
+            if (poison := failure_policy.fails_alone(alone, self._limits.retry)) is not None:
+                pauses.leave()  # its probe, if it held one, is over: a dead-letter write may take long
+                await self._dead_letter(delivery, trigger.message_type, f"{poison.reason}: {decision.reason}", alone)
                 return False
             wait_s = breaker.failed(decision.retry_after_s)
             log.warning("delivery.paused", dependency=breaker.name, reason=decision.reason, probe_in_s=round(wait_s, 3))
@@ -220,10 +225,11 @@ class _Pauses:
             self.waiting_at.release()  # its probe told nothing of that dependency
         self.waiting_at = breaker
 
-    def failed_at(self, breaker: Breaker) -> int:
-        """Records a failure on ``breaker``'s dependency; returns how many failed alone so far."""
+    def failed_at(self, breaker: Breaker, *, counts: bool) -> int:
+        """Records a failure on ``breaker``'s dependency; returns how many failed alone so far (``counts``:
+        an error answer, which may be this delivery's own; else load or an outage, never counted)."""
         seen = self.closings_seen.get(breaker.name)
-        self.alone += seen is not None and breaker.closings > seen
+        self.alone += counts and seen is not None and breaker.closings > seen
         self.closings_seen[breaker.name] = breaker.closings
         return self.alone
 

@@ -30,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from connector.commercetools.interaction_type import interaction_type_draft
-from connector.errors import ConcurrentModification, NotFound, Rejected
+from connector.errors import ConcurrentModification, NotFound, Rejected, ServerError
 from connector.models.payment import Payment, TransactionState
 
 Action = dict[str, Any]
@@ -72,6 +72,7 @@ class InMemoryPayments:
         self.before_update: BeforeUpdate | None = None
         self.failures: deque[Exception] = deque()  # raised by the next updates, one each, before anything changes
         self.answers_lost: deque[Exception] = deque()  # raised by the next updates, one each, after they are applied
+        self.failing: Callable[[str], bool] = lambda payment_id: False  # payments whose every update gets a 500
 
     def create(self, draft: Mapping[str, Any]) -> Payment:
         """A payment from a PaymentDraft (set-up only: not counted as a request)."""
@@ -104,6 +105,8 @@ class InMemoryPayments:
         await asyncio.sleep(0)
         if self.failures:
             raise self.failures.popleft()
+        if self.failing(payment_id):
+            raise ServerError(f"POST /payments/{payment_id}: 500")
         if self.before_update is not None:
             await self.before_update(payment_id, actions)
         payment = self._payments.get(payment_id)

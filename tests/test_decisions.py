@@ -241,3 +241,13 @@ def test_the_reconciler_asks_about_pending_transactions_once_they_are_old_enough
 def test_settled_payments_need_nothing() -> None:
     settled = payment(("Authorization", 1000, "Success"), ("Charge", 1000, "Failure"))
     assert not decisions.sweep_of(settled, now=NOW, lease=LEASE, pending_age=PENDING_AGE).needed
+
+
+def test_the_reconciler_leaves_a_transaction_claimed_too_often_for_an_operator() -> None:
+    """Each drive adds a claim: a transaction that keeps failing would be claimed every sweep for ever."""
+    stale = [claim("tx-0-Charge", NOW - timedelta(hours=h)) for h in range(1, 6)]
+    five = payment(("Charge", 1000, "Initial"), interactions=stale)
+    sweep = decisions.sweep_of(five, now=NOW, lease=LEASE, pending_age=PENDING_AGE)
+    assert sweep.claimed_too_often and not sweep.needed
+    four = payment(("Charge", 1000, "Initial"), interactions=stale[:4])
+    assert decisions.sweep_of(four, now=NOW, lease=LEASE, pending_age=PENDING_AGE).initial

@@ -43,14 +43,18 @@ def test_they_are_dead_lettered_after_their_attempts() -> None:
         (ServerError("GET /payments/x answered HTTP 503"), "commercetools", None),
         (Unreachable("GET /payments/x failed: ClientConnectorError"), "commercetools", None),
         (RateLimited("POST /payments/x answered HTTP 429", retry_after_s=7.0), "commercetools", 7.0),
-        (PspDown("Stripe", "PspUnavailable: Stripe answered HTTP 503"), "psp:stripe", None),
+        (PspDown("Stripe", None, "PspUnavailable: Stripe answered HTTP 503"), "psp:stripe", None),
+        (PspDown("Stripe", "EU", "PspUnavailable: Stripe rate limited", retry_after_s=2.0), "psp:stripe/eu", 2.0),
     ],
 )
 def test_an_outage_pauses_and_never_dead_letters(error: Exception, dependency: str, retry_after_s: float | None) -> None:
     """However many attempts it has taken: an outage is not the delivery's fault."""
     for attempt in (1, 5, 500):
         decision = failure_policy.decide(error, attempt, POLICY, jitter=0.5)
-        assert decision == Pause(dependency, failed=True, reason=failure_policy.describe(error), retry_after_s=retry_after_s)
+        assert isinstance(decision, Pause)
+        assert (decision.dependency, decision.failed, decision.retry_after_s) == (dependency, True, retry_after_s)
+        # Only an error answer may be a delivery's own; load and unreachable peers never are.
+        assert decision.may_be_poison is isinstance(error, ServerError)
 
 
 def test_a_timed_out_attempt_blames_what_it_waited_on() -> None:

@@ -137,6 +137,7 @@ async def test_readyz_waits_for_the_source_and_healthz_does_not(ct_url: str, pro
                 assert (await http.get("/healthz")).status_code == 200
                 await asyncio.sleep(0.2)
             broker.enter_context(LocalKafka(port=broker_port))
+            await queue.create()  # the worker waits for its topics too, within KAFKA_START_TIMEOUT_S
             async with asyncio.timeout(60):
                 while (await _get_or_none(http, "/readyz")) != 200:
                     await asyncio.sleep(0.2)

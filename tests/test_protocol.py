@@ -433,16 +433,21 @@ async def test_a_takeover_after_the_psp_forgot_the_key_asks_the_psp_first(
 ) -> None:
     """A worker executes and dies before storing the outcome; the claim is taken over after the PSP forgot
     the key (60 s here, 24 h at Stripe). With find, the PSP's record is stored and nothing runs again;
-    an adapter with keys alone executes a second time: the risk docs/adapters.md names."""
+    an adapter with keys alone would execute a second time, so the transaction is refused for an
+    operator instead (the adapter declares its PSP's key retention)."""
     psp = strict_sandbox(ledger, clock, key_retention_s=60)
     if not finds:
         psp.find = None  # type: ignore[assignment,method-assign]
     payment = payments.create(payment_draft(1000, (), (("Charge", 1000),)))
     await executed_then_crashed(payments, psp, clock, payment)
     clock.advance(61)
-    assert (await processor(payments, psp, clock).reconcile(trigger(payment))).outcome == "done"
-    assert len(executions(ledger)) == (1 if finds else 2)
-    assert payments.stored(payment.id).transactions[0].interaction_id == executions(ledger)[-1].psp_reference
+    if finds:
+        assert (await processor(payments, psp, clock).reconcile(trigger(payment))).outcome == "done"
+        assert payments.stored(payment.id).transactions[0].interaction_id == executions(ledger)[-1].psp_reference
+    else:
+        with pytest.raises(PermanentError, match="keeps idempotency keys"):
+            await processor(payments, psp, clock).reconcile(trigger(payment))
+    assert len(executions(ledger)) == 1
     await psp.aclose()
 
 
@@ -675,18 +680,37 @@ async def test_a_psp_outage_pauses_its_route_and_every_payment_completes_once_it
 async def test_a_delivery_that_fails_alone_is_dead_lettered_and_the_others_go_through(
     payments: InMemoryPayments, psp: Gate, clock: ManualClock
 ) -> None:
-    """A PSP that keeps failing one payment (Stripe stores a 500 under its key) while it answers the
-    others is no outage: that delivery is poison after its attempts."""
+    """commercetools answering one payment's updates with a 500 while it answers the others' is no
+    outage: that delivery is poison after its attempts."""
     source = InMemorySource(clock, hands_back=False)
     poison, *healthy = (payments.create(payment_draft(1000, (), (("Charge", 1000),))) for _ in range(40))
-    psp.failing = lambda request: request.payment.id == poison.id
+    payments.failing = lambda payment_id: payment_id == poison.id
     source.publish(created(poison), *(created(p) for p in healthy))
     worker = worker_for(source, payments, psp, clock, max_in_flight=2)
     await run_until(worker, lambda: source.pending == 0, source)
     [(body, reason, attempts)] = source.dead_letters
-    assert poison.id.encode() in body and "answered other deliveries" in reason and attempts >= 3
+    assert poison.id.encode() in body and "answered other deliveries" in reason and attempts == 3
     assert {payments.stored(p.id).transactions[0].state.value for p in healthy} == {"Success"}
     assert payments.stored(poison.id).transactions[0].state.value == "Initial"  # replayable
+
+
+async def test_a_psp_that_replays_a_stored_error_is_poison_not_an_outage(
+    payments: InMemoryPayments, psp: Gate, clock: ManualClock, ledger: Path
+) -> None:
+    """Amount ending in 55: the PSP fails, keeps that 500 for the key, and says so when it replays it.
+    Dead-lettered at that answer, nothing executed; the payment after it goes through."""
+    source = InMemorySource(clock, hands_back=False)
+    stored, healthy = (
+        payments.create(payment_draft(1055, (), (("Charge", 1055),))),
+        payments.create(payment_draft(1000, (), (("Charge", 1000),))),
+    )
+    source.publish(created(stored), created(healthy))
+    worker = worker_for(source, payments, psp, clock, max_in_flight=1)
+    await run_until(worker, lambda: source.pending == 0, source)
+    [(body, reason, _)] = source.dead_letters
+    assert stored.id.encode() in body and "PspStoredError" in reason
+    assert payments.stored(healthy.id).transactions[0].state.value == "Success"
+    assert [e.transaction_id for e in executions(ledger)] == [healthy.transactions[0].id]
 
 
 async def test_a_held_claim_is_handed_back_for_the_rest_of_its_lease(
@@ -863,3 +887,21 @@ async def test_a_refused_psp_key_pauses_the_route_until_the_key_works(
     assert payments.stored(payment.id).transactions[0].state.value == "Success"
     assert [e.calls for e in executions(ledger)] == [1]
     assert metrics.registry.get_sample_value("connector_psp_credentials_rejected_total", {"interface": "sandbox"}) == 3
+
+
+async def test_without_a_look_up_a_claim_older_than_the_psps_keys_is_never_executed_again(
+    payments: InMemoryPayments, ledger: Path, clock: ManualClock
+) -> None:
+    """An adapter without find, whose PSP keeps keys a day: a transaction first claimed two days ago (a
+    dead letter replayed, a payment the reconciler found) might have been executed under a key the PSP
+    has forgotten. It is refused for an operator, not executed; within the retention the key guards it."""
+    keyless = Gate(SandboxAdapter(SandboxLedger(ledger), clock=lambda: clock.now().timestamp(), key_retention_s=86_400))
+    keyless.find = None  # type: ignore[assignment,method-assign]
+    payment = payments.create(payment_draft(1000, (), (("Charge", 1000),)))
+    claim_by_another_worker(payments, payment, clock, age_s=2 * 86_400)
+    with pytest.raises(PermanentError, match="longer ago than sandbox keeps idempotency keys"):
+        await processor(payments, keyless, clock).reconcile(trigger(payment))
+    assert executions(ledger) == [] and keyless.keys == []
+    recent = payments.create(payment_draft(1000, (), (("Charge", 1000),)))
+    claim_by_another_worker(payments, recent, clock, age_s=LEASE_S + 1)
+    assert (await processor(payments, keyless, clock).reconcile(trigger(recent))).outcome == "done"

@@ -9,7 +9,7 @@ import pytest
 
 from connector.adapters.contract import Operation, OperationRequest
 from connector.adapters.sandbox import SandboxAdapter, SandboxLedger, create_adapter, simulate
-from connector.errors import PermanentError, PspRequestInProgress, PspUnavailable
+from connector.errors import PermanentError, PspRequestInProgress, PspStoredError, PspUnavailable
 from connector.models.payment import Payment, TransactionState
 from tests.sandbox_ledger import executions
 
@@ -155,10 +155,13 @@ async def test_a_key_in_flight_is_answered_in_progress_and_its_request_runs_on(t
 
 
 async def test_a_stored_server_error_is_replayed_for_its_key(tmp_path: Path) -> None:
-    """Amounts ending in 55: the first answer is a 500 the PSP keeps for the key; retrying cannot help."""
+    """Amounts ending in 55: the first answer is a 500 the PSP keeps for the key; retrying cannot help,
+    and the replays say so (poison, not an outage)."""
     adapter = SandboxAdapter(SandboxLedger(tmp_path / "l.sqlite"))
-    for _ in range(3):
-        with pytest.raises(PspUnavailable, match="replays the error"):
+    with pytest.raises(PspUnavailable, match="failed on this request"):
+        await adapter.charge(request(1055))
+    for _ in range(2):
+        with pytest.raises(PspStoredError, match="replays the error"):
             await adapter.charge(request(1055))
     assert executions(tmp_path / "l.sqlite") == []
 

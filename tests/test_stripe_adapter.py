@@ -9,7 +9,14 @@ from aiohttp import web
 from connector.adapters.contract import OperationRequest
 from connector.adapters.registry import AdapterRegistry, AdapterRoute
 from connector.adapters.stripe_adapter import StripeAdapter, create_adapter, stripe_amount
-from connector.errors import ConfigurationError, PermanentError, PspCredentialsRejected, PspRequestInProgress, PspUnavailable
+from connector.errors import (
+    ConfigurationError,
+    PermanentError,
+    PspCredentialsRejected,
+    PspRequestInProgress,
+    PspStoredError,
+    PspUnavailable,
+)
 from connector.models.payment import Money, Payment, TransactionState
 from tests.localstripe_peer import LocalStripe
 from tests.stack import free_port
@@ -198,12 +205,15 @@ async def test_a_key_in_flight_is_in_progress_never_a_failure(adapter: StripeAda
 async def test_a_stored_server_error_is_replayed_until_the_key_is_forgotten(
     adapter: StripeAdapter, localstripe: LocalStripe
 ) -> None:
-    """Stripe keeps a 500 with its key: the retry gets the same 500 (retryable, never a Failure), and
-    nothing was created; once the key is forgotten the request executes."""
+    """Stripe keeps a 500 with its key: the first is retryable; the retry gets the same 500 marked as
+    replayed, which no retry can change (poison, never a Failure), and nothing was created; once the key
+    is forgotten the request executes."""
     await localstripe.fail_next(500)
-    for _ in range(2):
-        with pytest.raises(PspUnavailable):
-            await adapter.authorize(request(("Authorization", 2500, "Initial", None)))
+    with pytest.raises(PspUnavailable) as first:
+        await adapter.authorize(request(("Authorization", 2500, "Initial", None)))
+    assert not isinstance(first.value, PspStoredError)
+    with pytest.raises(PspStoredError):
+        await adapter.authorize(request(("Authorization", 2500, "Initial", None)))
     assert await localstripe.objects("payment_intents") == []
     await localstripe.configure(retention_s=0)  # every key already forgotten
     assert (await adapter.authorize(request(("Authorization", 2500, "Initial", None)))).state is TransactionState.SUCCESS

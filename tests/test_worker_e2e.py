@@ -21,13 +21,11 @@ from connector.adapters.contract import OperationRequest, Outcome
 from connector.adapters.registry import AdapterRegistry
 from connector.adapters.sandbox import SandboxAdapter, SandboxLedger
 from connector.app import build_source
-from connector.breaker import COMMERCETOOLS, Breakers, PauseWaits, psp_dependency
 from connector.commercetools.client import CommercetoolsClient
 from connector.errors import PspUnavailable
 from connector.models.payment import Payment
 from connector.processor.decisions import claim_actions, plan_work
 from connector.processor.reconcile import Processor, ProcessorSettings
-from connector.retrying import Backoff
 from connector.worker import Worker, WorkerLimits
 from tests.queues import EventQueue, PubSubQueue
 from tests.sandbox_ledger import executions, references_for
@@ -277,48 +275,26 @@ def test_bad_settings_exit_2_naming_the_setting(change: dict[str, str | None], n
     assert CLIENT_SECRET not in done.stderr + done.stdout
 
 
-async def test_a_delivery_failing_alone_is_dead_lettered_after_the_configured_attempts(
+async def test_a_stored_psp_error_is_dead_lettered_and_the_payments_around_it_go_through(
     queue: EventQueue, ct_url: str, project_key: str, ct: CommercetoolsClient, tmp_path: Path
 ) -> None:
-    """A PSP that keeps failing one payment while it answers the others (as Stripe replays a stored 500
-    for its key): that delivery is dead-lettered after its attempts, and the payments around it go through."""
-    poison = await ct.create_payment(payment_draft(1000, (), (("Charge", 1000),)))
-    settings = settings_for(queue, ct_url=ct_url, project_key=project_key, ledger=tmp_path / "l.sqlite")
-    ledger = SandboxLedger(tmp_path / "l.sqlite")
-    breakers = Breakers([COMMERCETOOLS, psp_dependency("sandbox")], PauseWaits(initial_s=0.05, max_s=0.2))
-    processor = Processor(
-        ct, AdapterRegistry({("sandbox", None): FailingPsp(SandboxAdapter(ledger), lambda r: r.payment.id == poison.id)}),
-        ProcessorSettings(project_key=project_key, interaction_type_key=INTERACTION_TYPE_KEY, psp_backoff=Backoff(attempts=1)),
-        breakers=breakers,
-    )  # fmt: skip
-    limits = WorkerLimits(retry=Backoff(attempts=3, wait_initial_s=0.05, wait_max_s=0.1))
-    stop = asyncio.Event()
-    await queue.publish([messages.payment_created(project_key, as_json(poison), "platform")])
-    worker = asyncio.create_task(Worker(build_source(settings), processor, limits, breakers=breakers).run(stop))
-    healthy: list[Payment] = []
-    enough = asyncio.Event()
-
-    async def others_keep_coming() -> None:  # the PSP answers them between the poison's attempts
-        while not enough.is_set():
-            payment = await ct.create_payment(payment_draft(2000, (), (("Charge", 2000),)))
-            await queue.publish([messages.payment_created(project_key, as_json(payment), "platform")])
-            healthy.append(payment)
-            await asyncio.sleep(0.2)
-
-    trickle = asyncio.create_task(others_keep_coming())
-    try:
+    """The sandbox fails a charge of 10.55, keeps that 500 for its key, and replays it marked as such (as
+    Stripe does): the first failure pauses the route as any 5xx would, the replay dead-letters the
+    delivery (no retry with that key can help), and the payments around it go through."""
+    poison = await ct.create_payment(payment_draft(1055, (), (("Charge", 1055),)))
+    healthy = [await ct.create_payment(payment_draft(2000 + i, (), (("Charge", 2000 + i),))) for i in range(5)]
+    ledger = tmp_path / "l.sqlite"
+    settings = settings_for(queue, ct_url=ct_url, project_key=project_key, ledger=ledger)
+    bodies = [messages.payment_created(project_key, as_json(p), "platform") for p in (poison, *healthy)]
+    await queue.publish(bodies)
+    async with running_worker(settings):
         [(body, headers)] = await queue.dead_letters(1, timeout_s=60)
-        enough.set()
-        await asyncio.wait_for(trickle, timeout=30)
         settled = await wait_until_settled(ct, [p.id for p in healthy], timeout_s=60)
-    finally:
-        enough.set()
-        stop.set()
-        await asyncio.wait_for(worker, timeout=30)
-    assert {p.transactions[0].state.value for p in settled} == {"Success"} and len(settled) >= 3
+    assert {p.transactions[0].state.value for p in settled} == {"Success"}
     assert json.loads(body)["resource"]["id"] == poison.id
-    assert "failed 3 times while its dependency answered other deliveries" in headers["reason"]
-    assert (await ct.get_payment(poison.id)).transactions[0].state.value == "Initial"  # replayable from the dead letters
+    assert "PspStoredError" in headers["reason"] and "replays the error stored for this key" in headers["reason"]
+    assert (await ct.get_payment(poison.id)).transactions[0].state.value == "Initial"  # nothing was executed
+    assert poison.transactions[0].id not in {e.transaction_id for e in executions(ledger)}
     assert await queue.unfinished() == 0
 
 

@@ -89,6 +89,10 @@ class AdapterRegistry:
         """The payment interfaces served, in lower case."""
         return sorted({interface for interface, _ in self._routes})
 
+    def routes(self) -> list[tuple[str, str | None]]:
+        """Each route's interface and account, in lower case."""
+        return sorted(self._routes, key=lambda route: (route[0], route[1] or ""))
+
     def keys_forgotten_after_s(self) -> dict[str, float]:
         """Per interface whose adapter cannot look a transaction up: how long its PSP keeps idempotency keys."""
         return {

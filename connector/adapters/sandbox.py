@@ -18,8 +18,8 @@ Outcome rules, by the transaction amount's last two digits (``centAmount % 100``
 - 13: an Authorization or Charge is declined (Failure, code ``card_declined``);
 - 42: the PSP answers asynchronously (Pending, code ``pending``); with ``pending_settles_s`` set,
   ``find`` answers Success from that long after (the customer authenticated, the bank confirmed);
-- 55: the PSP fails with a server error and stores it for the key: every call gets it again
-  (``PspUnavailable``), and nothing is executed;
+- 55: the PSP fails with a server error (``PspUnavailable``) and stores it for the key: every later
+  call with the key gets it again (``PspStoredError``, as Stripe marks a replay), and nothing is executed;
 - 77: the PSP executes, but its answer to the first call is lost (``PspUnavailable``, as a timeout
   looks to a client); a retry with the same key gets the first outcome;
 - 88: the PSP works ``slow_ms`` on it instead of ``latency_ms``: with ``timeout_ms`` shorter, the
@@ -39,7 +39,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from connector.adapters.contract import OPERATION_FOR, Capabilities, Operation, OperationRequest, Outcome, masked
-from connector.errors import PermanentError, PspRequestInProgress, PspUnavailable
+from connector.errors import PermanentError, PspRequestInProgress, PspStoredError, PspUnavailable
 from connector.models.payment import TransactionState, TransactionType
 
 DECLINED_ENDING = 13
@@ -182,17 +182,19 @@ class SandboxLedger:
             )
             return Answer(execution=executed, new=True)
 
-    def store_error(self, proposed: Execution, error: str, *, now: float, retention_s: float) -> None:
-        """The PSP fails on this request and remembers that answer for its key (unless the key is known)."""
+    def store_error(self, proposed: Execution, error: str, *, now: float, retention_s: float) -> bool:
+        """The PSP fails on this request and remembers that answer for its key (unless the key is known);
+        True when this request is the one that failed (not a replay)."""
         with _Immediate(self._db):
             self._db.execute(
                 "DELETE FROM idempotency_keys WHERE idempotency_key = ? AND stored_at + ? <= ?",
                 (proposed.idempotency_key, retention_s, now),
             )
-            self._db.execute(
+            inserted = self._db.execute(
                 "INSERT OR IGNORE INTO idempotency_keys VALUES (?,?,?,?,?,?,?)",
                 (proposed.idempotency_key, None, error, proposed.operation.value, proposed.cent_amount, proposed.currency, now),
             )
+            return inserted.rowcount == 1
 
     def latest_for(self, transaction_id: str, operation: Operation, *, now: float, retention_s: float) -> Execution | None:
         """The last execution of ``operation`` for a transaction, by any key (the PSP's search)."""
@@ -418,13 +420,16 @@ class SandboxAdapter:
             target=_target_of(operation, request),
         )
         summary = _request_summary(operation, request)
-        if amount.cent_amount % 100 == STORED_ERROR_ENDING:  # the first call fails; later ones replay it
-            self._ledger.store_error(proposed, "500 api_error", now=now, retention_s=self._retention_s)
+        failed_now = amount.cent_amount % 100 == STORED_ERROR_ENDING and self._ledger.store_error(
+            proposed, "500 api_error", now=now, retention_s=self._retention_s
+        )  # the first call fails; later ones replay it
         answer = self._ledger.submit(proposed, now=now, retention_s=self._retention_s, rules=self._rules)
         if answer.reused:  # as the Stripe adapter does: the key's first request may have moved money
             raise PermanentError("the sandbox refused the idempotency key: it was first used for another operation or amount")
+        if answer.stored_error is not None and failed_now:
+            raise PspUnavailable(f"the sandbox failed on this request ({answer.stored_error})")
         if answer.stored_error is not None:
-            raise PspUnavailable(f"the sandbox replays the error stored for this key ({answer.stored_error})")
+            raise PspStoredError(f"the sandbox replays the error stored for this key ({answer.stored_error})")
         if answer.in_progress:
             raise PspRequestInProgress("the sandbox is still running a request with this idempotency key")
         executed = answer.execution

@@ -26,7 +26,7 @@ import stripe
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from connector.adapters.contract import OPERATION_FOR, Capabilities, Operation, OperationRequest, Outcome, masked
-from connector.errors import PermanentError, PspCredentialsRejected, PspRequestInProgress, PspUnavailable
+from connector.errors import PermanentError, PspCredentialsRejected, PspRequestInProgress, PspStoredError, PspUnavailable
 from connector.models.currency import minor_units
 from connector.models.payment import Money, TransactionState, TransactionType
 
@@ -186,7 +186,7 @@ class StripeAdapter:
             response = {"error": code, "message": text}
             return Outcome(TransactionState.FAILURE, intent_id, code, text, summary, response)
         except (stripe.APIConnectionError, stripe.RateLimitError) as exc:
-            raise PspUnavailable(f"Stripe unreachable: {exc.__class__.__name__}") from None
+            raise PspUnavailable(f"Stripe unreachable: {exc.__class__.__name__}", _retry_after_s(exc)) from None
         except stripe.IdempotencyError:
             # The key was used with other parameters (the payment's token changed between attempts, say):
             # its first request may have moved money, so no Failure is stored; an operator must look.
@@ -198,6 +198,8 @@ class StripeAdapter:
         except stripe.StripeError as exc:
             if exc.http_status == 409:  # idempotency_key_in_use, lock_timeout: the first request still runs
                 raise PspRequestInProgress(f"Stripe is still running a request for this key ({exc.code or 'conflict'})") from None
+            if exc.http_status is not None and exc.http_status >= 500 and _replayed(exc):
+                raise PspStoredError(f"Stripe replays the error stored for this key (HTTP {exc.http_status})") from None
             if exc.http_status is None or exc.http_status >= 500:
                 raise PspUnavailable(f"Stripe answered HTTP {exc.http_status}") from None
             code = exc.code or f"http_{exc.http_status}"
@@ -346,3 +348,19 @@ def create_adapter(settings: Mapping[str, Any]) -> StripeAdapter:
         max_network_retries=0,  # the processor retries, with the same idempotency key
     )
     return StripeAdapter(client, http, parsed.allowed_payment_method_types, parsed.timeout_s)
+
+
+def _replayed(exc: stripe.StripeError) -> bool:
+    """Stripe marks an answer it replays for a key with ``Idempotent-Replayed: true``."""
+    headers = {str(k).casefold(): str(v) for k, v in (exc.headers or {}).items()}
+    return headers.get("idempotent-replayed", "").casefold() == "true"
+
+
+def _retry_after_s(exc: stripe.StripeError) -> float | None:
+    """A Retry-After in seconds, when a rate-limited answer carried one (Stripe usually does not)."""
+    headers = {str(k).casefold(): str(v) for k, v in (exc.headers or {}).items()}
+    try:
+        seconds = float(headers["retry-after"])
+    except (KeyError, ValueError):
+        return None
+    return seconds if 0 <= seconds <= 3600 else None

@@ -5,6 +5,7 @@ transport) cost more CPU than the requests themselves (docs/design.md, 'Decision
 parsed by pydantic straight from the response bytes.
 """
 
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -31,8 +32,10 @@ class CommercetoolsClient:
         http: aiohttp.ClientSession,
         retry: Backoff = COMMERCETOOLS_BACKOFF,
         metrics: Metrics | None = None,
+        on_answer: Callable[[], object] = lambda: None,
     ) -> None:
         self._base = f"{api_url.rstrip('/')}/{project_key}"
+        self._on_answer = on_answer  # commercetools answered (no 5xx, no 429): a pause of it ends
         self._tokens = tokens
         self._http = http
         self._retry = retry
@@ -52,6 +55,7 @@ class CommercetoolsClient:
         max_connections: int = 64,
         retry: Backoff = COMMERCETOOLS_BACKOFF,
         metrics: Metrics | None = None,
+        on_answer: Callable[[], object] = lambda: None,
     ) -> "CommercetoolsClient":
         http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=max_connections),
@@ -60,7 +64,9 @@ class CommercetoolsClient:
             cookie_jar=aiohttp.DummyCookieJar(),  # the API sets no cookies; skip the jar's work
         )
         tokens = TokenSource(http, auth_url=auth_url, client_id=client_id, client_secret=client_secret, scopes=scopes)
-        return cls(api_url=api_url, project_key=project_key, tokens=tokens, http=http, retry=retry, metrics=metrics)
+        return cls(
+            api_url=api_url, project_key=project_key, tokens=tokens, http=http, retry=retry, metrics=metrics, on_answer=on_answer
+        )
 
     async def aclose(self) -> None:
         await self._http.close()
@@ -142,6 +148,8 @@ class CommercetoolsClient:
                 failure = "timed out" if isinstance(exc, TimeoutError) else f"failed: {exc.__class__.__name__}"
                 raise Unreachable(f"{method} {path} {failure}") from None
             self._metrics.labelled(self._metrics.commercetools_requests, method, str(status)).inc()
+            if status < 500 and status != 429:
+                self._on_answer()
             if status == 401:
                 self._tokens.invalidate(token)
                 continue

@@ -10,7 +10,7 @@ The protocol (docs/design.md, 'Processing protocol') in terms of these functions
 """
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Any
@@ -36,6 +36,7 @@ class Work:
     operation: Operation
     idempotency_key: str
     claimed_before: bool = False  # a claim of an earlier attempt exists: ask the PSP before executing
+    first_claimed_at: datetime | None = None  # the earliest claim: from then on the PSP may have had the key
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +78,10 @@ def plan_work(payment: Payment, *, now: datetime, lease: timedelta, abandoned: M
             until = claim.at + max(lease, claim.lease)
             if until > now:
                 held_until = max(held_until or until, until)
-        work.append(Work(transaction, OPERATION_FOR[transaction.type], key, claimed_before=claim is not None))
+        first = claim.first_at if claim is not None else None
+        work.append(
+            Work(transaction, OPERATION_FOR[transaction.type], key, claimed_before=claim is not None, first_claimed_at=first)
+        )
     if held_until is not None:
         return Plan((), held_until)
     return Plan(tuple(work), None)
@@ -89,15 +93,20 @@ class Sweep:
 
     initial: bool  # Initial transactions with no claim, or only stale ones: run the protocol on them
     pending: tuple[Transaction, ...]  # Pending long enough to ask the PSP what became of them
+    claimed_too_often: bool = False  # left for an operator: the protocol kept failing on it
 
     @property
     def needed(self) -> bool:
         return self.initial or bool(self.pending)
 
 
-def sweep_of(payment: Payment, *, now: datetime, lease: timedelta, pending_age: timedelta) -> Sweep:
-    """A fresh claim means a worker is on it: left alone, whatever the reconciler found."""
+def sweep_of(payment: Payment, *, now: datetime, lease: timedelta, pending_age: timedelta, max_claims: int = 5) -> Sweep:
+    """A fresh claim means a worker is on it: left alone, whatever the reconciler found. A transaction
+    claimed ``max_claims`` times and still Initial keeps failing (a permanent refusal each time): driving
+    it again every sweep would add a claim each time, and keep the payment in the window for ever."""
     plan = plan_work(payment, now=now, lease=lease)
+    claims = _claim_counts(payment)
+    too_often = any(claims.get(work.idempotency_key, 0) >= max_claims for work in plan.work)
     pending = tuple(
         t
         for t in payment.transactions
@@ -106,7 +115,16 @@ def sweep_of(payment: Payment, *, now: datetime, lease: timedelta, pending_age: 
         and (since := pending_since(payment, t)) is not None
         and since <= now - pending_age
     )
-    return Sweep(initial=bool(plan.work), pending=pending)
+    return Sweep(initial=bool(plan.work) and not too_often, pending=pending, claimed_too_often=too_often)
+
+
+def _claim_counts(payment: Payment) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for interaction in payment.interface_interactions:
+        fields = interaction.fields
+        if fields.get("type") == "request" and isinstance(key := fields.get("idempotencyKey"), str):
+            counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 def pending_since(payment: Payment, transaction: Transaction) -> datetime | None:
@@ -250,6 +268,7 @@ class _Claim:
     at: datetime
     lease: timedelta  # the claimant's; zero when the claim does not say
     attempt: str | None  # the claiming attempt's id
+    first_at: datetime  # the key's earliest claim
 
 
 def _latest_claims(payment: Payment) -> dict[str, _Claim]:
@@ -264,23 +283,26 @@ def _latest_claims(payment: Payment) -> dict[str, _Claim]:
             at = datetime.fromisoformat(created_at)
         except ValueError:
             continue
-        if key not in claims or at >= claims[key].at:
-            claims[key] = _claim(at, fields.get("request"))
+        earlier = claims.get(key)
+        if earlier is None or at >= earlier.at:
+            claims[key] = _claim(at, fields.get("request"), first_at=min(at, earlier.first_at) if earlier else at)
+        elif at < earlier.first_at:
+            claims[key] = replace(earlier, first_at=at)
     return claims
 
 
-def _claim(at: datetime, request: object) -> _Claim:
+def _claim(at: datetime, request: object, *, first_at: datetime) -> _Claim:
     """A claim from its time and its ``request`` summary (JSON with the claimant's lease and attempt)."""
     try:
         summary = orjson.loads(request) if isinstance(request, str) else None
     except orjson.JSONDecodeError:
         summary = None
     if not isinstance(summary, dict):
-        return _Claim(at, timedelta(0), None)
+        return _Claim(at, timedelta(0), None, first_at)
     lease, attempt = summary.get("leaseS"), summary.get("attempt")
     if not isinstance(lease, int | float) or isinstance(lease, bool) or not 0 < lease <= MAX_LEASE_S:
         lease = 0
-    return _Claim(at, timedelta(seconds=lease), attempt if isinstance(attempt, str) else None)
+    return _Claim(at, timedelta(seconds=lease), attempt if isinstance(attempt, str) else None, first_at)
 
 
 def _interaction(

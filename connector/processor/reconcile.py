@@ -161,7 +161,7 @@ class Processor:
             except PspRequestInProgress:
                 continue  # the PSP is still at it
             except (PspUnavailable, PspCredentialsRejected) as exc:
-                raise PspDown(route.interface, f"{exc.__class__.__name__}: {exc}") from exc
+                raise _down(route, exc) from exc
             if found is None or found.state.rank <= transaction.state.rank:
                 continue
             log.info("transaction.settled_at_psp", transaction_id=transaction.id, state=found.state.value)
@@ -171,7 +171,9 @@ class Processor:
         return Reconciled(payment.id, "settled" if results else "still_pending", tuple(results))
 
     def _check_open(self, route: Route | UnknownAccount) -> None:
-        breaker = self._breakers.get(psp_dependency(route.interface)) if self._breakers else None
+        if isinstance(route, UnknownAccount):
+            return  # no PSP is called for it
+        breaker = self._breakers.get(psp_dependency(route.interface, route.account)) if self._breakers else None
         if breaker is not None and not breaker.admits():
             raise Paused(breaker.name)
 
@@ -241,13 +243,13 @@ class Processor:
             outcome = _unknown_account(route).as_outcome()
         else:
             request = OperationRequest(payment, work.transaction, work.idempotency_key, self._settings.project_key)
-            progress.waiting_on = psp_dependency(route.interface)
+            progress.waiting_on = psp_dependency(route.interface, route.account)
             try:
                 outcome = await self._psp_outcome(payment, work, route, request)
             except PspRequestInProgress:
                 raise  # one key in flight, not an outage
             except (PspUnavailable, PspCredentialsRejected) as exc:
-                raise PspDown(route.interface, f"{exc.__class__.__name__}: {exc}") from exc
+                raise _down(route, exc) from exc
             progress.waiting_on = COMMERCETOOLS
         log.info("transaction.outcome", state=outcome.state.value, code=outcome.code, psp_reference=outcome.psp_reference)
         self._metrics.labelled(self._metrics.transactions, work.transaction.type.value, outcome.state.value).inc()
@@ -257,15 +259,29 @@ class Processor:
         found = await self._find(route, request) if work.claimed_before else None
         if found is not None:
             return found
+        if work.claimed_before and finder_of(route.adapter) is None:
+            self._check_key_remembered(route, work)
         if (refusal := money.refusal_for(payment, work.transaction, capabilities_of(route.adapter))) is not None:
             return refusal.as_outcome()
         outcome = await self._call_psp(route, work.operation, request)
         self._psp_answered(route)
         return outcome
 
+    def _check_key_remembered(self, route: Route, work: Work) -> None:
+        """Without a look-up only the key guards a transaction claimed before, and only while the PSP
+        remembers it: past its retention a call would execute again what an earlier attempt may have."""
+        retention = timedelta(seconds=capabilities_of(route.adapter).key_retention_s)
+        if work.first_claimed_at is not None and self._clock() - work.first_claimed_at > retention:
+            raise PermanentError(
+                f"transaction first claimed {work.first_claimed_at.isoformat(timespec='seconds')}, longer ago than"
+                f" {route.interface} keeps idempotency keys ({retention.total_seconds():g}s), and its adapter cannot"
+                " look it up: check at the PSP what was done, then record it on the transaction"
+            )
+
     def _psp_answered(self, route: Route) -> None:
         """The PSP answered: a pause of its route (connector.breaker) ends."""
-        if self._breakers is not None and (breaker := self._breakers.get(psp_dependency(route.interface))) is not None:
+        breaker = self._breakers.get(psp_dependency(route.interface, route.account)) if self._breakers else None
+        if breaker is not None:
             breaker.succeeded()
 
     async def _find(self, route: Route, request: OperationRequest) -> Outcome | None:
@@ -337,6 +353,11 @@ class Processor:
             applied = decisions.apply_outcome(payment, result.work.transaction.id, result.outcome)
             return applied.model_copy(update={"version": version})
         raise RetryableError(f"outcome write kept conflicting after {self._settings.max_conflicts} attempts")
+
+
+def _down(route: Route, error: PspUnavailable | PspCredentialsRejected) -> PspDown:
+    retry_after_s = error.retry_after_s if isinstance(error, PspUnavailable) else None
+    return PspDown(route.interface, route.account, f"{error.__class__.__name__}: {error}", retry_after_s)
 
 
 def _request_timeout_s(route: Route | UnknownAccount) -> float:
