@@ -175,7 +175,9 @@ class Reconciler:
                     trigger = PaymentTrigger(None, "Reconciler", payment.id, None, None)
                     result = await self._processor.reconcile(trigger)
                     done["driven" if result.outcome == "done" else result.outcome] += 1
-                if sweep.pending:
+                if sweep.pending and not self._processor.can_look_up(payment):
+                    done["no_lookup"] += 1  # left Pending, counted: its adapter cannot ask the PSP
+                elif sweep.pending:
                     fresh = await self._store.get_payment(payment.id)  # the version to write against
                     ids = {t.id for t in sweep.pending}
                     pending = [t for t in fresh.transactions if t.id in ids and t.state is TransactionState.PENDING]

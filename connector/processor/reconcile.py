@@ -170,6 +170,11 @@ class Processor:
             results.append(result)
         return Reconciled(payment.id, "settled" if results else "still_pending", tuple(results))
 
+    def can_look_up(self, payment: Payment) -> bool:
+        """Whether the payment's route has an adapter that can look a transaction up at the PSP."""
+        route = self._registry.find(payment.payment_method_info)
+        return isinstance(route, Route) and finder_of(route.adapter) is not None
+
     def _check_open(self, route: Route | UnknownAccount) -> None:
         if isinstance(route, UnknownAccount):
             return  # no PSP is called for it
