@@ -146,3 +146,24 @@ def test_query_literals_are_escaped() -> None:
     assert where[2] == 'lastModifiedAt >= "2026-11-24T12:00:00.000Z" and lastModifiedAt < "2026-12-01T12:00:00.000Z"'
     assert where[3] == 'id > "id\\"x"'
     assert ("sort", "id asc") in params and ("withTotal", "false") in params and ("limit", "50") in params
+
+
+async def test_a_pending_transaction_whose_adapter_has_no_look_up_is_left_and_counted(
+    ct: CommercetoolsClient, project_key: str, tmp_path: Path
+) -> None:
+    interface = f"nolookup-{os.getpid()}"
+    draft = payment_draft(1000, (), ())
+    draft["paymentMethodInfo"]["paymentInterface"] = interface
+    draft["transactions"] = [{"type": "Charge", "amount": {"currencyCode": "EUR", "centAmount": 1000}, "state": "Pending"}]
+    payment = await ct.create_payment(draft)
+    keyless = SandboxAdapter(SandboxLedger(tmp_path / "l.sqlite"))
+    keyless.find = None  # type: ignore[assignment,method-assign]
+    processor = Processor(
+        ct, AdapterRegistry({(interface, None): keyless}),
+        ProcessorSettings(project_key=project_key, interaction_type_key=INTERACTION_TYPE_KEY),
+    )  # fmt: skip
+    await asyncio.sleep(0.05)  # changed before the window's end
+    settings = ReconcilerSettings(quiet_s=0.0, pending_age_s=0.01)
+    report = await Reconciler(ct, processor, [interface], settings, lease_s=6).sweep()
+    assert (report.examined, report.results) == (1, {"no_lookup": 1})
+    assert (await ct.get_payment(payment.id)).transactions[0].state.value == "Pending"
