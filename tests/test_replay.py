@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 import structlog
 
 from connector.adapters.registry import AdapterRegistry, AdapterRoute
@@ -23,6 +24,7 @@ from tests.stack.payments import as_json, payment_draft, wait_until_settled
 from tests.support import INTERACTION_TYPE_KEY, running_worker, sandbox_route, settings_for, worker_environment
 
 
+@pytest.mark.timeout(600)  # the Pub/Sub emulator may hold a message for the stopped worker's stream for minutes
 async def test_replay_moves_the_chosen_dead_letters_back_and_a_dry_run_moves_nothing(
     queue: EventQueue, ct_url: str, project_key: str, ct: CommercetoolsClient, tmp_path: Path
 ) -> None:
@@ -65,7 +67,7 @@ async def test_replay_moves_the_chosen_dead_letters_back_and_a_dry_run_moves_not
     async with running_worker(restored):
         # The Pub/Sub emulator may first hand the message to the stream of the worker stopped above, and
         # redeliver it only after that stream's lease: minutes at worst (see the reliability suite).
-        [settled] = await wait_until_settled(ct, [payment.id], timeout_s=180)
+        [settled] = await wait_until_settled(ct, [payment.id], timeout_s=420)
     assert settled.transactions[0].state.value == "Success"
     assert [e.calls for e in executions(ledger)] == [1]
 
