@@ -85,10 +85,6 @@ class AdapterRegistry:
             return None
         return UnknownAccount(method.payment_interface, method.interface_account or "(none)")
 
-    def interfaces(self) -> list[str]:
-        """The payment interfaces served, in lower case."""
-        return sorted({interface for interface, _ in self._routes})
-
     def routes(self) -> list[tuple[str, str | None]]:
         """Each route's interface and account, in lower case."""
         return sorted(self._routes, key=lambda route: (route[0], route[1] or ""))
