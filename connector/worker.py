@@ -1,8 +1,10 @@
 """The worker loop: source -> dispatcher -> processor, and the acknowledgement after the effect.
 
-Read top to bottom: ``run`` pulls deliveries until told to stop, ``_route`` sorts each one (bad,
-ignored, or a payment to reconcile), ``_handle`` reconciles with bounded retries, and only then acks
-or dead-letters. Shutdown is three steps: stop fetching, let in-flight work finish within a bound,
+Read top to bottom: ``run`` pulls deliveries until told to stop (none while commercetools is paused),
+``_route`` sorts each one (bad, ignored, or a payment to reconcile), ``_handle`` reconciles, waiting
+out an outage at its dependency's breaker (``_pause``) and retrying other transient faults within
+bounds, and only then acks or dead-letters; ``_settle`` retries a failed source operation until it
+works. Shutdown is three steps: stop fetching, let in-flight work finish within a bound,
 cancel the rest (it comes again, unacknowledged) and commit what is done.
 """
 
@@ -87,7 +89,9 @@ class Worker:
         """Every delivery needs commercetools: while it is paused, no new one is taken, unless no delivery
         is left to probe it (the next one does). False: stopping."""
         breaker = self._breakers[COMMERCETOOLS]
+        waited = False
         while breaker.is_open and breaker.attended and not stop.is_set():
+            waited = True
             closed = asyncio.ensure_future(breaker.closed_or_unattended())
             stopping = asyncio.ensure_future(stop.wait())
             try:
@@ -95,7 +99,7 @@ class Worker:
             finally:
                 closed.cancel()
                 stopping.cancel()
-        return not stop.is_set()
+        return not (waited and stop.is_set())  # a delivery in hand with no pause is routed, as before a stop
 
     async def _route(self, delivery: Delivery, dispatcher: KeyedDispatcher) -> None:
         try:
