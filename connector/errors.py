@@ -118,5 +118,10 @@ class ClaimHeld(RetryableError):
         self.retry_after_s = retry_after_s
 
 
+class NotMatched(RetryableError):
+    """A PSP notice names a transaction the payment does not show (yet): tried again later, then
+    dead-lettered (replayable) if it never appears."""
+
+
 class ConfigurationError(ConnectorError):
     """Settings or plugins that cannot work; raised at start-up only."""

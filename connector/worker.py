@@ -22,6 +22,7 @@ from connector.errors import BadDelivery, ForeignProject
 from connector.failure_policy import DeadLetter, Pause
 from connector.metrics import Metrics
 from connector.models.delivery import DEFAULT_MAX_BYTES, Ignored, PaymentTrigger, parse_delivery
+from connector.models.notice import NoticeTrigger
 from connector.processor.reconcile import Processor, Progress
 from connector.retrying import Backoff
 from connector.sources.contract import Delivery, Source
@@ -114,9 +115,12 @@ class Worker:
             await dispatcher.submit(delivery.position, lambda: self._settle(delivery, "ack", delivery.ack))
             self._count("other", "ignored")  # not our message types: a bounded label
             return
-        await dispatcher.submit(parsed.payment_id, lambda: self._handle(delivery, parsed))
+        # A notice goes the same way as a delivery: ordered with its payment's other work, paused,
+        # retried and dead-lettered by the same rules (docs/design.md, 'PSP notifications').
+        key = parsed.key if isinstance(parsed, NoticeTrigger) else parsed.payment_id
+        await dispatcher.submit(key, lambda: self._handle(delivery, parsed))
 
-    async def _handle(self, delivery: Delivery, trigger: PaymentTrigger) -> None:
+    async def _handle(self, delivery: Delivery, trigger: PaymentTrigger | NoticeTrigger) -> None:
         structlog.contextvars.bind_contextvars(
             message_id=trigger.message_id, payment_id=trigger.payment_id, position=delivery.position
         )
@@ -126,7 +130,10 @@ class Worker:
             progress = Progress()
             try:
                 async with asyncio.timeout(self._limits.delivery_timeout_s):
-                    result = await self._processor.reconcile(trigger, progress)
+                    if isinstance(trigger, NoticeTrigger):
+                        result = await self._processor.apply_notice(trigger, progress)
+                    else:
+                        result = await self._processor.reconcile(trigger, progress)
             except Exception as exc:  # every failure is judged below; none may stop the worker
                 decision = failure_policy.decide(exc, attempt, self._limits.retry, self._jitter(), waiting_on=progress.waiting_on)
                 if isinstance(decision, Pause):  # not an attempt of its own: an outage counts for nothing
@@ -158,7 +165,9 @@ class Worker:
             self._count(trigger.message_type, result.outcome)
             return
 
-    async def _pause(self, delivery: Delivery, trigger: PaymentTrigger, decision: Pause, pauses: "_Pauses") -> bool:
+    async def _pause(
+        self, delivery: Delivery, trigger: PaymentTrigger | NoticeTrigger, decision: Pause, pauses: "_Pauses"
+    ) -> bool:
         """Waits at the dependency's breaker, to retry as its probe or once it closes; False: dead-lettered
         instead, because the delivery keeps failing while the dependency answers others."""
         breaker = self._breakers[decision.dependency]

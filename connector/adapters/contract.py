@@ -18,6 +18,10 @@ Duties of an adapter:
 - Optionally, implement ``find`` (``FindsExecutions``): what the PSP already did for a transaction.
   The processor asks it before it executes a transaction that was claimed before, so that a takeover
   after a crash, or after the PSP forgot the idempotency key, never executes twice.
+- Optionally, receive the PSP's notifications (``ReceivesNotifications``): verify and parse a webhook
+  request into a ``Notice``, look its object up fresh at the PSP, and say what that object's current
+  state means for the payment's transactions (``Finding``). The core queues, orders, deduplicates and
+  writes; the adapter only speaks for its PSP (docs/adapters.md, 'Notifications').
 """
 
 from collections.abc import Mapping
@@ -25,7 +29,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
-from connector.models.payment import Payment, Transaction, TransactionState, TransactionType
+from connector.models.notice import Notice
+from connector.models.payment import Money, Payment, Transaction, TransactionState, TransactionType
 
 
 class Operation(StrEnum):
@@ -112,6 +117,63 @@ class FindsExecutions(Protocol):
     async def find(self, request: OperationRequest) -> Outcome | None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class PspState:
+    """A notice's PSP object, looked up fresh: which commercetools payment it belongs to, and the object
+    as the PSP shows it now (opaque to the core: only the adapter's ``findings`` reads it)."""
+
+    payment_id: str
+    project_key: str | None  # the project that made it, when the PSP object says
+    object: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """What the PSP's current state says of one transaction of the payment.
+
+    ``transaction_id`` names an existing transaction; None means the PSP made one of its own (a dispute,
+    an authorization it cancelled), which is added once, with ``amount``, matched later by ``psp_reference``.
+    The core moves states forward only; ``reverses_success`` allows the one move back, Success to
+    Failure, for what the PSP undid later (a refund that failed after it succeeded). ``record``: no
+    state changes, but an event worth an interaction of its own, recorded once (funds reinstated).
+    """
+
+    type: TransactionType
+    state: TransactionState
+    psp_reference: str
+    transaction_id: str | None = None
+    amount: Money | None = None
+    code: str = ""
+    text: str = ""
+    reverses_success: bool = False
+    record: str | None = None
+
+
+class BadNotification(ValueError):
+    """A notification request that is not a genuine, readable one of this PSP account; the text names
+    what is wrong (a missing or wrong signature, a stale timestamp, a body that is not JSON) and
+    never repeats the body."""
+
+
+class ReceivesNotifications(Protocol):
+    """The optional notification contract (docs/adapters.md, 'Notifications')."""
+
+    def parse_notification(self, body: bytes, headers: Mapping[str, str]) -> Notice | None:
+        """Verifies the request's signature on the raw ``body`` and parses it; None for an event type
+        the adapter does not act on (acknowledged and dropped). Raises ``BadNotification``. No I/O:
+        the receiver calls it on every request."""
+        ...
+
+    async def look_up(self, notice: Notice) -> PspState | None:
+        """The notice's object as the PSP shows it now; None when no commercetools payment of this
+        connector made it. Raises ``PspUnavailable`` for faults worth retrying."""
+        ...
+
+    def findings(self, state: PspState, payment: Payment) -> tuple[Finding, ...]:
+        """What ``state`` says of ``payment``'s transactions, from data alone (recomputed after a 409)."""
+        ...
+
+
 def capabilities_of(adapter: PaymentAdapter) -> Capabilities:
     declared = getattr(adapter, "capabilities", DEFAULT_CAPABILITIES)
     return declared if isinstance(declared, Capabilities) else DEFAULT_CAPABILITIES
@@ -119,6 +181,10 @@ def capabilities_of(adapter: PaymentAdapter) -> Capabilities:
 
 def finder_of(adapter: PaymentAdapter) -> FindsExecutions | None:
     return adapter if callable(getattr(adapter, "find", None)) else None  # type: ignore[return-value]
+
+
+def notifier_of(adapter: PaymentAdapter) -> ReceivesNotifications | None:
+    return adapter if callable(getattr(adapter, "parse_notification", None)) else None  # type: ignore[return-value]
 
 
 class AdapterFactory(Protocol):

@@ -85,6 +85,11 @@ class AdapterRegistry:
             return None
         return UnknownAccount(method.payment_interface, method.interface_account or "(none)")
 
+    def route(self, interface: str, account: str | None) -> Route | None:
+        """The route of exactly this interface and account (None: the interface's default), if configured."""
+        adapter = self._routes.get((interface.casefold(), _fold(account)))
+        return Route(interface, account, adapter) if adapter is not None else None
+
     def routes(self) -> list[tuple[str, str | None]]:
         """Each route's interface and account, in lower case."""
         return sorted(self._routes, key=lambda route: (route[0], route[1] or ""))

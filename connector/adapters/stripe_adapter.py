@@ -25,10 +25,21 @@ from typing import Any, Literal
 import stripe
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from connector.adapters.contract import OPERATION_FOR, Capabilities, Operation, OperationRequest, Outcome, masked
+from connector.adapters import stripe_notifications
+from connector.adapters.contract import (
+    OPERATION_FOR,
+    Capabilities,
+    Finding,
+    Operation,
+    OperationRequest,
+    Outcome,
+    PspState,
+    masked,
+)
+from connector.adapters.stripe_amounts import stripe_amount
 from connector.errors import PermanentError, PspCredentialsRejected, PspRequestInProgress, PspStoredError, PspUnavailable
-from connector.models.currency import minor_units
-from connector.models.payment import Money, TransactionState, TransactionType
+from connector.models.notice import Notice
+from connector.models.payment import Payment, TransactionState, TransactionType
 
 PI_STATES = {
     "requires_capture": TransactionState.SUCCESS,  # authorized
@@ -55,6 +66,18 @@ class StripeSettings(BaseModel):
     timeout_s: float = Field(default=30.0, gt=0)
     # Since API version 2026-09-30 Stripe refuses `payment_method_types` on PaymentIntents; the allowed list replaces it.
     allowed_payment_method_types: list[str] = ["card"]
+    # Notifications: the endpoint's signing secrets (whsec_), the new one first during a rotation.
+    webhook_secrets: list[SecretStr] = Field(
+        default=[], max_length=4, description="signing secrets of this account's webhook endpoint"
+    )
+    webhook_tolerance_s: int = Field(default=stripe_notifications.DEFAULT_TOLERANCE_S, ge=1, le=3600)
+
+    @field_validator("webhook_secrets")
+    @classmethod
+    def _are_webhook_secrets(cls, secrets: list[SecretStr]) -> list[SecretStr]:
+        if any(not secret.get_secret_value().startswith("whsec_") for secret in secrets):
+            raise ValueError("must be Stripe webhook signing secrets (whsec_...)")
+        return secrets
 
     @field_validator("secret_key")
     @classmethod
@@ -64,37 +87,25 @@ class StripeSettings(BaseModel):
         return key
 
 
-# Stripe's amounts where they differ from ISO 4217 minor units (Stripe's currency docs, 'Special cases').
-STRIPE_DECIMALS = {
-    "ISK": 2,  # ISO: no decimals; Stripe: two, in whole krónur (multiples of 100)
-    "MGA": 0,  # ISO: two decimals; Stripe: a zero-decimal currency
-}
-WHOLE_TENS = frozenset({"BHD", "JOD", "KWD", "OMR", "TND"})  # three decimals, the last one 0
 LIVE_INTENT = frozenset({"succeeded", "requires_capture", "processing", "requires_action"})
-
-
-def stripe_amount(money: Money) -> int | str:
-    """The amount Stripe expects for ``money``, or why Stripe would refuse it (a readable text)."""
-    code = money.currency_code.upper()
-    if code in WHOLE_TENS and money.cent_amount % 10:
-        return f"Stripe takes {code} amounts in whole tens of the minor unit (the last of three decimals 0), not {money}"
-    shift = STRIPE_DECIMALS.get(code, minor_units(code)) - minor_units(code)
-    factor: int = 10 ** abs(shift)
-    if shift >= 0:
-        return money.cent_amount * factor
-    whole, rest = divmod(money.cent_amount, factor)
-    if rest:
-        return f"Stripe takes {code} in whole units only, and {money} has a fraction"
-    return whole
 
 
 class StripeAdapter:
     def __init__(
-        self, client: stripe.StripeClient, http: stripe.AIOHTTPClient, payment_method_types: list[str], timeout_s: float
+        self,
+        client: stripe.StripeClient,
+        http: stripe.AIOHTTPClient,
+        payment_method_types: list[str],
+        timeout_s: float,
+        webhook_secrets: list[SecretStr] | None = None,
+        webhook_tolerance_s: int = stripe_notifications.DEFAULT_TOLERANCE_S,
     ) -> None:
+        self._client = client
         self._stripe = client.v1
         self._http = http
         self._payment_method_types = payment_method_types
+        self._webhook_secrets = list(webhook_secrets or ())
+        self._webhook_tolerance_s = webhook_tolerance_s
         # A PaymentIntent is captured once: Stripe releases what a partial capture leaves.
         self.capabilities = Capabilities(multiple_captures=False, request_timeout_s=timeout_s)
 
@@ -144,6 +155,17 @@ class StripeAdapter:
 
     async def aclose(self) -> None:
         await self._http.close_async()  # type: ignore[no-untyped-call]
+
+    # Notifications (connector.adapters.stripe_notifications)
+
+    def parse_notification(self, body: bytes, headers: Mapping[str, str]) -> Notice | None:
+        return stripe_notifications.parse(body, headers, self._webhook_secrets, self._webhook_tolerance_s)
+
+    async def look_up(self, notice: Notice) -> PspState | None:
+        return await stripe_notifications.look_up(self._client, notice)
+
+    def findings(self, state: PspState, payment: Payment) -> tuple[Finding, ...]:
+        return stripe_notifications.findings(state, payment)
 
     async def _create_intent(
         self, request: OperationRequest, operation: Operation, *, capture_method: Literal["automatic", "manual"]
@@ -347,7 +369,9 @@ def create_adapter(settings: Mapping[str, Any]) -> StripeAdapter:
         http_client=http,
         max_network_retries=0,  # the processor retries, with the same idempotency key
     )
-    return StripeAdapter(client, http, parsed.allowed_payment_method_types, parsed.timeout_s)
+    return StripeAdapter(
+        client, http, parsed.allowed_payment_method_types, parsed.timeout_s, parsed.webhook_secrets, parsed.webhook_tolerance_s
+    )
 
 
 def _replayed(exc: stripe.StripeError) -> bool:

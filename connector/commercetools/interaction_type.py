@@ -4,7 +4,8 @@ from typing import Any
 
 from connector.errors import ConfigurationError
 
-STRING_FIELDS = ("type", "transactionId", "operation", "idempotencyKey", "interactionId", "request", "response")
+# eventId: the PSP event a notification interaction applied (duplicates are told by it).
+STRING_FIELDS = ("type", "transactionId", "operation", "idempotencyKey", "interactionId", "eventId", "request", "response")
 
 
 def interaction_type_draft(key: str) -> dict[str, Any]:
@@ -14,7 +15,9 @@ def interaction_type_draft(key: str) -> dict[str, Any]:
     return {
         "key": key,
         "name": {"en": "Payment connector interaction"},
-        "description": {"en": "Requests sent to and responses received from a PSP by the payment connector."},
+        "description": {
+            "en": "Requests sent to, responses received from, and notifications applied of a PSP by the payment connector."
+        },
         "resourceTypeIds": ["payment-interface-interaction"],
         "fieldDefinitions": fields,
     }

@@ -1,7 +1,8 @@
 """Subscription deliveries: what commercetools puts on the queue, in both of its formats.
 
 ``parse_delivery`` turns the bytes of one delivery into a ``PaymentTrigger`` (reconcile this payment),
-an ``Ignored`` (a message that is not ours to handle, acknowledged and skipped), or raises
+a ``NoticeTrigger`` (apply a PSP notification the receiver queued: connector.models.notice), an
+``Ignored`` (a message that is not ours to handle, acknowledged and skipped), or raises
 ``BadDelivery`` naming what is wrong (dead-lettered). It is pure: no I/O, no clock.
 """
 
@@ -13,6 +14,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from connector.errors import BadDelivery, ForeignProject
+from connector.models.notice import NOTICE_NOTIFICATION_TYPE, Notice, NoticeTrigger
 from connector.models.payment import Payment
 
 M = TypeVar("M", bound=BaseModel)
@@ -22,6 +24,8 @@ HANDLED_MESSAGE_TYPES = frozenset({"PaymentCreated", "PaymentTransactionAdded"})
 
 # Resource ids go into request paths: accept only what commercetools ids look like.
 ResourceId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,256}$")]
+# PSP ids (evt_..., pi_...) go into PSP request paths: the same caution.
+PspId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,256}$")]
 
 
 class _Envelope(BaseModel):
@@ -64,6 +68,19 @@ class CloudEvent(_Envelope):
     data: dict[str, Any]
 
 
+class QueuedNotice(_Envelope):
+    """A PSP notification as the receiver queues it (``connector.models.notice.notice_message``)."""
+
+    notification_type: str = Field(alias="notificationType")
+    interface: str = Field(min_length=1, max_length=100)
+    account: str | None = Field(default=None, min_length=1, max_length=100)
+    event_id: PspId = Field(alias="eventId")
+    event_type: str = Field(alias="eventType", min_length=1, max_length=100)
+    object_id: PspId = Field(alias="objectId")
+    created: int = Field(ge=0)
+    payment_id: ResourceId | None = Field(default=None, alias="paymentId")
+
+
 @dataclass(frozen=True, slots=True)
 class PaymentTrigger:
     """Reconcile this payment. ``payment`` is the copy embedded in the message, if it came whole."""
@@ -83,7 +100,9 @@ class Ignored:
     reason: str
 
 
-def parse_delivery(body: bytes, max_bytes: int = DEFAULT_MAX_BYTES, project_key: str | None = None) -> PaymentTrigger | Ignored:
+def parse_delivery(
+    body: bytes, max_bytes: int = DEFAULT_MAX_BYTES, project_key: str | None = None
+) -> PaymentTrigger | NoticeTrigger | Ignored:
     """``project_key``: the project this worker serves; a message of another is refused (ForeignProject)."""
     if len(body) > max_bytes:
         raise BadDelivery(f"delivery is {len(body)} bytes, above the limit of {max_bytes}")
@@ -93,6 +112,10 @@ def parse_delivery(body: bytes, max_bytes: int = DEFAULT_MAX_BYTES, project_key:
         raise BadDelivery(_why_not_json(body)) from None
     if not isinstance(document, dict):
         raise BadDelivery(f"delivery is JSON {type(document).__name__}, expected an object")
+    if document.get("notificationType") == NOTICE_NOTIFICATION_TYPE:
+        queued = _validate(QueuedNotice, document, "PSP notification")
+        notice = Notice(queued.event_id, queued.event_type, queued.object_id, queued.created, queued.payment_id)
+        return NoticeTrigger(queued.interface, queued.account, notice)
     if "specversion" in document:
         event = _validate(CloudEvent, document, "CloudEvent")
         return _from_platform(_validate(PlatformMessage, event.data, "CloudEvent data"), event.id, project_key)

@@ -64,7 +64,7 @@ def idempotency_key(transaction_id: str, transaction_type: TransactionType) -> s
 def plan_work(payment: Payment, *, now: datetime, lease: timedelta, abandoned: Mapping[str, str] = NO_CLAIMS) -> Plan:
     """``abandoned``: keys this worker claimed in an attempt that has ended (with that attempt's id), with
     no call of its own still running; it may take such a key back at once while its claim is the latest."""
-    claims = _latest_claims(payment)
+    claims = latest_claims(payment)
     work: list[Work] = []
     held_until: datetime | None = None
     for transaction in payment.transactions:
@@ -236,7 +236,7 @@ def outcome_actions(
         )  # fmt: skip
     if last is not None and not essential_only:
         actions.append({"action": "setStatusInterfaceCode", "interfaceCode": payment_status_code(payment, settled)})
-        actions.append({"action": "setStatusInterfaceText", "interfaceText": _clip(f"{last.code}: {last.text}")})
+        actions.append({"action": "setStatusInterfaceText", "interfaceText": clip(f"{last.code}: {last.text}")})
     return actions
 
 
@@ -271,7 +271,7 @@ class _Claim:
     first_at: datetime  # the key's earliest claim
 
 
-def _latest_claims(payment: Payment) -> dict[str, _Claim]:
+def latest_claims(payment: Payment) -> dict[str, _Claim]:
     """The latest claim of each idempotency key, from the payment's request interactions."""
     claims: dict[str, _Claim] = {}
     for interaction in payment.interface_interactions:
@@ -320,19 +320,19 @@ def _interaction(
         "transactionId": work.transaction.id,
         "idempotencyKey": work.idempotency_key,
         "createdAt": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        "request": _clip(_json(request)),
+        "request": clip(summary_json(request)),
     }
     fields["operation"] = work.operation.value
     if response is not None:
-        fields["response"] = _clip(_json(response))
+        fields["response"] = clip(summary_json(response))
     if interaction_id:
         fields["interactionId"] = interaction_id
     return {"action": "addInterfaceInteraction", "type": {"typeId": "type", "key": type_key}, "fields": fields}
 
 
-def _json(summary: dict[str, Any]) -> str:
+def summary_json(summary: dict[str, Any]) -> str:
     return orjson.dumps(summary, option=orjson.OPT_SORT_KEYS).decode()
 
 
-def _clip(text: str) -> str:
+def clip(text: str) -> str:
     return text if len(text) <= MAX_INTERACTION_TEXT else text[: MAX_INTERACTION_TEXT - 1] + "…"

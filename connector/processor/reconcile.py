@@ -14,13 +14,22 @@ from typing import Any, Protocol
 
 import structlog
 
-from connector.adapters.contract import OPERATION_FOR, Operation, OperationRequest, Outcome, capabilities_of, finder_of
+from connector.adapters.contract import (
+    OPERATION_FOR,
+    Operation,
+    OperationRequest,
+    Outcome,
+    capabilities_of,
+    finder_of,
+    notifier_of,
+)
 from connector.adapters.registry import AdapterRegistry, Route, UnknownAccount
 from connector.breaker import COMMERCETOOLS, Breakers, psp_dependency
 from connector.errors import (
     ClaimHeld,
     ConcurrentModification,
     NotFound,
+    NotMatched,
     Paused,
     PermanentError,
     PspCredentialsRejected,
@@ -32,8 +41,9 @@ from connector.errors import (
 )
 from connector.metrics import Metrics
 from connector.models.delivery import PaymentTrigger
+from connector.models.notice import NoticeTrigger
 from connector.models.payment import Payment, Transaction
-from connector.processor import decisions, money
+from connector.processor import decisions, money, notice_decisions
 from connector.processor.decisions import Plan, Result, Work, idempotency_key
 from connector.processor.money import Refusal
 from connector.retrying import Backoff, retry
@@ -70,7 +80,8 @@ class Reconciled:
 
     payment_id: str
     outcome: (
-        str  # "done", "nothing_to_do", "not_ours", "payment_not_found"; settle_pending: "settled", "still_pending", "no_lookup"
+        str  # "done", "nothing_to_do", "not_ours", "payment_not_found"; settle_pending: "settled", "still_pending",
+        # "no_lookup"; apply_notice: "notice_applied", "nothing_to_do", "not_ours"
     )
     results: tuple[Result, ...] = ()
 
@@ -169,6 +180,63 @@ class Processor:
             payment = await self._store_outcome(payment, result)
             results.append(result)
         return Reconciled(payment.id, "settled" if results else "still_pending", tuple(results))
+
+    async def apply_notice(self, trigger: NoticeTrigger, progress: Progress | None = None) -> Reconciled:
+        """Applies a PSP notice (docs/design.md, 'PSP notifications'): its object is looked up fresh
+        through the route's adapter, since events come late, out of order and more than once, and what
+        that state says is written version-checked, forward only, once per event
+        (``notice_decisions.plan_notice``). Nothing is executed at the PSP, so nothing is claimed."""
+        progress = progress or Progress()
+        notice = trigger.notice
+        route = self._registry.route(trigger.interface, trigger.account)
+        notifier = notifier_of(route.adapter) if route is not None else None
+        if route is None or notifier is None:
+            where = f"{trigger.interface}/{trigger.account or '(default)'}"
+            raise PermanentError(f"no adapter route {where} that takes notifications is configured in this worker")
+        structlog.contextvars.bind_contextvars(interface=route.interface, event_id=notice.event_id, event_type=notice.event_type)
+        self._check_open(route)
+        progress.waiting_on = psp_dependency(route.interface, route.account)
+        retried = self._metrics.labelled(self._metrics.retries, "psp").inc
+        try:
+            state = await retry(
+                lambda: notifier.look_up(notice), on=PspUnavailable, backoff=self._settings.psp_backoff, on_retry=retried
+            )
+        except PspRequestInProgress:
+            raise
+        except (PspUnavailable, PspCredentialsRejected) as exc:
+            raise _down(route, exc) from exc
+        self._psp_answered(route)
+        progress.waiting_on = COMMERCETOOLS
+        if state is None or (state.project_key is not None and state.project_key != self._settings.project_key):
+            log.info("notice.not_ours", object_id=notice.object_id)
+            return Reconciled(notice.payment_id or notice.object_id, "not_ours")
+        try:
+            payment = await self._store.get_payment(state.payment_id)
+        except NotFound:
+            raise NotMatched(f"payment {state.payment_id}, named by {notice.object_id}, is not found") from None
+        for _ in range(self._settings.max_conflicts):
+            now = self._clock()
+            plan = notice_decisions.plan_notice(
+                payment, notice, route.interface, notifier.findings(state, payment),
+                type_key=self._settings.interaction_type_key, now=now, lease=self._lease,
+            )  # fmt: skip
+            if plan.held_until is not None:
+                wait_s = (plan.held_until - now).total_seconds()
+                raise ClaimHeld(f"the notice's transaction is claimed by a worker for {wait_s:.1f}s more", wait_s)
+            if plan.unmatched is not None:
+                raise NotMatched(plan.unmatched)
+            if not plan.actions:
+                return Reconciled(payment.id, "nothing_to_do")
+            try:
+                await self._store.update_payment(payment.id, payment.version, plan.actions)
+            except ConcurrentModification:
+                log.info("notice.conflict", version=payment.version)
+                self._metrics.labelled(self._metrics.conflicts, "notice").inc()
+                payment = await self._store.get_payment(payment.id)
+                continue
+            log.info("notice.applied", payment_id=payment.id, actions=len(plan.actions))
+            return Reconciled(payment.id, "notice_applied")
+        raise RetryableError(f"notice write kept conflicting after {self._settings.max_conflicts} attempts")
 
     def can_look_up(self, payment: Payment) -> bool:
         """Whether the payment's route has an adapter that can look a transaction up at the PSP."""
