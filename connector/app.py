@@ -6,23 +6,26 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+import structlog
+
 from connector.adapters.registry import AdapterRegistry
 from connector.breaker import COMMERCETOOLS, Breaker, Breakers, PauseWaits, psp_dependency
 from connector.commercetools.client import CommercetoolsClient
 from connector.commercetools.interaction_type import interaction_type_draft
-from connector.config import CommercetoolsSettings, Settings, claim_lease_s
+from connector.config import CommercetoolsSettings, KafkaSettings, PubSubSettings, ReceiverConfig, Settings, claim_lease_s
 from connector.errors import ConfigurationError
 from connector.metrics import Metrics
 from connector.ops_http import OpsServer
 from connector.processor.reconcile import Processor, ProcessorSettings
+from connector.receiver import Receiver, ReceiverLimits, ReceiverServer
 from connector.reconciler import Reconciler, ReconcilerSettings, SweepReport
 from connector.replay import ReplayFilter, ReplayReport, replay
 from connector.sources.contract import Source
-from connector.sources.kafka import KafkaConfig, KafkaDeadLetters, KafkaSource
+from connector.sources.kafka import KafkaConfig, KafkaDeadLetters, KafkaPublisher, KafkaSource
 from connector.worker import DELIVERY_BACKOFF, Worker, WorkerLimits
 
 if TYPE_CHECKING:
-    from connector.sources.pubsub import PubSubConfig
+    from connector.sources.pubsub import PubSubConfig, PubSubPublisher
 
 # The garbage collector's young-generation threshold, raised from Python's 700. Each delivery keeps
 # a few dozen objects alive while it waits on the network (its task, frames, buffered records), so
@@ -53,8 +56,8 @@ def build_source(settings: Settings) -> Source:
         # Imported here: google-cloud-pubsub and gRPC cost a Kafka worker a second of start-up CPU.
         from connector.sources.pubsub import PubSubSource
 
-        return PubSubSource(_pubsub_config(settings))
-    return KafkaSource(_kafka_config(settings))
+        return PubSubSource(_pubsub_config(settings.pubsub))
+    return KafkaSource(_kafka_config(settings.kafka))
 
 
 async def replay_dead_letters(settings: Settings, chosen: ReplayFilter, *, dry_run: bool) -> ReplayReport:
@@ -69,18 +72,17 @@ async def replay_dead_letters(settings: Settings, chosen: ReplayFilter, *, dry_r
                 raise ConfigurationError(
                     "invalid settings:\n  PUBSUB_DEAD_LETTER_SUBSCRIPTION: connector replay reads the dead letters through it"
                 )
-            async with PubSubDeadLetters(_pubsub_config(settings), settings.pubsub.dead_letter_subscription) as letters:
+            async with PubSubDeadLetters(_pubsub_config(settings.pubsub), settings.pubsub.dead_letter_subscription) as letters:
                 return await replay(letters, chosen, dry_run=dry_run, keys_forgotten_after_s=forgotten_after)
-        async with KafkaDeadLetters(_kafka_config(settings)) as kafka_letters:
+        async with KafkaDeadLetters(_kafka_config(settings.kafka)) as kafka_letters:
             return await replay(kafka_letters, chosen, dry_run=dry_run, keys_forgotten_after_s=forgotten_after)
     finally:
         await registry.aclose()
 
 
-def _pubsub_config(settings: Settings) -> "PubSubConfig":
+def _pubsub_config(pubsub: PubSubSettings | None) -> "PubSubConfig":
     from connector.sources.pubsub import PubSubConfig
 
-    pubsub = settings.pubsub
     assert pubsub is not None
     return PubSubConfig(
         project_id=pubsub.project_id,
@@ -92,9 +94,8 @@ def _pubsub_config(settings: Settings) -> "PubSubConfig":
     )
 
 
-def _kafka_config(settings: Settings) -> KafkaConfig:
-    kafka = settings.kafka
-    assert kafka is not None  # Settings holds exactly one source
+def _kafka_config(kafka: KafkaSettings | None) -> KafkaConfig:
+    assert kafka is not None  # settings hold exactly one source
     return KafkaConfig(
         bootstrap_servers=kafka.bootstrap_servers,
         topic=kafka.topic,
@@ -217,3 +218,33 @@ async def reconcile_once(settings: Settings) -> SweepReport:
 
 def _answering(breaker: Breaker) -> Callable[[], bool]:
     return lambda: not breaker.is_open
+
+
+async def run_receiver(config: ReceiverConfig, stop: asyncio.Event) -> None:
+    """``connector receive``: the notification receiver until ``stop``. Its public listener opens once
+    the queue is connected; the operations endpoint (CONNECTOR_HTTP_PORT) answers from the start."""
+    registry = AdapterRegistry.load(config.worker.adapters)
+    metrics = Metrics()
+    queue = _notice_queue(config)
+    connected = asyncio.Event()
+    readiness = {"queue_connected": connected.is_set}
+    try:
+        async with OpsServer(config.worker.http_host, config.worker.http_port, metrics.registry, readiness):
+            await queue.start()
+            connected.set()
+            limits = ReceiverLimits(config.receiver.max_body_bytes, config.receiver.request_timeout_s)
+            receiver = Receiver(registry, queue, limits, metrics)
+            async with ReceiverServer(receiver, config.receiver.http_host, config.receiver.http_port):
+                structlog.get_logger("connector.receiver").info("receiver.started", routes=receiver.paths())
+                await stop.wait()
+    finally:
+        await queue.close()
+        await registry.aclose()
+
+
+def _notice_queue(config: ReceiverConfig) -> "KafkaPublisher | PubSubPublisher":
+    if config.pubsub is not None:
+        from connector.sources.pubsub import PubSubPublisher
+
+        return PubSubPublisher(_pubsub_config(config.pubsub), config.receiver.pubsub_topic or None)
+    return KafkaPublisher(_kafka_config(config.kafka))

@@ -1,4 +1,5 @@
-"""Command line: ``connector run`` (the worker), ``reconcile``, ``replay``, ``setup`` and ``healthcheck``."""
+"""Command line: ``connector run`` (the worker), ``receive`` (the notification receiver), ``reconcile``, ``replay``,
+``setup`` and ``healthcheck``."""
 
 import asyncio
 import contextlib
@@ -12,7 +13,13 @@ import structlog
 import typer
 
 from connector.commercetools.auth import AuthenticationFailed
-from connector.config import CommercetoolsSettings, SubscriptionSettings, load_settings, load_setup_settings
+from connector.config import (
+    CommercetoolsSettings,
+    SubscriptionSettings,
+    load_receiver_settings,
+    load_settings,
+    load_setup_settings,
+)
 from connector.errors import ConfigurationError
 from connector.logs import configure_logging
 
@@ -34,6 +41,17 @@ def run() -> None:
         except AuthenticationFailed as exc:
             structlog.get_logger("connector").error("worker.cannot_authenticate", error=str(exc))
             raise typer.Exit(1) from None
+
+
+@app.command()
+def receive() -> None:
+    """Run the notification receiver (PSP webhooks in, queued for the workers) until SIGTERM or SIGINT."""
+    with _bad_settings_exit():
+        config = load_receiver_settings()
+        configure_logging(config.worker.log_format, config.worker.log_level)
+        from connector.app import run_receiver
+
+        asyncio.run(_until_signalled(lambda stop: run_receiver(config, stop)))
 
 
 @app.command()

@@ -88,6 +88,19 @@ class WorkerSettings(BaseSettings):
     sandbox_hosts: str = Field(default="", description="comma-separated: more hosts the sandbox may reach commercetools at")
 
 
+class ReceiverSettings(BaseSettings):
+    """The notification receiver (``connector receive``): its public listener and its limits."""
+
+    model_config = SettingsConfigDict(env_prefix="NOTIFY_", extra="ignore")
+
+    http_host: str = Field(default="0.0.0.0", description="address of the public /notifications/... listener")
+    http_port: int = Field(default=8443, ge=0, le=65535, description="0: any free port (tests, the demo)")
+    max_body_bytes: int = Field(default=256 * 1024, ge=1024, le=16 * 1024 * 1024, description="larger requests get 413")
+    request_timeout_s: float = Field(default=10.0, gt=0, le=60, description="to read a request, and for the queue to take it")
+    pubsub_topic: str = Field(default="", description="Pub/Sub: the topic to queue notices on; empty: PUBSUB_SUBSCRIPTION's")
+    public_url: str = Field(default="", description="connector setup: the address PSPs reach the listener at (https://...)")
+
+
 class SubscriptionSettings(BaseSettings):
     """The commercetools Subscription ``connector setup`` creates; values fall back on the worker's variables."""
 
@@ -217,6 +230,28 @@ def load_settings(env_file: str | Path | None = ".env", secrets_dir: str | Path 
     loader.raise_problems()
     assert commercetools is not None and worker is not None
     return Settings(commercetools, worker, kafka_settings, pubsub_settings)
+
+
+class ReceiverConfig:
+    """What ``connector receive`` needs: the routes (with their webhook secrets), the queue, the
+    listener. No commercetools credentials: the receiver never writes a payment."""
+
+    def __init__(
+        self, worker: WorkerSettings, receiver: ReceiverSettings, kafka: KafkaSettings | None, pubsub: PubSubSettings | None
+    ) -> None:
+        self.worker, self.receiver, self.kafka, self.pubsub = worker, receiver, kafka, pubsub
+
+
+def load_receiver_settings(env_file: str | Path | None = ".env", secrets_dir: str | Path | None = None) -> ReceiverConfig:
+    loader = _Loader(env_file, secrets_dir)
+    worker = loader.load(WorkerSettings)
+    receiver = loader.load(ReceiverSettings)
+    pubsub = worker is not None and worker.source == "pubsub"
+    kafka_settings = None if pubsub else loader.load(KafkaSettings)
+    pubsub_settings = loader.load(PubSubSettings) if pubsub else None
+    loader.raise_problems()
+    assert worker is not None and receiver is not None
+    return ReceiverConfig(worker, receiver, kafka_settings, pubsub_settings)
 
 
 def load_setup_settings(

@@ -105,6 +105,19 @@ class Metrics:
             "connector_dead_letters", "Deliveries moved to the dead-letter destination", registry=self.registry
         )
         self.in_flight = Gauge("connector_in_flight", "Deliveries being processed now", registry=self.registry)
+        # The notification receiver (connector.receiver)
+        self.notifications = Counter(
+            "connector_notifications",
+            "PSP notification requests answered by the receiver, by interface and result",
+            ["interface", "result"],  # accepted, ignored, refused, unavailable
+            registry=self.registry,
+        )
+        self.notification_seconds = Histogram(
+            "connector_notification_seconds",
+            "Time to answer one notification request (verification and the queue's acknowledgement)",
+            buckets=PSP_BUCKETS,
+            registry=self.registry,
+        )
         self._children: dict[tuple[int, tuple[str, ...]], Counter | Gauge | Histogram] = {}
 
     def labelled(self, metric: M, *labels: str) -> M:

@@ -18,6 +18,13 @@ are forgotten after a retention. ``POST /_config/idempotency`` sets ``retention_
 keyed requests answer ``status``, stored for their keys as Stripe stores a 500. It also answers
 ``GET /v1/payment_intents/search`` for ``metadata['ctTransactionId']:'...'`` queries (Stripe's
 search; stock localstripe has none) and filters ``GET /v1/refunds`` by ``payment_intent``.
+
+Notifications: localstripe signs and sends only ``payment_intent.succeeded`` and ``.payment_failed``
+(registered with ``POST /_config/webhooks/<id>``), once. What real Stripe does later and localstripe
+never does is produced by two more harness extensions, which the tests that use them say so:
+disputes (``POST /_config/disputes`` makes one against a PaymentIntent, ``POST /_config/disputes/<id>``
+changes its status or adds a balance transaction, ``GET /v1/disputes/<id>`` reads it as Stripe does),
+and a refund that fails after it succeeded (``POST /_config/refunds/<id>/fail``).
 """
 
 import asyncio
@@ -63,6 +70,7 @@ def serve(port: int) -> None:
     resources.PaymentIntent.__init__ = create_intent_with_allowed_types  # type: ignore[method-assign]
     recorded: list[dict[str, Any]] = []
     keys = IdempotencyKeys()
+    disputes: dict[str, dict[str, Any]] = {}
 
     @web.middleware
     async def record(request: web.Request, handler: Any) -> web.StreamResponse:
@@ -75,6 +83,7 @@ def serve(port: int) -> None:
         elif request.path == "/_config/data" and request.method == "DELETE":
             recorded.clear()
             keys.clear()
+            disputes.clear()
         return await handler(request)
 
     async def requests(_: web.Request) -> web.Response:
@@ -117,11 +126,56 @@ def serve(port: int) -> None:
             return web.json_response({"object": "list", "url": request.path, "has_more": False, "data": data})
         return await handler(request)
 
+    async def create_dispute(request: web.Request) -> web.Response:
+        asked = await request.json()
+        intent = resources.PaymentIntent._api_retrieve(asked["payment_intent"])
+        dispute_id = f"dp_{len(disputes) + 1:04d}{int(time.time() * 1000) % 10**8:08d}"
+        disputes[dispute_id] = {
+            "id": dispute_id, "object": "dispute", "amount": int(asked.get("amount", intent.amount)),
+            "currency": intent.currency, "charge": intent.latest_charge.id if intent.latest_charge else None,
+            "payment_intent": intent.id, "status": asked.get("status", "needs_response"),
+            "reason": asked.get("reason", "fraudulent"), "balance_transactions": [], "created": int(time.time()),
+            "livemode": False, "metadata": {},
+        }  # fmt: skip
+        return web.json_response(disputes[dispute_id])
+
+    async def change_dispute(request: web.Request) -> web.Response:
+        dispute = disputes[request.match_info["id"]]
+        asked = await request.json()
+        if "status" in asked:
+            dispute["status"] = asked["status"]
+        if "balance_transaction" in asked:  # amount < 0: funds withdrawn; > 0: reinstated
+            amount = int(asked["balance_transaction"])
+            number = len(dispute["balance_transactions"]) + 1
+            dispute["balance_transactions"].append(
+                {"id": f"txn_{dispute['id']}_{number}", "object": "balance_transaction", "amount": amount,
+                 "currency": dispute["currency"], "reporting_category": "dispute" if amount < 0 else "dispute_reversal"}
+            )  # fmt: skip
+        return web.json_response(dispute)
+
+    @web.middleware
+    async def dispute_reads(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.method == "GET" and request.path.startswith("/v1/disputes/"):
+            dispute = disputes.get(request.path.removeprefix("/v1/disputes/"))
+            if dispute is None:
+                return _stripe_error(404, "invalid_request_error", "resource_missing", "No such dispute")
+            return web.json_response(dispute)
+        return await handler(request)
+
+    async def fail_refund(request: web.Request) -> web.Response:
+        refund = resources.Refund._api_retrieve(request.match_info["id"])
+        refund.status = "failed"
+        refund.failure_reason = (await request.json()).get("failure_reason", "expired_or_canceled_card")
+        return web.json_response({"id": refund.id, "status": refund.status})
+
     # Outside localstripe's error middleware, so that the answer stored for a key is the one sent.
-    server.app.middlewares[:] = [record, idempotency, server.error_middleware, server.auth_middleware, searches]
+    server.app.middlewares[:] = [record, idempotency, server.error_middleware, server.auth_middleware, searches, dispute_reads]
     server.app.router.add_get("/_config/requests", requests)
     server.app.router.add_post("/_config/idempotency", configure_idempotency)
     server.app.router.add_post("/_config/faults", configure_faults)
+    server.app.router.add_post("/_config/disputes", create_dispute)
+    server.app.router.add_post("/_config/disputes/{id}", change_dispute)
+    server.app.router.add_post("/_config/refunds/{id}/fail", fail_refund)
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
@@ -246,6 +300,30 @@ class LocalStripe:
         """The next ``count`` keyed requests answer ``status``, stored for their keys."""
         async with httpx.AsyncClient() as http:
             (await http.post(f"{self.url}/_config/faults", json={"status": status, "count": count})).raise_for_status()
+
+    async def register_webhook(self, url: str, secret: str, name: str = "connector") -> None:
+        """localstripe's own webhook: it signs each event with ``secret`` and posts it to ``url`` once,
+        about a second later. One ``name`` per session: a test registering again replaces the last."""
+        async with httpx.AsyncClient() as http:
+            (await http.post(f"{self.url}/_config/webhooks/{name}", data={"url": url, "secret": secret})).raise_for_status()
+
+    async def call(self, method: str, path: str, check: bool = True, **form: Any) -> dict[str, Any]:
+        """A Stripe API request (form-encoded), as a client would make it, with a test key; ``check``:
+        an error answer raises."""
+        async with httpx.AsyncClient() as http:
+            response = await http.request(
+                method, f"{self.url}{path}", data=form or None, headers={"Authorization": "Bearer sk_test_harness"}
+            )
+            if check:
+                response.raise_for_status()
+            return dict(response.json())
+
+    async def harness(self, path: str, **body: Any) -> dict[str, Any]:
+        """A harness extension (``/_config/...``, see the module docstring)."""
+        async with httpx.AsyncClient() as http:
+            response = await http.post(f"{self.url}/_config/{path}", json=body)
+            response.raise_for_status()
+            return dict(response.json())
 
     async def objects(self, kind: str) -> list[dict[str, Any]]:
         """Every object of a kind in localstripe's store (``payment_intents``, ``refunds``)."""

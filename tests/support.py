@@ -12,10 +12,11 @@ from pydantic import SecretStr
 from connector.adapters.contract import OperationRequest, Outcome
 from connector.adapters.registry import AdapterRoute
 from connector.adapters.sandbox import SandboxAdapter
-from connector.app import run_worker
+from connector.app import run_receiver, run_worker
 from connector.commercetools.client import CommercetoolsClient
-from connector.config import CommercetoolsSettings, Settings, WorkerSettings, without_files
+from connector.config import CommercetoolsSettings, ReceiverConfig, ReceiverSettings, Settings, WorkerSettings, without_files
 from tests.queues import EventQueue
+from tests.stack import free_port
 
 INTERACTION_TYPE_KEY = "connector-payment-interaction"
 CLIENT_SECRET = "test-client-secret-s3cr3t"
@@ -77,6 +78,43 @@ async def running_worker(settings: Settings, stop_timeout_s: float = 30.0) -> As
     finally:
         stop.set()
         async with asyncio.timeout(stop_timeout_s):
+            await task
+
+
+def receiver_config_for(queue: EventQueue, routes: Sequence[AdapterRoute], **receiver: Any) -> ReceiverConfig:
+    """A notification receiver queueing on ``queue`` for ``routes``, on a free port of 127.0.0.1."""
+    worker = without_files(WorkerSettings, source=queue.name, adapters=list(routes), http_port=0)
+    listener = without_files(ReceiverSettings, **({"http_host": "127.0.0.1", "http_port": free_port()} | receiver))
+    sources = queue.source_settings()
+    return ReceiverConfig(worker, listener, sources.get("kafka"), sources.get("pubsub"))
+
+
+def receiver_url(config: ReceiverConfig, interface: str, account: str | None = None) -> str:
+    return f"http://127.0.0.1:{config.receiver.http_port}/notifications/{interface}" + (f"/{account}" if account else "")
+
+
+@contextlib.asynccontextmanager
+async def running_receiver(config: ReceiverConfig, start_timeout_s: float = 30.0) -> AsyncIterator[asyncio.Task[None]]:
+    """Runs the receiver in this event loop until its listener answers; stops it on exit."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_receiver(config, stop))
+    try:
+        async with asyncio.timeout(start_timeout_s):
+            while not task.done():
+                try:
+                    _, writer = await asyncio.open_connection("127.0.0.1", config.receiver.http_port)
+                except OSError:
+                    await asyncio.sleep(0.05)
+                    continue
+                writer.close()
+                await writer.wait_closed()
+                break
+        if task.done():
+            await task  # its start-up error
+        yield task
+    finally:
+        stop.set()
+        async with asyncio.timeout(30.0):
             await task
 
 

@@ -412,3 +412,44 @@ class KafkaDeadLetters:
                 offsets[partition] = left if left is not None else examined[-1] + 1
         if offsets:
             await KafkaSource._require(self._consumer).commit(offsets)
+
+
+class KafkaPublisher:
+    """Publishes records to the topic the workers read (the notification receiver's queue). A record
+    is durable once ``publish`` returns: acknowledged by every in-sync replica, written once even when
+    the producer retries (idempotence)."""
+
+    def __init__(self, config: KafkaConfig) -> None:
+        self._config = config
+        self._producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        """Connects and checks the topic, retrying within ``start_timeout_s``."""
+        try:
+            async for attempt in stamina.retry_context(
+                on=KafkaError, attempts=None, timeout=self._config.start_timeout_s, wait_max=5.0
+            ):
+                with attempt:
+                    await self._connect()
+        except _MissingTopic as missing:
+            raise ConfigurationError(
+                f"{missing.setting}: topic {missing.topic!r} does not exist, or these credentials cannot see it"
+            ) from None
+
+    async def _connect(self) -> None:
+        producer = AIOKafkaProducer(acks="all", enable_idempotence=True, **self._config.client_options())
+        try:
+            await producer.start()
+            if not await producer.partitions_for(self._config.topic):
+                raise _MissingTopic("KAFKA_TOPIC", self._config.topic)
+        except BaseException:
+            await producer.stop()
+            raise
+        self._producer = producer
+
+    async def publish(self, key: str, body: bytes) -> None:
+        await KafkaSource._require(self._producer).send_and_wait(self._config.topic, value=body, key=key.encode())
+
+    async def close(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()

@@ -296,3 +296,39 @@ class PubSubDeadLetters:
     def _close(self) -> None:
         self._subscriber.close()
         self._publisher.stop()
+
+
+class PubSubPublisher:
+    """Publishes messages to the topic behind the workers' subscription (the notification receiver's
+    queue): ``topic`` when given, else the subscription's own. A message is durable once ``publish`` returns."""
+
+    def __init__(self, config: PubSubConfig, topic: str | None = None, timeout_s: float = 30.0) -> None:
+        self._config = config
+        self._publisher = pubsub_v1.PublisherClient()
+        self._topic = self._publisher.topic_path(config.project_id, topic) if topic else ""
+        self._timeout_s = timeout_s
+
+    async def start(self) -> None:
+        if self._topic:
+            return  # publishing needs no more than roles/pubsub.publisher: the first publish shows what it can do
+        subscriber = pubsub_v1.SubscriberClient()
+        path = subscriber.subscription_path(self._config.project_id, self._config.subscription)
+        try:
+            subscription = await asyncio.wait_for(
+                asyncio.to_thread(subscriber.get_subscription, request={"subscription": path}), self._config.start_timeout_s
+            )
+        except GoogleAPICallError as exc:
+            raise ConfigurationError(
+                f"NOTIFY_PUBSUB_TOPIC is empty and subscription {path} (PUBSUB_SUBSCRIPTION) cannot be read to find its topic:"
+                f" {exc.__class__.__name__}"
+            ) from None
+        finally:
+            subscriber.close()
+        self._topic = subscription.topic
+
+    async def publish(self, key: str, body: bytes) -> None:
+        published = self._publisher.publish(self._topic, body, key=key)
+        await asyncio.wait_for(asyncio.wrap_future(published), timeout=self._timeout_s)
+
+    async def close(self) -> None:
+        self._publisher.stop()
