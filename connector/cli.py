@@ -14,8 +14,7 @@ import typer
 
 from connector.commercetools.auth import AuthenticationFailed
 from connector.config import (
-    CommercetoolsSettings,
-    SubscriptionSettings,
+    SetupSettings,
     load_receiver_settings,
     load_settings,
     load_setup_settings,
@@ -99,31 +98,34 @@ def replay(
 
 @app.command()
 def setup(dry_run: Annotated[bool, typer.Option("--dry-run", help="print the drafts and send nothing")] = False) -> None:
-    """Create, or bring up to date, the interaction Type and the Subscription (SUBSCRIPTION_* variables)."""
+    """Create, or bring up to date, the interaction Type, the Subscription (SUBSCRIPTION_* variables) and,
+    with NOTIFY_PUBLIC_URL set, each route's PSP webhook endpoint."""
     with _bad_settings_exit():
-        commercetools, subscription = load_setup_settings()
-        from connector.provision import printable, resources
+        settings = load_setup_settings()
+        from connector.provision import printable, resources, webhook_drafts
 
         if dry_run:
-            typer.echo(json.dumps([printable(resource) for resource in resources(subscription)], indent=2))
+            drafts = [printable(resource) for resource in resources(settings.subscription)]
+            typer.echo(json.dumps(drafts + webhook_drafts(settings.public_url, settings.adapters), indent=2))
             return
         try:
-            for line in asyncio.run(_set_up(commercetools, subscription)):
+            for line in asyncio.run(_set_up(settings)):
                 typer.echo(line)
         except AuthenticationFailed as exc:
             typer.echo(f"connector: {exc}", err=True)
             raise typer.Exit(1) from None
 
 
-async def _set_up(commercetools: CommercetoolsSettings, subscription: SubscriptionSettings) -> list[str]:
+async def _set_up(settings: SetupSettings) -> list[str]:
     from connector.app import build_commercetools
-    from connector.provision import apply, resources
+    from connector.provision import apply, register_webhooks, resources
 
-    ct = build_commercetools(commercetools)
+    ct = build_commercetools(settings.commercetools)
     try:
-        return [(await apply(ct, resource)).describe() for resource in resources(subscription)]
+        lines = [(await apply(ct, resource)).describe() for resource in resources(settings.subscription)]
     finally:
         await ct.aclose()
+    return lines + await register_webhooks(settings.public_url, settings.adapters)
 
 
 @app.command()

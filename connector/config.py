@@ -254,15 +254,31 @@ def load_receiver_settings(env_file: str | Path | None = ".env", secrets_dir: st
     return ReceiverConfig(worker, receiver, kafka_settings, pubsub_settings)
 
 
-def load_setup_settings(
-    env_file: str | Path | None = ".env", secrets_dir: str | Path | None = None
-) -> tuple[CommercetoolsSettings, SubscriptionSettings]:
-    """What ``connector setup`` needs: commercetools credentials and the Subscription to create."""
+class SetupSettings:
+    """What ``connector setup`` needs: commercetools credentials, the Subscription to create and, when
+    ``NOTIFY_PUBLIC_URL`` is set, the routes whose PSP webhook endpoints point at the receiver there."""
+
+    def __init__(
+        self,
+        commercetools: CommercetoolsSettings,
+        subscription: SubscriptionSettings,
+        public_url: str,
+        adapters: list[AdapterRoute],
+    ) -> None:
+        self.commercetools, self.subscription, self.public_url, self.adapters = commercetools, subscription, public_url, adapters
+
+
+def load_setup_settings(env_file: str | Path | None = ".env", secrets_dir: str | Path | None = None) -> SetupSettings:
     loader = _Loader(env_file, secrets_dir)
     commercetools, subscription = loader.load(CommercetoolsSettings), loader.load(SubscriptionSettings)
+    receiver = loader.load(ReceiverSettings)
+    public_url = receiver.public_url.rstrip("/") if receiver is not None else ""
+    if public_url and urlsplit(public_url).scheme not in ("https", "http"):
+        loader.add_problems(["NOTIFY_PUBLIC_URL: must be an http(s) address (PSPs require https)"])
+    worker = loader.load(WorkerSettings) if public_url else None
     loader.raise_problems()
     assert commercetools is not None and subscription is not None
-    return commercetools, subscription
+    return SetupSettings(commercetools, subscription, public_url, worker.adapters if worker is not None else [])
 
 
 class _Loader:

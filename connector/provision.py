@@ -1,13 +1,16 @@
-"""``connector setup``: the interaction Type and the Subscription, created or brought up to date.
+"""``connector setup``: the interaction Type, the Subscription and the PSP webhook endpoints, created or brought up to date.
 
 Idempotent: each resource is read by key, and only what differs is sent, so a second run sends
 nothing. The decisions (drafts and update actions) are pure and live beside the resources they
 describe; this module reads, decides and writes.
 """
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from connector.adapters.contract import registrar_of
+from connector.adapters.registry import AdapterRegistry, AdapterRoute
 from connector.commercetools.client import CommercetoolsClient
 from connector.commercetools.interaction_type import interaction_type_draft, type_changes
 from connector.commercetools.subscription import ConfluentCloud, GooglePubSub, masked, subscription_changes, subscription_draft
@@ -73,3 +76,54 @@ async def apply(ct: CommercetoolsClient, resource: Resource) -> Applied:
         return Applied(resource.endpoint, resource.key, "unchanged")
     await ct.update_resource(resource.endpoint, existing, actions)
     return Applied(resource.endpoint, resource.key, "updated", tuple(a["action"] for a in actions))
+
+
+def receiver_path(route: AdapterRoute) -> str:
+    """Where the receiver takes a route's notifications (connector.receiver)."""
+    return f"/notifications/{route.interface.casefold()}" + (f"/{route.account.casefold()}" if route.account else "")
+
+
+def webhook_drafts(public_url: str, routes: list[AdapterRoute]) -> list[dict[str, Any]]:
+    """What ``--dry-run`` prints for the webhook endpoints: each registering route's draft (no I/O)."""
+    if not public_url:
+        return []
+    registry = AdapterRegistry.load(routes)  # builds the adapters: no request is sent
+    drafts = []
+    try:
+        for route in routes:
+            found = registry.route(route.interface, route.account)
+            registrar = registrar_of(found.adapter) if found is not None else None
+            if registrar is not None:
+                draft = registrar.notification_endpoint_draft(public_url + receiver_path(route))
+                drafts.append({"endpoint": f"{route.adapter} webhook endpoint", "draft": draft})
+    finally:
+        asyncio.run(registry.aclose())
+    return drafts
+
+
+async def register_webhooks(public_url: str, routes: list[AdapterRoute]) -> list[str]:
+    """Registers each route's receiver address at its PSP; a secret the PSP returns (once, on creation)
+    is printed for the operator to put in the route's settings, the only time it can be seen."""
+    if not public_url:
+        return []
+    registry = AdapterRegistry.load(routes)
+    lines: list[str] = []
+    try:
+        for route in routes:
+            found = registry.route(route.interface, route.account)
+            registrar = registrar_of(found.adapter) if found is not None else None
+            if registrar is None:
+                continue
+            endpoint = await registrar.register_notifications(public_url + receiver_path(route))
+            where = f"{route.interface}/{route.account or '(default)'}"
+            lines.append(
+                f"{route.adapter} webhook endpoint {endpoint.url} ({where}): {endpoint.change} {endpoint.detail}".rstrip()
+            )
+            if endpoint.secret:
+                lines.append(
+                    f"  signing secret, shown only now: {endpoint.secret} -> add it to webhook_secrets of route {where}"
+                    " (docs/operations.md, 'Notifications')"
+                )
+    finally:
+        await registry.aclose()
+    return lines

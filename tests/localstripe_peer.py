@@ -24,7 +24,10 @@ Notifications: localstripe signs and sends only ``payment_intent.succeeded`` and
 never does is produced by two more harness extensions, which the tests that use them say so:
 disputes (``POST /_config/disputes`` makes one against a PaymentIntent, ``POST /_config/disputes/<id>``
 changes its status or adds a balance transaction, ``GET /v1/disputes/<id>`` reads it as Stripe does),
-and a refund that fails after it succeeded (``POST /_config/refunds/<id>/fail``).
+and a refund that fails after it succeeded (``POST /_config/refunds/<id>/fail``). It also keeps
+webhook endpoints (``/v1/webhook_endpoints``: create with a signing secret, list, update), which
+``connector setup`` registers and localstripe has none of; their shapes are checked against Stripe's
+specification by tests/test_stripe_contract.py.
 """
 
 import asyncio
@@ -71,6 +74,7 @@ def serve(port: int) -> None:
     recorded: list[dict[str, Any]] = []
     keys = IdempotencyKeys()
     disputes: dict[str, dict[str, Any]] = {}
+    endpoints: dict[str, dict[str, Any]] = {}
 
     @web.middleware
     async def record(request: web.Request, handler: Any) -> web.StreamResponse:
@@ -84,6 +88,7 @@ def serve(port: int) -> None:
             recorded.clear()
             keys.clear()
             disputes.clear()
+            endpoints.clear()
         return await handler(request)
 
     async def requests(_: web.Request) -> web.Response:
@@ -162,6 +167,34 @@ def serve(port: int) -> None:
             return web.json_response(dispute)
         return await handler(request)
 
+    @web.middleware
+    async def webhook_endpoints(request: web.Request, handler: Any) -> web.StreamResponse:
+        if not request.path.startswith("/v1/webhook_endpoints"):
+            return await handler(request)
+        form = dict(parse_qsl(await request.text(), keep_blank_values=True))
+        events = [v for k, v in parse_qsl(await request.text()) if k.startswith("enabled_events[")]
+        endpoint_id = request.path.removeprefix("/v1/webhook_endpoints").strip("/")
+        if request.method == "GET" and not endpoint_id:
+            listed = sorted(endpoints.values(), key=lambda e: e["id"])
+            return web.json_response({"object": "list", "url": request.path, "has_more": False, "data": listed})
+        if request.method == "POST" and not endpoint_id:
+            number = len(endpoints) + 1
+            endpoint = {
+                "id": f"we_{number:04d}", "object": "webhook_endpoint", "url": form["url"], "enabled_events": events,
+                "description": form.get("description"), "status": "enabled", "livemode": False,
+                "created": int(time.time()), "metadata": {},
+            }  # fmt: skip
+            endpoints[endpoint["id"]] = endpoint
+            return web.json_response(endpoint | {"secret": f"whsec_local{number:04d}{int(time.time())}"})
+        if request.method == "POST" and endpoint_id in endpoints:
+            endpoint = endpoints[endpoint_id]
+            if events:
+                endpoint["enabled_events"] = events
+            if "disabled" in form:
+                endpoint["status"] = "disabled" if form["disabled"] == "true" else "enabled"
+            return web.json_response(endpoint)
+        return _stripe_error(404, "invalid_request_error", "resource_missing", "No such webhook endpoint")
+
     async def fail_refund(request: web.Request) -> web.Response:
         refund = resources.Refund._api_retrieve(request.match_info["id"])
         refund.status = "failed"
@@ -169,7 +202,15 @@ def serve(port: int) -> None:
         return web.json_response({"id": refund.id, "status": refund.status})
 
     # Outside localstripe's error middleware, so that the answer stored for a key is the one sent.
-    server.app.middlewares[:] = [record, idempotency, server.error_middleware, server.auth_middleware, searches, dispute_reads]
+    server.app.middlewares[:] = [
+        record,
+        idempotency,
+        server.error_middleware,
+        server.auth_middleware,
+        searches,
+        dispute_reads,
+        webhook_endpoints,
+    ]
     server.app.router.add_get("/_config/requests", requests)
     server.app.router.add_post("/_config/idempotency", configure_idempotency)
     server.app.router.add_post("/_config/faults", configure_faults)

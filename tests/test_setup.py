@@ -8,11 +8,13 @@ from typing import Any
 
 import pytest
 
+from connector.adapters.stripe_notifications import HANDLED_EVENTS
 from connector.commercetools.client import CommercetoolsClient
 from connector.commercetools.interaction_type import interaction_type_draft, type_changes
 from connector.commercetools.subscription import ConfluentCloud, GooglePubSub, masked, subscription_changes, subscription_draft
 from connector.errors import ConfigurationError
 from tests.fault_proxies import free_port
+from tests.localstripe_peer import LocalStripe
 
 API_SECRET = "confluent-secret-Zq81"
 KAFKA = ConfluentCloud("pkc-1.europe-west1.gcp.confluent.cloud:9092", "payments", "CKEY123", API_SECRET)
@@ -145,3 +147,55 @@ def test_a_kafka_destination_without_its_secret_names_what_is_missing(project_ke
 
 def _versions(*resources: dict[str, Any] | None) -> tuple[int, ...]:
     return tuple(r["version"] for r in resources if r is not None)
+
+
+async def test_setup_registers_each_stripe_accounts_webhook_endpoint_once(
+    ct_url: str, project_key: str, localstripe: LocalStripe
+) -> None:
+    """With NOTIFY_PUBLIC_URL, each Stripe route's endpoint is created with the events acted on and its
+    secret shown once; the second run changes nothing, and one disabled meanwhile is enabled again.
+    localstripe keeps endpoints through a harness extension (stripe-mock checks the request shapes)."""
+    routes = [
+        {"interface": "STRIPE", "adapter": "stripe", "settings": {"secret_key": "sk_test_setup_1", "api_base": localstripe.url}},
+        {"interface": "STRIPE", "account": "EU", "adapter": "stripe",
+         "settings": {"secret_key": "sk_test_setup_2", "api_base": localstripe.url}},
+    ]  # fmt: skip
+    env = credentials(ct_url, project_key) | KAFKA_ENV | {
+        "NOTIFY_PUBLIC_URL": "https://hooks.example.com/", "CONNECTOR_ADAPTERS": json.dumps(routes),
+    }  # fmt: skip
+    dry = setup_command(env, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    drafts = [p["draft"] for p in json.loads(dry.stdout) if p["endpoint"] == "stripe webhook endpoint"]
+    assert [d["url"] for d in drafts] == [
+        "https://hooks.example.com/notifications/stripe",
+        "https://hooks.example.com/notifications/stripe/eu",
+    ]
+    assert await localstripe.call("GET", "/v1/webhook_endpoints") == {
+        "object": "list",
+        "url": "/v1/webhook_endpoints",
+        "has_more": False,
+        "data": [],
+    }
+
+    first = setup_command(env)
+    assert first.returncode == 0, first.stderr
+    lines = first.stdout.splitlines()
+    assert [line.split(": ")[1].split()[0] for line in lines if line.startswith("stripe webhook endpoint")] == [
+        "created",
+        "created",
+    ]
+    secrets = [line.split("shown only now: ")[1].split()[0] for line in lines if "shown only now" in line]
+    assert len(secrets) == 2 and all(s.startswith("whsec_") for s in secrets)
+    endpoints = (await localstripe.call("GET", "/v1/webhook_endpoints"))["data"]
+    assert sorted(e["url"] for e in endpoints) == [d["url"] for d in drafts]
+    assert all(sorted(e["enabled_events"]) == sorted(HANDLED_EVENTS) for e in endpoints)
+
+    await localstripe.call("POST", f"/v1/webhook_endpoints/{endpoints[0]['id']}", disabled="true")
+    second = setup_command(env)
+    assert second.returncode == 0, second.stderr
+    changes = [
+        line.split(": ")[1].split()[0] for line in second.stdout.splitlines() if line.startswith("stripe webhook endpoint")
+    ]
+    assert sorted(changes) == ["unchanged", "updated"]
+    assert "shown only now" not in second.stdout
+    assert setup_command(env).stdout.count("unchanged") == 4  # type, subscription and both endpoints

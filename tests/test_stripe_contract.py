@@ -105,3 +105,25 @@ async def test_stripe_mock_refuses_what_the_specification_does_not_have(adapter:
     intents = adapter._stripe.payment_intents  # the SDK's own client, to send a shape the adapter never sends
     with pytest.raises(stripe.InvalidRequestError, match="additional properties are not allowed"):
         await intents.create_async({"amount": 100, "currency": "eur", "colour": "blue"})  # type: ignore[typeddict-unknown-key]
+
+
+async def test_notification_requests_are_in_stripes_specification(adapter: StripeAdapter) -> None:
+    """The look-ups of a notice's object and the webhook endpoint setup (create, list, update), with the
+    events it subscribes to: stripe-mock refuses an event name Stripe does not have."""
+    from connector.adapters import stripe_notifications
+    from connector.models.notice import Notice
+
+    for event_type, object_id in (
+        ("payment_intent.succeeded", "pi_123"), ("refund.failed", "re_123"), ("charge.dispute.created", "dp_123"),
+    ):  # fmt: skip
+        # Answers are fixtures (with no metadata of ours): only that each request is accepted counts.
+        await adapter.look_up(Notice("evt_1", event_type, object_id, 1))
+    created = await adapter.register_notifications("https://hooks.example.com/notifications/stripe")
+    assert created.change == "created"  # stripe-mock's fixture carries no secret: localstripe's extension does (test_setup.py)
+    listed = await adapter._stripe.webhook_endpoints.list_async({"limit": 1})
+    fixture = listed.data[0].to_dict()
+    changes = stripe_notifications.endpoint_changes(
+        fixture | {"status": "disabled"}, stripe_notifications.endpoint_draft(fixture["url"])
+    )
+    assert changes["disabled"] is False and set(stripe_notifications.HANDLED_EVENTS) <= set(changes["enabled_events"])
+    await adapter._stripe.webhook_endpoints.update_async(fixture["id"], changes)  # type: ignore[arg-type]

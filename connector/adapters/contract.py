@@ -174,6 +174,26 @@ class ReceivesNotifications(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class NotificationEndpoint:
+    """What ``connector setup`` did to a PSP's webhook endpoint for a route."""
+
+    url: str
+    change: str  # "created", "updated", "unchanged"
+    secret: str | None = None  # the signing secret, which a PSP shows once, on creation: for the route's settings
+    detail: str = ""
+
+
+class RegistersNotifications(Protocol):
+    """Optional: ``connector setup`` registers the receiver's address at the PSP, idempotently."""
+
+    def notification_endpoint_draft(self, url: str) -> dict[str, Any]:
+        """What would be registered for ``url`` (``--dry-run`` prints it; no I/O)."""
+        ...
+
+    async def register_notifications(self, url: str) -> NotificationEndpoint: ...
+
+
 def capabilities_of(adapter: PaymentAdapter) -> Capabilities:
     declared = getattr(adapter, "capabilities", DEFAULT_CAPABILITIES)
     return declared if isinstance(declared, Capabilities) else DEFAULT_CAPABILITIES
@@ -185,6 +205,10 @@ def finder_of(adapter: PaymentAdapter) -> FindsExecutions | None:
 
 def notifier_of(adapter: PaymentAdapter) -> ReceivesNotifications | None:
     return adapter if callable(getattr(adapter, "parse_notification", None)) else None  # type: ignore[return-value]
+
+
+def registrar_of(adapter: PaymentAdapter) -> RegistersNotifications | None:
+    return adapter if callable(getattr(adapter, "register_notifications", None)) else None  # type: ignore[return-value]
 
 
 class AdapterFactory(Protocol):

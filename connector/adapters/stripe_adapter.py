@@ -30,6 +30,7 @@ from connector.adapters.contract import (
     OPERATION_FOR,
     Capabilities,
     Finding,
+    NotificationEndpoint,
     Operation,
     OperationRequest,
     Outcome,
@@ -166,6 +167,12 @@ class StripeAdapter:
 
     def findings(self, state: PspState, payment: Payment) -> tuple[Finding, ...]:
         return stripe_notifications.findings(state, payment)
+
+    def notification_endpoint_draft(self, url: str) -> dict[str, Any]:
+        return stripe_notifications.endpoint_draft(url)
+
+    async def register_notifications(self, url: str) -> NotificationEndpoint:
+        return await stripe_notifications.register_endpoint(self._client, url)
 
     async def _create_intent(
         self, request: OperationRequest, operation: Operation, *, capture_method: Literal["automatic", "manual"]
