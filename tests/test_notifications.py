@@ -7,6 +7,7 @@ failed refunds come from the harness extensions of tests/localstripe_peer.py), a
 """
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from connector.config import ReceiverConfig, Settings
 from connector.models.payment import Payment
 from tests.localstripe_peer import LocalStripe
 from tests.notices import WEBHOOK_SECRET, body_of, deliver, event, post, signed
-from tests.queues import KafkaQueue
+from tests.queues import EventQueue, KafkaQueue
 from tests.stack import messages
 from tests.stack.payments import as_json
 from tests.support import receiver_config_for, receiver_url, running_receiver, running_worker, settings_for
@@ -40,7 +41,7 @@ class World:
     ct: CommercetoolsClient
     ct_url: str
     project_key: str
-    queue: KafkaQueue
+    queue: EventQueue
     localstripe: LocalStripe
     ledger: Path
 
@@ -104,19 +105,32 @@ async def world(
     return World(ct, ct_url, project_key, queue, localstripe, tmp_path / "ledger.sqlite")
 
 
+@pytest.fixture
+async def world_on_each_queue(
+    queue: EventQueue, ct_url: str, project_key: str, ct: CommercetoolsClient, tmp_path: Path, localstripe: LocalStripe
+) -> World:
+    return World(ct, ct_url, project_key, queue, localstripe, tmp_path / "ledger.sqlite")
+
+
 @dataclass
 class Running:
     url: str  # the receiver's path for the STRIPE default route
 
 
-@pytest.fixture
-async def running(world: World) -> AsyncIterator[Running]:
+@contextlib.asynccontextmanager
+async def serving(world: World) -> AsyncIterator[Running]:
     """A worker and a receiver; localstripe posts its own webhooks to the receiver."""
     config = world.receiver_config([WEBHOOK_SECRET, OLD_SECRET])  # during a rotation: the new secret, then the old
     url = receiver_url(config, "stripe")
     async with running_receiver(config), running_worker(world.worker_settings()):
         await world.localstripe.register_webhook(url, WEBHOOK_SECRET)
         yield Running(url)
+
+
+@pytest.fixture
+async def running(world: World) -> AsyncIterator[Running]:
+    async with serving(world) as running:
+        yield running
 
 
 def states(payment: Payment) -> list[str]:
@@ -131,8 +145,14 @@ def all_final(payment: Payment) -> bool:
     return all(t.state.value in ("Success", "Failure") for t in payment.transactions)
 
 
-async def test_localstripe_webhooks_settle_pending_3ds_and_sepa(world: World, running: Running) -> None:
-    """localstripe's own signed deliveries: 3-D Secure Pending -> Success and -> Failure, SEPA processing -> Failure."""
+async def test_localstripe_webhooks_settle_pending_3ds_and_sepa(world_on_each_queue: World) -> None:
+    """localstripe's own signed deliveries: 3-D Secure Pending -> Success and -> Failure, SEPA processing -> Failure,
+    through the receiver, each queue and the worker."""
+    async with serving(world_on_each_queue) as running:
+        await _settles_pending(world_on_each_queue, running)
+
+
+async def _settles_pending(world: World, running: Running) -> None:
     # A Charge: localstripe sends payment_intent.succeeded only once money is captured (for a manual
     # capture Stripe sends amount_capturable_updated, which localstripe never does: see the next test).
     approved = await world.payment([("Charge", 2500)], await world.card(CARD_3DS))

@@ -12,6 +12,8 @@ of every operation it executed, and is as strict as a real PSP (Stripe) about id
 - an authorization is captured once (unless ``multiple_captures``), within its amount; a capture or
   cancel must name an authorization the sandbox made, and a refund a charge it made, within its amount.
 ``find`` answers what the sandbox did for a transaction, by transaction id, whatever its keys.
+With ``webhook_secret`` set it takes notifications (``connector.adapters.sandbox_notifications``):
+a notice names an execution, which the worker reads fresh from the ledger.
 The tests read the ledger to count executions (``tests/sandbox_ledger.py``).
 
 Outcome rules, by the transaction amount's last two digits (``centAmount % 100``):
@@ -38,9 +40,20 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from connector.adapters.contract import OPERATION_FOR, Capabilities, Operation, OperationRequest, Outcome, masked
+from connector.adapters import sandbox_notifications
+from connector.adapters.contract import (
+    OPERATION_FOR,
+    Capabilities,
+    Finding,
+    Operation,
+    OperationRequest,
+    Outcome,
+    PspState,
+    masked,
+)
 from connector.errors import PermanentError, PspRequestInProgress, PspStoredError, PspUnavailable
-from connector.models.payment import TransactionState, TransactionType
+from connector.models.notice import Notice
+from connector.models.payment import Payment, TransactionState, TransactionType
 
 DECLINED_ENDING = 13
 PENDING_ENDING = 42
@@ -100,6 +113,7 @@ class SandboxSettings(BaseModel):
     pending_settles_s: float | None = Field(
         default=None, ge=0, description="a Pending execution (amount ending in 42) becomes Success this long after; empty: never"
     )
+    webhook_secret: str | None = Field(default=None, min_length=8, description="signs its notifications; empty: it sends none")
 
 
 @dataclass(frozen=True, slots=True)
@@ -451,11 +465,35 @@ class SandboxAdapter:
             return None
         if executed.completes_at > self._clock():
             raise PspRequestInProgress("the sandbox is still executing this transaction")
+        return _outcome(self._current(executed), _request_summary(operation, request))
+
+    def _current(self, executed: Execution) -> Execution:
+        """The execution as the PSP shows it now: a Pending one settles once ``pending_settles_s`` passed."""
         settles_at = None if self._pending_settles_s is None else executed.completes_at + self._pending_settles_s
         if executed.state is TransactionState.PENDING and settles_at is not None and settles_at <= self._clock():
-            code, text = SUCCESS_CODE[operation]  # what a customer's authentication or a bank's confirmation decided
-            executed = self._ledger.settle(executed.psp_reference, TransactionState.SUCCESS, code, text)
-        return _outcome(executed, _request_summary(operation, request))
+            code, text = SUCCESS_CODE[executed.operation]  # what a customer's authentication or a bank's confirmation decided
+            return self._ledger.settle(executed.psp_reference, TransactionState.SUCCESS, code, text)
+        return executed
+
+
+class _SandboxWithNotifications(SandboxAdapter):
+    """The sandbox taking notifications, signed with its route's ``webhook_secret``."""
+
+    def __init__(self, *args: Any, webhook_secret: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._webhook_secret = webhook_secret
+
+    def parse_notification(self, body: bytes, headers: Mapping[str, str]) -> Notice | None:
+        return sandbox_notifications.parse(body, headers, self._webhook_secret, self._clock())
+
+    async def look_up(self, notice: Notice) -> PspState | None:
+        executed = self._ledger.by_reference(notice.object_id)
+        if executed is None:
+            return None
+        return PspState(executed.payment_id, None, {"execution": self._current(executed)})
+
+    def findings(self, state: PspState, payment: Payment) -> tuple[Finding, ...]:
+        return sandbox_notifications.findings(state)
 
 
 class _SandboxWithoutFind(SandboxAdapter):
@@ -500,13 +538,14 @@ def _request_summary(operation: Operation, request: OperationRequest) -> dict[st
 def create_adapter(settings: Mapping[str, Any]) -> SandboxAdapter:
     """The ``sandbox`` entry point of ``connector.adapters``."""
     parsed = SandboxSettings.model_validate(settings)
-    kind = SandboxAdapter if parsed.find_executions else _SandboxWithoutFind
-    return kind(
-        SandboxLedger(parsed.ledger_path),
-        latency_ms=parsed.latency_ms,
-        key_retention_s=parsed.key_retention_s,
-        multiple_captures=parsed.multiple_captures,
-        slow_ms=parsed.slow_ms,
-        timeout_ms=parsed.timeout_ms,
-        pending_settles_s=parsed.pending_settles_s,
-    )
+    if parsed.webhook_secret and not parsed.find_executions:
+        raise ValueError("webhook_secret needs find_executions: a notice is applied by looking the execution up")
+    options: dict[str, Any] = {
+        "latency_ms": parsed.latency_ms, "key_retention_s": parsed.key_retention_s,
+        "multiple_captures": parsed.multiple_captures, "slow_ms": parsed.slow_ms, "timeout_ms": parsed.timeout_ms,
+        "pending_settles_s": parsed.pending_settles_s,
+    }  # fmt: skip
+    ledger = SandboxLedger(parsed.ledger_path)
+    if parsed.webhook_secret:
+        return _SandboxWithNotifications(ledger, webhook_secret=parsed.webhook_secret, **options)
+    return (SandboxAdapter if parsed.find_executions else _SandboxWithoutFind)(ledger, **options)

@@ -5,8 +5,10 @@ image can be had, else the broker from Maven jars; or uses ``KAFKA_BOOTSTRAP_SER
 which in its first line; or with ``--source pubsub`` the Pub/Sub emulator (or uses
 ``PUBSUB_EMULATOR_HOST``); and the commercetools emulator;
 creates payments with every transaction type, publishes their deliveries in both formats (with a
-duplicate, the subscription's test delivery and a malformed one), runs the worker until every
-transaction has left Initial, and prints each transaction's final state and PSP reference.
+duplicate, the subscription's test delivery and a malformed one), runs the worker and the
+notification receiver until every transaction has left Initial, and prints each transaction's final
+state and PSP reference. Then it plays the PSP deciding the asynchronous payment: the sandbox settles
+it and sends its signed notification to the receiver, and the demo shows the Pending charge settled.
 """
 
 import argparse
@@ -20,16 +22,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
+import aiohttp
+import orjson
 from pydantic import SecretStr
 
 from connector.adapters.registry import AdapterRoute
-from connector.app import build_commercetools, run_worker
+from connector.adapters.sandbox import SandboxLedger
+from connector.adapters.sandbox_notifications import signed_notice
+from connector.app import build_commercetools, run_receiver, run_worker
 from connector.commercetools.client import CommercetoolsClient
-from connector.config import CommercetoolsSettings, Settings, WorkerSettings, without_files
+from connector.config import CommercetoolsSettings, ReceiverConfig, ReceiverSettings, Settings, WorkerSettings, without_files
 from connector.logs import configure_logging
-from connector.models.payment import Payment
+from connector.models.payment import Payment, TransactionState
 from tests.sandbox_ledger import references_for
-from tests.stack import messages
+from tests.stack import free_port, messages
 from tests.stack.broker import choose_broker
 from tests.stack.ctmock import LocalCommercetools
 from tests.stack.payments import SANDBOX_INTERFACE, as_json, payment_draft, wait_until_settled
@@ -37,6 +43,7 @@ from tests.stack.pubsub import LocalPubSub
 from tests.stack.queues import KafkaTopic, LocalQueue, PubSubTopic
 
 PROJECT_KEY = "demo"
+WEBHOOK_SECRET = "demo-webhook-secret"  # signs the sandbox's notifications
 
 
 @dataclass(frozen=True)
@@ -131,7 +138,8 @@ async def run_demo(queue: LocalQueue, ct_url: str, timeout_s: float = 60.0) -> b
         without_files(
             WorkerSettings, source=queue.name, http_port=0, allow_sandbox=True,  # any free port: 8080 may be taken here
             adapters=[
-                AdapterRoute(interface=SANDBOX_INTERFACE, adapter="sandbox", settings={"ledger_path": ledger, "latency_ms": 50})
+                AdapterRoute(interface=SANDBOX_INTERFACE, adapter="sandbox",
+                             settings={"ledger_path": ledger, "latency_ms": 50, "webhook_secret": WEBHOOK_SECRET})
             ],
         ),
         **queue.source_settings(),
@@ -142,19 +150,59 @@ async def run_demo(queue: LocalQueue, ct_url: str, timeout_s: float = 60.0) -> b
     try:
         payments = await create_payments(ct, ledger)
         await queue.publish(deliveries_for(payments))
+        receiver = ReceiverConfig(
+            settings.worker, without_files(ReceiverSettings, http_host="127.0.0.1", http_port=free_port()),
+            settings.kafka, settings.pubsub,
+        )  # fmt: skip
         async with asyncio.TaskGroup() as tasks:
             worker = tasks.create_task(run_worker(settings, stop))
+            receiving = tasks.create_task(run_receiver(receiver, stop))
             try:
                 settled = await wait_until_settled(ct, [p.id for p in payments], timeout_s)
+                table, all_right = report(settled)
+                print(table)
+                print(
+                    f"\n{len(SCENARIOS)} payments, all transactions as expected"
+                    if all_right
+                    else "\nsome transactions ended WRONG"
+                )
+                all_right &= await settle_by_notification(ct, ledger, settled, receiver.receiver.http_port, timeout_s)
             finally:
                 stop.set()
             await worker
+            await receiving
     finally:
         await ct.aclose()
-    table, all_right = report(settled)
-    print(table)
-    print(f"\n{len(SCENARIOS)} payments, all transactions as expected" if all_right else "\nsome transactions ended WRONG")
     return all_right
+
+
+async def settle_by_notification(
+    ct: CommercetoolsClient, ledger: str, settled: list[Payment], port: int, timeout_s: float
+) -> bool:
+    """The PSP decides the asynchronous charge (the bank confirmed it) and notifies the receiver, as Stripe
+    would; the worker looks the execution up and settles the Pending charge."""
+    [payment] = [p for s, p in zip(SCENARIOS, settled, strict=True) if s.name == "asynchronous PSP"]
+    pending = payment.transactions[-1]
+    assert pending.interaction_id is not None
+    psp = SandboxLedger(ledger)
+    try:
+        psp.settle(pending.interaction_id, TransactionState.SUCCESS, "captured", "Amount charged (the bank confirmed)")
+    finally:
+        psp.close()
+    body, headers = signed_notice(pending.interaction_id, payment.id, WEBHOOK_SECRET)
+    url = f"http://127.0.0.1:{port}/notifications/{SANDBOX_INTERFACE.casefold()}"
+    async with aiohttp.ClientSession() as http, http.post(url, data=body, headers=headers) as answer:
+        accepted = answer.status
+    async with asyncio.timeout(timeout_s):
+        while (now := (await ct.get_payment(payment.id)).transactions[-1]).state is TransactionState.PENDING:
+            await asyncio.sleep(0.2)
+    event_id = orjson.loads(body)["id"]
+    right = accepted == 200 and now.state is TransactionState.SUCCESS
+    print(
+        f"\nasynchronous PSP: the sandbox settled {pending.interaction_id} and sent notification {event_id};"
+        f" the receiver answered {accepted}, and the charge went Pending -> {now.state.value}" + ("" if right else "  <-- WRONG")
+    )
+    return right
 
 
 def main(source: Literal["kafka", "pubsub"] = "kafka") -> int:
