@@ -1,11 +1,15 @@
 """Reading the sandbox's ledger: what the tests and the benchmark count. The product only writes it."""
 
+import asyncio
 import contextlib
 import sqlite3
 import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+import httpx
+import orjson
 
 from connector.adapters.contract import OPERATION_FOR, Operation
 from connector.adapters.sandbox import (
@@ -17,6 +21,7 @@ from connector.adapters.sandbox import (
     SandboxLedger,
     execution_from_row,
 )
+from connector.adapters.sandbox_notifications import notice_body, signed_headers
 from connector.models.payment import TransactionState, TransactionType
 
 # The payment id of executions recorded before a test (record_execution), which are not the connector's work.
@@ -74,3 +79,50 @@ def _select(path: Path | str, query: str) -> list[tuple[Any, ...]]:
             if "no such table" in str(error):  # a worker has created the file, not yet its table
                 return []
             raise
+
+
+class SandboxNotifier:
+    """Plays the sandbox PSP deciding its Pending executions later: settles each in the ledger (Success),
+    then notifies the receiver at ``url``, delivering the same event again (signed anew) until it answers
+    2xx, as Stripe retries a notification for days."""
+
+    def __init__(self, ledger: Path, url: str, secret: str) -> None:
+        self._ledger, self._url, self._secret = ledger, url, secret
+        self.unanswered: dict[str, tuple[str, bytes]] = {}  # reference -> (payment id, body) not yet accepted
+        self.accepted: dict[str, str] = {}  # reference -> event id the receiver took
+        self.failed_attempts = 0
+
+    async def run(self, stop: asyncio.Event, interval_s: float = 0.3) -> None:
+        async with httpx.AsyncClient(timeout=5) as http:
+            while not stop.is_set():
+                self._settle_new()  # nothing while the ledger does not exist yet
+                for reference, (_, body) in list(self.unanswered.items()):
+                    try:
+                        answer = await http.post(self._url, content=body, headers=signed_headers(body, self._secret))
+                    except httpx.HTTPError:
+                        answer = None
+                    if answer is not None and answer.is_success:
+                        self.accepted[reference] = orjson.loads(body)["id"]
+                        del self.unanswered[reference]
+                    else:
+                        self.failed_attempts += 1
+                await asyncio.sleep(interval_s)
+
+    def _settle_new(self) -> None:
+        due = [
+            e for e in executions(self._ledger)
+            if e.state is TransactionState.PENDING and e.psp_reference not in self.unanswered and e.completes_at <= time.time()
+        ]  # fmt: skip
+        if not due:
+            return
+        ledger = SandboxLedger(self._ledger)
+        try:
+            for execution in due:
+                code, text = SUCCESS_CODE[execution.operation]
+                ledger.settle(execution.psp_reference, TransactionState.SUCCESS, code, text)
+                self.unanswered[execution.psp_reference] = (
+                    execution.payment_id,
+                    notice_body(execution.psp_reference, execution.payment_id),
+                )
+        finally:
+            ledger.close()

@@ -5,7 +5,10 @@ answers again finishes every payment: nothing dead-lettered, lost or executed tw
 
 The four run side by side, each with its own worker, topic and fault proxy (``FaultyHttp``: neither
 the emulator nor localstripe can answer 503 or 429, and stopping them would lose what they store).
-Figures go to the reliability report: ``outages_survived`` and ``dead_letters_from_outages``.
+A fifth, beside them, has PSP notices arrive during a commercetools outage: the receiver (``connector
+receive``) needs no commercetools, so it queues each one (2xx), and the paused worker applies each
+once when commercetools is back. Figures go to the reliability report: ``outages_survived``,
+``dead_letters_from_outages`` and ``notices_during_outage``.
 """
 
 import asyncio
@@ -27,7 +30,7 @@ from connector.models.payment import Payment
 from tests.fault_proxies import FaultyHttp
 from tests.localstripe_peer import LocalStripe
 from tests.queues import KafkaQueue
-from tests.sandbox_ledger import executions
+from tests.sandbox_ledger import SandboxNotifier, executions
 from tests.stack import free_port, messages
 from tests.stack.payments import as_json, payment_draft, wait_until_settled
 from tests.stack.queues import PARTITIONS
@@ -71,14 +74,17 @@ async def test_three_minute_outages_pause_and_lose_nothing(
 ) -> None:
     for index in range(len(SCENARIOS)):
         (tmp_path / f"case-{index}").mkdir()
+    (tmp_path / "notices").mkdir()
     results = await asyncio.gather(
         *(
             _survive(scenario, kafka_bootstrap, ct_url, project_key, ct, localstripe, tmp_path / f"case-{index}")
             for index, scenario in enumerate(SCENARIOS)
-        )
+        ),
+        _notices_survive(kafka_bootstrap, ct_url, project_key, ct, tmp_path / "notices"),
     )
     dead_letters = sum(results)
-    reliability_report["outages_survived"] = reliability_report.get("outages_survived", 0) + len(SCENARIOS)
+    reliability_report["notices_during_outage"] = reliability_report.get("notices_during_outage", 0) + NOTICES
+    reliability_report["outages_survived"] = reliability_report.get("outages_survived", 0) + len(SCENARIOS) + 1
     reliability_report["dead_letters_from_outages"] = reliability_report.get("dead_letters_from_outages", 0) + dead_letters
     assert dead_letters == 0
 
@@ -129,6 +135,78 @@ async def _survive(
     await _assert_executed_once(scenario, settled, folder, localstripe)
     assert await queue.unfinished() == 0
     return await _dead_letter_count(bootstrap, f"{queue.topic}.dlq")
+
+
+NOTICES = 10
+NOTIFY_SECRET = "outage-webhook-secret"
+
+
+async def _notices_survive(bootstrap: str, ct_url: str, project_key: str, ct: CommercetoolsClient, folder: Path) -> int:
+    """Pending charges, decided by the PSP during a commercetools outage: every notice is accepted
+    during it, and applied once after it."""
+    queue = KafkaQueue(bootstrap)
+    await queue.create()
+    ledger = folder / "ledger.sqlite"
+    async with FaultyHttp(ct_url) as proxy:
+        amounts = [1042 + 100 * index for index in range(NOTICES)]  # ending in 42: the sandbox answers Pending
+        payments = [await ct.create_payment(payment_draft(a, (), (("Charge", a),))) for a in amounts]
+        route = sandbox_route(ledger, 20)
+        route["settings"]["webhook_secret"] = NOTIFY_SECRET
+        environment = os.environ | worker_environment(queue, ct_url=proxy.url, project_key=project_key, routes=[route])
+        ops_port, listener = free_port(), free_port()
+        environment |= {"CONNECTOR_PAUSE_MAX_S": "20", "CONNECTOR_LOG_LEVEL": "warning"}
+        with (folder / "worker.log").open("wb") as log:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "connector", "run"], env=environment | {"CONNECTOR_HTTP_PORT": str(ops_port)}, stderr=log
+            )
+        receiver = subprocess.Popen(
+            [sys.executable, "-m", "connector", "receive"], stderr=subprocess.DEVNULL,
+            env=environment | {"NOTIFY_HTTP_HOST": "127.0.0.1", "NOTIFY_HTTP_PORT": str(listener)},
+        )  # fmt: skip
+        notifier = SandboxNotifier(ledger, f"http://127.0.0.1:{listener}/notifications/sandbox", NOTIFY_SECRET)
+        stop_notifying = asyncio.Event()
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{ops_port}", timeout=5) as ops:
+                await _until_ready(ops, worker)
+                await queue.publish([_created(project_key, p) for p in payments])
+                async with asyncio.timeout(60):
+                    while not all([await _pending(ct, p) for p in payments]):
+                        await asyncio.sleep(0.2)
+                outage = proxy.burst(503, OUTAGE_S)
+                notifying = asyncio.create_task(notifier.run(stop_notifying))
+                async with asyncio.timeout(60):
+                    while len(notifier.accepted) < NOTICES:
+                        await asyncio.sleep(0.2)
+                assert not outage.done(), "the notices were not all accepted during the outage"
+                await outage
+                async with asyncio.timeout(240):
+                    while True:
+                        settled = [await ct.get_payment(p.id) for p in payments]
+                        if all(t.state.value == "Success" for p in settled for t in p.transactions):
+                            break
+                        await asyncio.sleep(0.5)
+                metrics = (await ops.get("/metrics")).text
+            stop_notifying.set()
+            await notifying
+            for process in (worker, receiver):
+                process.send_signal(signal.SIGTERM)
+                await asyncio.to_thread(process.wait, 60)
+        finally:
+            stop_notifying.set()
+            for process in (worker, receiver):
+                if process.poll() is None:
+                    process.kill()
+    assert (worker.returncode, receiver.returncode) == (0, 0), (folder / "worker.log").read_text(errors="replace")[-3000:]
+    assert _sample(metrics, "connector_pauses_total", "commercetools") >= 1.0
+    for payment in settled:
+        applied = [i.fields["eventId"] for i in payment.interface_interactions if i.fields.get("type") == "notification"]
+        assert applied == [notifier.accepted[payment.transactions[0].interaction_id or ""]], payment.id
+    assert await queue.unfinished() == 0
+    return await _dead_letter_count(bootstrap, f"{queue.topic}.dlq")
+
+
+async def _pending(ct: CommercetoolsClient, payment: Payment) -> bool:
+    return all(t.state.value == "Pending" for t in (await ct.get_payment(payment.id)).transactions)
 
 
 def _draft(psp: str, index: int) -> dict[str, Any]:

@@ -7,6 +7,11 @@ the PSP forgot the key, as one after Stripe's 24 hours would. Some payments hold
 (a kill may fall between them), and some take the PSP 3 s while their caller times out after 1 s (a
 PSP slower than its client's timeout, which Stripe can be): their retries meet "in progress".
 
+In the crash case, notices arrive too: a tenth of the payments are charges the PSP answers Pending,
+and the test plays the PSP deciding them later, settling each and notifying the receiver (``connector
+receive``, killed at each kill beside the worker) until it answers 2xx, as Stripe retries. Every
+notice must be applied, and none twice.
+
 Figures go to the session's reliability report (printed by ``make reliability``).
 """
 
@@ -26,8 +31,8 @@ from connector.commercetools.client import CommercetoolsClient
 from connector.models.payment import Payment
 from tests.fault_proxies import FaultyHttp, Toxiproxy
 from tests.queues import EventQueue, KafkaQueue
-from tests.sandbox_ledger import answers, executions
-from tests.stack import messages
+from tests.sandbox_ledger import SandboxNotifier, answers, executions
+from tests.stack import free_port, messages
 from tests.stack.kafka import LocalKafka
 from tests.stack.payments import as_json, payment_draft, wait_until_settled
 from tests.support import QUICK_LEASE, sandbox_route, worker_environment
@@ -50,7 +55,7 @@ STRICT_PSP = {"key_retention_s": 5, "timeout_ms": 1000, "slow_ms": 3000}
 
 def crash_worker_environment(queue: EventQueue, ct_url: str, project_key: str, ledger: Path) -> dict[str, str]:
     route = sandbox_route(ledger, 40)
-    route["settings"] |= STRICT_PSP
+    route["settings"] |= STRICT_PSP | {"webhook_secret": NOTIFY_SECRET}
     environment = worker_environment(queue, ct_url=ct_url, project_key=project_key, routes=[route])
     return os.environ | environment | QUICK_LEASE | {"CONNECTOR_LOG_LEVEL": "warning", "CONNECTOR_MAX_IN_FLIGHT": "16"}
 
@@ -62,7 +67,12 @@ MIX: list[tuple[tuple[str, int], ...]] = [
     (("Authorization", 3013),),  # declined
     (("Authorization", 4088), ("Charge", 4088)),  # two slow transactions: a kill may well fall between them
     (("Charge", 5088),),  # the PSP works longer than its caller waits
+    (("Authorization", 1000),),
+    (("Charge", 2000),),
+    (("Charge", 6042),),  # Pending: the PSP decides it later, and notifies (the crash case's notifier)
+    (("Authorization", 7000),),
 ]
+NOTIFY_SECRET = "reliability-webhook-secret"
 
 
 async def create_payments(ct: CommercetoolsClient, count: int) -> list[Payment]:
@@ -89,12 +99,48 @@ def spawn_worker(environment: dict[str, str], stderr: Any = subprocess.DEVNULL) 
     return subprocess.Popen([sys.executable, "-m", "connector", "run"], env=environment, stderr=stderr)
 
 
+def spawn_receiver(environment: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+    listener = {"NOTIFY_HTTP_HOST": "127.0.0.1", "NOTIFY_HTTP_PORT": str(port)}
+    return subprocess.Popen([sys.executable, "-m", "connector", "receive"], env=environment | listener, stderr=subprocess.DEVNULL)
+
+
+async def wait_until_notified(
+    ct: CommercetoolsClient, payments: list[Payment], notifier: SandboxNotifier, timeout_s: float
+) -> list[Payment]:
+    """The payments once every Pending one the notifier decided shows its outcome."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            current = [await ct.get_payment(p.id) for p in payments]
+            if not notifier.unanswered and all(t.state.value != "Pending" for p in current for t in p.transactions):
+                return current
+            await asyncio.sleep(0.5)
+
+
+def check_notices(settled: list[Payment], notifier: SandboxNotifier, report: dict[str, Any]) -> None:
+    """Every notice the receiver accepted is applied to its payment, and none twice."""
+    by_reference = {t.interaction_id: p for p in settled for t in p.transactions if t.interaction_id}
+    lost = twice = 0
+    for reference, event_id in notifier.accepted.items():
+        payment = by_reference[reference]
+        applied = [i.fields for i in payment.interface_interactions if i.fields.get("type") == "notification"]
+        transaction = next(t for t in payment.transactions if t.interaction_id == reference)
+        lost += transaction.state.value != "Success" or not applied
+        twice += len(applied) > 1
+        assert not applied or applied[0]["eventId"] == event_id
+    figures = {"notices_accepted": len(notifier.accepted), "notices_lost": lost, "notices_applied_twice": twice,
+               "notice_deliveries_refused_or_unanswered": notifier.failed_attempts}  # fmt: skip
+    for name, value in figures.items():
+        report[name] = report.get(name, 0) + value
+    assert (lost, twice) == (0, 0)
+
+
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("queue", ["kafka", "pubsub"], indirect=True)
 async def test_sigkill_at_random_moments_loses_nothing_and_executes_nothing_twice(
     queue: EventQueue, ct_url: str, project_key: str, ct: CommercetoolsClient, tmp_path: Path, reliability_report: dict[str, Any]
 ) -> None:
-    """1,000 transactions; the worker is killed (SIGKILL) mid-run and restarted, 5 times: no loss, no double execution."""
+    """1,000 transactions; the worker and the receiver are killed (SIGKILL) mid-run and restarted, 5 times,
+    while notices arrive: no loss, no double execution, every notice applied once."""
     payments = await publish_payments(ct, queue, project_key, PAYMENTS)
     ledger = tmp_path / "ledger.sqlite"
     environment = crash_worker_environment(queue, ct_url, project_key, ledger)
@@ -102,30 +148,44 @@ async def test_sigkill_at_random_moments_loses_nothing_and_executes_nothing_twic
     kills = restarts = between = 0
     executed_at_kill: list[int] = []
     pairs = {p.id for p in payments if len(p.transactions) == 2}
+    port = free_port()
+    notifier = SandboxNotifier(ledger, f"http://127.0.0.1:{port}/notifications/sandbox", NOTIFY_SECRET)
+    notifying = asyncio.Event()
 
-    worker = spawn_worker(environment)
+    worker, receiver = spawn_worker(environment), spawn_receiver(environment, port)
     try:
-        while kills < KILLS[queue.name]:
-            await asyncio.sleep(rng.uniform(1.0, 4.0))
-            done = len(executions(ledger)) if ledger.exists() else 0
-            if done >= len(payments) * 3 // 4:
-                break  # too late for a kill to test anything
-            worker.send_signal(signal.SIGKILL)
-            await asyncio.to_thread(worker.wait, 10)
-            kills += 1
-            executed_at_kill.append(done)
-            between += killed_between_transactions(ledger, pairs)
-            worker, restarts = spawn_worker(environment), restarts + 1
-        settled = await wait_until_settled(ct, [p.id for p in payments], timeout_s=SETTLE_AFTER_KILLS_S)
-        worker.send_signal(signal.SIGTERM)
-        await asyncio.to_thread(worker.wait, 60)
-        assert worker.returncode == 0
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(notifier.run(notifying))
+            try:
+                while kills < KILLS[queue.name]:
+                    await asyncio.sleep(rng.uniform(1.0, 4.0))
+                    done = len(executions(ledger)) if ledger.exists() else 0
+                    if done >= len(payments) * 3 // 4:
+                        break  # too late for a kill to test anything
+                    for process in (worker, receiver):
+                        process.send_signal(signal.SIGKILL)
+                        await asyncio.to_thread(process.wait, 10)
+                    kills += 1
+                    executed_at_kill.append(done)
+                    between += killed_between_transactions(ledger, pairs)
+                    worker, receiver, restarts = spawn_worker(environment), spawn_receiver(environment, port), restarts + 1
+                settled = await wait_until_settled(ct, [p.id for p in payments], timeout_s=SETTLE_AFTER_KILLS_S)
+                settled = await wait_until_notified(ct, settled, notifier, timeout_s=SETTLE_AFTER_KILLS_S)
+            finally:
+                notifying.set()
+        for process in (worker, receiver):
+            process.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(process.wait, 60)
+            assert process.returncode == 0
     finally:
-        if worker.poll() is None:
-            worker.kill()
+        for process in (worker, receiver):
+            if process.poll() is None:
+                process.kill()
 
     reliability_report["killed_between_transactions"] = reliability_report.get("killed_between_transactions", 0) + between
     await check_and_report(queue, settled, ledger, reliability_report, kills=kills, restarts=restarts)
+    check_notices(settled, notifier, reliability_report)
+    assert len(notifier.accepted) >= PAYMENTS // len(MIX)
     assert kills == KILLS[queue.name], f"the run finished after {kills} kills (executed at each kill: {executed_at_kill})"
     psp = answers(ledger)
     assert psp.get("in_progress") and psp.get("found_key_forgotten"), f"the strict PSP's paths were not met: {psp}"

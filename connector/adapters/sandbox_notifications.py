@@ -32,13 +32,27 @@ def signature(body: bytes, secret: str, at: int) -> str:
     return f"t={at},v1={mac}"
 
 
-def signed_notice(reference: str, payment_id: str, secret: str, at: int | None = None) -> tuple[bytes, dict[str, str]]:
-    """A notice the sandbox sends about the execution ``reference``: its body and headers."""
+def notice_body(reference: str, payment_id: str, at: int | None = None) -> bytes:
+    """The body of a notice the sandbox sends about the execution ``reference`` (a new event id each time)."""
     at = int(time.time()) if at is None else at
-    body = orjson.dumps(
-        {"id": f"sbxevt_{uuid.uuid4().hex}", "type": EVENT_TYPE, "created": at, "reference": reference, "paymentId": payment_id}
-    )
-    return body, {SIGNATURE_HEADER: signature(body, secret, at), "Content-Type": "application/json"}
+    event = {
+        "id": f"sbxevt_{uuid.uuid4().hex}",
+        "type": EVENT_TYPE,
+        "created": at,
+        "reference": reference,
+        "paymentId": payment_id,
+    }
+    return orjson.dumps(event)
+
+
+def signed_headers(body: bytes, secret: str, at: int | None = None) -> dict[str, str]:
+    """Headers signing ``body`` now: a PSP signs each delivery attempt anew, so a retry is never stale."""
+    return {SIGNATURE_HEADER: signature(body, secret, int(time.time()) if at is None else at), "Content-Type": "application/json"}
+
+
+def signed_notice(reference: str, payment_id: str, secret: str, at: int | None = None) -> tuple[bytes, dict[str, str]]:
+    body = notice_body(reference, payment_id, at)
+    return body, signed_headers(body, secret, at)
 
 
 def parse(body: bytes, headers: Mapping[str, str], secret: str | None, now: float | None = None) -> Notice:

@@ -18,6 +18,9 @@
 5. The reconciler, idle: the worker idle for 30 s sweeping every second, and 30 s without it; its
    CPU per sweep, and its share at the default interval (5 minutes) of the worker's CPU, loaded (at
    the measured throughput) and idle.
+6. The notification receiver (``connector receive``): 5,000 signed Stripe events posted by 64
+   concurrent clients, each answered once Kafka holds it: notices accepted per second, the
+   receiver's CPU per notice, and the p99 answer time.
 
 Prints one JSON line and writes it to tests/bench/result.json. ``--profile`` adds a py-spy
 profile of the worker during the second saturation round (top entries in tests/bench/profile.txt).
@@ -39,6 +42,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
@@ -46,6 +50,7 @@ from pydantic import SecretStr
 
 from connector.commercetools.client import CommercetoolsClient
 from connector.commercetools.interaction_type import interaction_type_draft
+from tests.notices import body_of, event, signed
 from tests.sandbox_ledger import execution_times, references_for
 from tests.stack import free_port, messages
 from tests.stack.ctmock import LocalCommercetools
@@ -215,6 +220,73 @@ def measure_reconciler_idle(args: argparse.Namespace, work: Path, url: str, boot
     }
 
 
+RECEIVER_NOTICES = 5000
+RECEIVER_CLIENTS = 64
+BENCH_WEBHOOK_SECRET = "whsec_bench_0001"
+
+
+async def measure_receiver(work: Path, bootstrap: str) -> dict[str, float]:
+    """The receiver's own cost: signed events (made before the clock starts: signing is the PSP's work)
+    posted by concurrent clients; each answer comes once the broker acknowledged the notice."""
+    await create_topics(bootstrap, "bench-notices", "bench-notices.dlq", partitions=PARTITIONS)
+    port, ops = free_port(), free_port()
+    route = {"interface": "stripe", "adapter": "stripe",
+             "settings": {"secret_key": "sk_test_bench", "webhook_secrets": [BENCH_WEBHOOK_SECRET]}}  # fmt: skip
+    environment = os.environ | {
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "KAFKA_TOPIC": "bench-notices", "CONNECTOR_ADAPTERS": json.dumps([route]),
+        "CONNECTOR_HTTP_HOST": "127.0.0.1", "CONNECTOR_HTTP_PORT": str(ops), "NOTIFY_HTTP_HOST": "127.0.0.1",
+        "NOTIFY_HTTP_PORT": str(port), "CONNECTOR_LOG_FORMAT": "json", "CONNECTOR_LOG_LEVEL": "warning",
+    }  # fmt: skip
+    requests = []
+    for index in range(RECEIVER_NOTICES):
+        intent = {"id": f"pi_bench{index:06d}", "object": "payment_intent", "status": "succeeded", "amount": 1000,
+                  "metadata": {"ctPaymentId": f"bench-{index:06d}", "ctTransactionId": f"t-{index:06d}"}}  # fmt: skip
+        body = body_of(event("payment_intent.succeeded", intent))
+        requests.append((body, signed(body, [BENCH_WEBHOOK_SECRET])))
+    url = f"http://127.0.0.1:{port}/notifications/stripe"
+    with (work / "receiver.log").open("wb") as log:
+        receiver = subprocess.Popen([sys.executable, "-m", "connector", "receive"], env=environment, stderr=log)
+    try:
+        # aiohttp, not httpx: the clients share this machine's two cores with the receiver and the broker,
+        # and httpx spent a core on 256 requests a second, more than the receiver itself.
+        connector = aiohttp.TCPConnector(limit=RECEIVER_CLIENTS)
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as http:
+            deadline = time.monotonic() + 60
+            while True:  # ready: a request answered (400: no signature)
+                try:
+                    async with http.post(url, data=b"{}"):
+                        break
+                except aiohttp.ClientError:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError("the receiver did not start") from None
+                    await asyncio.sleep(0.2)
+            pending = iter(requests)
+            answer_s: list[float] = []
+
+            async def client() -> None:
+                for body, headers in pending:
+                    sent = time.perf_counter()
+                    async with http.post(url, data=body, headers=headers) as response:
+                        await response.read()
+                        assert response.status == 200, response.status
+                    answer_s.append(time.perf_counter() - sent)
+
+            cpu_before, started = process_cpu_s(receiver.pid), time.perf_counter()
+            async with asyncio.TaskGroup() as tasks:
+                for _ in range(RECEIVER_CLIENTS):
+                    tasks.create_task(client())
+            elapsed, cpu_s = time.perf_counter() - started, process_cpu_s(receiver.pid) - cpu_before
+    finally:
+        receiver.send_signal(signal.SIGTERM)
+        receiver.wait(timeout=60)
+    answer_s.sort()
+    return {
+        "receiver_notices_per_s": round(RECEIVER_NOTICES / elapsed, 1),
+        "receiver_cpu_ms_per_notice": round(cpu_s * 1000 / RECEIVER_NOTICES, 3),
+        "receiver_p99_ms": round(answer_s[int(len(answer_s) * 0.99)] * 1000, 1),
+    }
+
+
 def process_cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
@@ -275,6 +347,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "reconciler_share_of_loaded_worker_cpu": round(per_s / loaded_cpu_ms_per_s, 6),
             "reconciler_share_of_idle_worker_cpu": round(per_s / max(idle["idle_worker_cpu_ms_per_s"], 1e-9), 4),
         }
+        print(f"the notification receiver: {RECEIVER_NOTICES} notices ...", file=sys.stderr)
+        figures |= await measure_receiver(work, bootstrap)
         for c in (ct, baseline_ct, warm_up_ct):
             await c.aclose()
     return figures
