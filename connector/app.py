@@ -130,6 +130,11 @@ def build_parts(settings: Settings) -> Parts:
     """Loads the adapters (a bad plugin fails here, before any delivery) and wires the rest to them."""
     worker_settings = settings.worker
     registry = AdapterRegistry.load(worker_settings.adapters)
+    if unable := registry.without_credentials():
+        raise ConfigurationError(
+            f"invalid settings:\n  CONNECTOR_ADAPTERS: {', '.join(unable)} has no PSP credentials (secret_key): a worker"
+            " calls the PSP; only the notification receiver runs without them"
+        )
     metrics = Metrics()
     breakers = Breakers(
         [COMMERCETOOLS, *(psp_dependency(*route) for route in registry.routes())], PauseWaits(max_s=worker_settings.pause_max_s)

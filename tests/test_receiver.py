@@ -14,8 +14,12 @@ import httpx
 import orjson
 import pytest
 import structlog
+from pydantic import SecretStr
 
 from connector.adapters.registry import AdapterRegistry, AdapterRoute
+from connector.app import build_parts
+from connector.config import CommercetoolsSettings, KafkaSettings, Settings, WorkerSettings, without_files
+from connector.errors import ConfigurationError
 from connector.metrics import Metrics
 from connector.models.delivery import parse_delivery
 from connector.models.notice import NoticeTrigger
@@ -152,3 +156,15 @@ async def test_a_queue_that_fails_gets_503_so_the_psp_redelivers(listening: List
     assert response.status_code == 503
     assert time.monotonic() - started < 5
     assert orjson.loads(response.content) == {"received": False}
+
+
+def test_a_worker_refuses_a_route_without_psp_credentials(tmp_path: Path) -> None:
+    """What the receiver runs with (webhook secrets only) cannot serve a worker: refused at start-up."""
+    route = AdapterRoute(interface="STRIPE", adapter="stripe", settings={"webhook_secrets": [WEBHOOK_SECRET]})
+    settings = Settings(
+        without_files(CommercetoolsSettings, project_key="p", client_id="c", client_secret=SecretStr("s")),
+        without_files(WorkerSettings, adapters=[route]),
+        kafka=without_files(KafkaSettings, bootstrap_servers="127.0.0.1:1", topic="t"),
+    )
+    with pytest.raises(ConfigurationError, match=r"stripe/\(default\) has no PSP credentials"):
+        build_parts(settings)

@@ -18,6 +18,8 @@ Duties of an adapter:
 - Optionally, implement ``find`` (``FindsExecutions``): what the PSP already did for a transaction.
   The processor asks it before it executes a transaction that was claimed before, so that a takeover
   after a crash, or after the PSP forgot the idempotency key, never executes twice.
+- An adapter built without the PSP's credentials (for the receiver, which needs only the webhook
+  secrets) says so with ``can_execute = False``; a worker refuses to start with it.
 - Optionally, receive the PSP's notifications (``ReceivesNotifications``): verify and parse a webhook
   request into a ``Notice``, look its object up fresh at the PSP, and say what that object's current
   state means for the payment's transactions (``Finding``). The core queues, orders, deduplicates and
@@ -201,6 +203,12 @@ def capabilities_of(adapter: PaymentAdapter) -> Capabilities:
 
 def finder_of(adapter: PaymentAdapter) -> FindsExecutions | None:
     return adapter if callable(getattr(adapter, "find", None)) else None  # type: ignore[return-value]
+
+
+def can_execute(adapter: PaymentAdapter) -> bool:
+    """False for an adapter built without the credentials to call its PSP (an ``can_execute`` attribute
+    set False): enough for the notification receiver, which only verifies; a worker refuses it."""
+    return getattr(adapter, "can_execute", True) is not False
 
 
 def notifier_of(adapter: PaymentAdapter) -> ReceivesNotifications | None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from connector.adapters.contract import AdapterFactory, PaymentAdapter, capabilities_of, finder_of
+from connector.adapters.contract import AdapterFactory, PaymentAdapter, can_execute, capabilities_of, finder_of
 from connector.errors import ConfigurationError
 from connector.models.delivery import describe_validation_error
 from connector.models.payment import PaymentMethodInfo
@@ -101,6 +101,14 @@ class AdapterRegistry:
             for (interface, _), adapter in self._routes.items()
             if finder_of(adapter) is None
         }
+
+    def without_credentials(self) -> list[str]:
+        """The routes whose adapter cannot call its PSP (built for the receiver alone), as ``interface/account``."""
+        return [
+            f"{interface}/{account or '(default)'}"
+            for (interface, account), adapter in self._routes.items()
+            if not can_execute(adapter)
+        ]
 
     def longest_request_s(self) -> float:
         """The longest one PSP request of any routed adapter may run (their declared capabilities)."""

@@ -62,7 +62,8 @@ REFUND_STATES = {
 class StripeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    secret_key: SecretStr = Field(description="secret (sk_) or restricted (rk_) key of this account")
+    # Empty only in the notification receiver's settings, which verify and queue and never call Stripe.
+    secret_key: SecretStr | None = Field(default=None, description="secret (sk_) or restricted (rk_) key of this account")
     api_base: str | None = Field(default=None, description="another API address, for an emulator")
     timeout_s: float = Field(default=30.0, gt=0)
     # Since API version 2026-09-30 Stripe refuses `payment_method_types` on PaymentIntents; the allowed list replaces it.
@@ -82,8 +83,8 @@ class StripeSettings(BaseModel):
 
     @field_validator("secret_key")
     @classmethod
-    def _is_secret_key(cls, key: SecretStr) -> SecretStr:
-        if not key.get_secret_value().startswith(("sk_", "rk_")):
+    def _is_secret_key(cls, key: SecretStr | None) -> SecretStr | None:
+        if key is not None and not key.get_secret_value().startswith(("sk_", "rk_")):
             raise ValueError("must be a Stripe secret key (sk_...) or restricted key (rk_...)")
         return key
 
@@ -107,6 +108,7 @@ class StripeAdapter:
         self._payment_method_types = payment_method_types
         self._webhook_secrets = list(webhook_secrets or ())
         self._webhook_tolerance_s = webhook_tolerance_s
+        self.can_execute = True  # False: built without a secret key, for the receiver only
         # A PaymentIntent is captured once: Stripe releases what a partial capture leaves.
         self.capabilities = Capabilities(multiple_captures=False, request_timeout_s=timeout_s)
 
@@ -371,14 +373,16 @@ def create_adapter(settings: Mapping[str, Any]) -> StripeAdapter:
     parsed = StripeSettings.model_validate(settings)
     http = stripe.AIOHTTPClient(timeout=parsed.timeout_s)
     client = stripe.StripeClient(
-        parsed.secret_key.get_secret_value(),
+        parsed.secret_key.get_secret_value() if parsed.secret_key else "sk_none",  # never sent: see can_execute
         base_addresses={"api": parsed.api_base} if parsed.api_base else None,
         http_client=http,
         max_network_retries=0,  # the processor retries, with the same idempotency key
     )
-    return StripeAdapter(
+    adapter = StripeAdapter(
         client, http, parsed.allowed_payment_method_types, parsed.timeout_s, parsed.webhook_secrets, parsed.webhook_tolerance_s
     )
+    adapter.can_execute = parsed.secret_key is not None
+    return adapter
 
 
 def _replayed(exc: stripe.StripeError) -> bool:
