@@ -71,7 +71,8 @@ def test_each_rendered_manifest_validates_against_its_schema(overlay: str) -> No
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_the_rendered_parts_fit_together(overlay: str) -> None:
-    by_kind = {d["kind"]: d for d in render(overlay)}
+    receiver = "payment-connector-receiver"  # checked in the next test
+    by_kind = {d["kind"]: d for d in render(overlay) if d["metadata"].get("labels", {}).get("app.kubernetes.io/name") != receiver}
     deployment, config = by_kind["Deployment"], by_kind["ConfigMap"]
     pod = deployment["spec"]["template"]
     container = pod["spec"]["containers"][0]
@@ -96,6 +97,42 @@ def test_the_rendered_parts_fit_together(overlay: str) -> None:
         assert trigger["metadata"]["topic"] == config["data"]["KAFKA_TOPIC"]
     else:
         assert trigger["metadata"]["subscriptionName"].endswith("/" + config["data"]["PUBSUB_SUBSCRIPTION"])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_receiver_is_apart_and_queues_where_the_workers_read(overlay: str) -> None:
+    documents = render(overlay)
+    named = {(d["kind"], d["metadata"]["name"].rsplit("-", 1)[0] if d["kind"] == "ConfigMap" else d["metadata"]["name"]): d
+             for d in documents}  # fmt: skip
+    receiver = named[("Deployment", "payment-connector-receiver")]
+    pod = receiver["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    assert container["args"] == ["receive"]
+    worker_labels = named[("Deployment", "payment-connector")]["spec"]["template"]["metadata"]["labels"].items()
+    receiver_labels = pod["metadata"]["labels"].items()
+    for service in ("payment-connector-notifications", "payment-connector-receiver-metrics"):
+        selector = named[("Service", service)]["spec"]["selector"].items()
+        assert selector <= receiver_labels and not selector <= worker_labels, service
+    assert not named[("Service", "payment-connector")]["spec"]["selector"].items() <= receiver_labels
+    public = named[("Service", "payment-connector-notifications")]
+    assert [p["targetPort"] for p in public["spec"]["ports"]] == ["notify"]  # never /metrics
+    assert "prometheus.io/scrape" not in public["metadata"].get("annotations", {})
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    config = named[("ConfigMap", "payment-connector-receiver")]["data"]
+    worker_config = named[("ConfigMap", "payment-connector")]["data"]
+    assert (int(config["NOTIFY_HTTP_PORT"]), int(config["CONNECTOR_HTTP_PORT"])) == (ports["notify"], ports["http"])
+    shared = [
+        k
+        for k in ("CONNECTOR_SOURCE", "KAFKA_BOOTSTRAP_SERVERS", "KAFKA_TOPIC", "PUBSUB_PROJECT_ID", "PUBSUB_SUBSCRIPTION")
+        if k in worker_config
+    ]
+    assert {k: config.get(k) for k in shared} == {k: worker_config[k] for k in shared}
+    assert pod["spec"]["terminationGracePeriodSeconds"] > float(config["NOTIFY_REQUEST_TIMEOUT_S"])
+    secrets = next(v for v in pod["spec"]["volumes"] if v["name"] == "secrets")["secret"]["secretName"]
+    template = yaml.safe_load((DEPLOY / "kubernetes" / "receiver-secret.template.yaml").read_text())
+    kubernetes_validate.validate(template, KUBERNETES_VERSION, strict=True)
+    assert template["metadata"]["name"] == secrets and set(template["stringData"].values()) == {""}
+    assert "CTP_CLIENT_SECRET" not in template["stringData"]  # no commercetools credentials on the internet's side
 
 
 def test_the_secret_template_validates_and_holds_no_values() -> None:

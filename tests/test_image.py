@@ -101,11 +101,11 @@ async def _health(engine: docker.DockerClient, container_id: str, timeout_s: flo
 
 def test_the_image_holds_no_local_stack_and_offers_only_what_works_in_it(engine: docker.DockerClient, image: str) -> None:
     """No Kafka jar downloader, emulator launcher or demo in the image; ``--help`` lists run, setup,
-    healthcheck, replay and reconcile, and the operator's two start there."""
+    healthcheck, replay, reconcile and receive, and the operator's three start there."""
     help_text = engine.containers.run(image, ["--help"], remove=True).decode()
-    commands = ("run", "setup", "healthcheck", "replay", "reconcile")
+    commands = ("run", "receive", "setup", "healthcheck", "replay", "reconcile")
     assert all(command in help_text for command in commands) and "demo" not in help_text, help_text
-    for command in ("replay", "reconcile"):
+    for command in ("replay", "reconcile", "receive"):
         assert "Usage" in engine.containers.run(image, [command, "--help"], remove=True).decode()
     package = "/opt/connector/lib/python3.11/site-packages/connector"
     find = f"find {package} -name pom.xml -o -name '*.mjs' -o -name package.json -o -name 'demo*' -o -name peers -o -name stack"

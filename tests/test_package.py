@@ -45,6 +45,6 @@ def test_the_wheel_holds_the_connector_package_only(tmp_path: Path) -> None:
 def test_the_command_line_offers_only_what_works_in_the_image() -> None:
     """The image test runs each of them; ``demo`` needs the repository's local stack and is ``make demo``."""
     commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
-    assert set(commands) == {"run", "setup", "healthcheck", "replay", "reconcile"}
+    assert set(commands) == {"run", "receive", "setup", "healthcheck", "replay", "reconcile"}
     help_text = CliRunner().invoke(app, ["--help"]).output
     assert all(name in help_text for name in commands) and "demo" not in help_text
