@@ -81,6 +81,12 @@ class World:
                 "billing_details[email]": "jane@example.com"}  # fmt: skip
         return str((await self.localstripe.call("POST", "/v1/payment_methods", **form))["id"])
 
+    async def authenticate(self, intent: dict[str, Any]) -> None:
+        """The customer completes 3-D Secure for ``intent`` (localstripe's own endpoint)."""
+        await self.localstripe.call(
+            "POST", f"/v1/payment_intents/{intent['id']}/_authenticate", client_secret=intent["client_secret"], success="true"
+        )
+
     async def all_handled(self, timeout_s: float = 60.0) -> None:
         """Every record on the topic processed and committed (observable: the group's committed offsets)."""
         async with asyncio.timeout(timeout_s):
@@ -203,9 +209,7 @@ async def test_amount_capturable_updated_authorizes(world: World, running: Runni
     payment = await world.payment([("Authorization", 3100)], await world.card(CARD_3DS))
     pending = await world.until(payment.id, lambda p: states(p) == ["Pending"])
     intent = await intent_of(world, pending)
-    await world.localstripe.call(
-        "POST", f"/v1/payment_intents/{intent['id']}/_authenticate", client_secret=intent["client_secret"], success="true"
-    )
+    await world.authenticate(intent)
     snapshot = await intent_of(world, pending)
     assert snapshot["status"] == "requires_capture"
     assert (await deliver(running.url, event("payment_intent.amount_capturable_updated", snapshot))).status_code == 200
@@ -341,9 +345,7 @@ async def test_signatures_rotation_tolerance(world: World, running: Running) -> 
     payment = await world.payment([("Authorization", 1000)], await world.card(CARD_3DS))
     pending = await world.until(payment.id, lambda p: states(p) == ["Pending"])
     intent = await intent_of(world, pending)
-    await world.localstripe.call(
-        "POST", f"/v1/payment_intents/{intent['id']}/_authenticate", client_secret=intent["client_secret"], success="true"
-    )
+    await world.authenticate(intent)
     authorized = await intent_of(world, pending)
     for secrets, at in ((["whsec_test_someone_else"], None), ([WEBHOOK_SECRET], int(time.time()) - 301)):
         body = body_of(event("payment_intent.amount_capturable_updated", authorized))
@@ -365,9 +367,7 @@ async def test_duplicates_and_two_receivers_change_a_payment_once(world: World, 
     payment = await world.payment([("Authorization", 3300)], await world.card(CARD_3DS))
     pending = await world.until(payment.id, lambda p: states(p) == ["Pending"])
     intent = await intent_of(world, pending)
-    await world.localstripe.call(
-        "POST", f"/v1/payment_intents/{intent['id']}/_authenticate", client_secret=intent["client_secret"], success="true"
-    )
+    await world.authenticate(intent)
     document = event("payment_intent.amount_capturable_updated", await intent_of(world, pending))
     body = body_of(document)
     headers = signed(body)

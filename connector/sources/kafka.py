@@ -9,7 +9,7 @@ import asyncio
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
@@ -123,17 +123,7 @@ class KafkaSource:
     async def start(self) -> None:
         """Connects and checks the topics, retrying within ``start_timeout_s`` (a broker or a topic still
         being set up); a topic still missing then is a ConfigurationError naming its setting."""
-        try:
-            async for attempt in stamina.retry_context(
-                on=KafkaError, attempts=None, timeout=self._config.start_timeout_s, wait_max=5.0
-            ):
-                with attempt:
-                    await self._connect()
-        except _MissingTopic as missing:
-            raise ConfigurationError(
-                f"{missing.setting}: topic {missing.topic!r} does not exist on {self._config.bootstrap_servers}, or these"
-                " credentials cannot see it (brokers like Confluent Cloud create no topic on demand: create it first)"
-            ) from None
+        await _connect_within(self._config, self._connect)
 
     async def _connect(self) -> None:
         options = self._config.client_options()
@@ -285,6 +275,20 @@ class KafkaSource:
         return client
 
 
+async def _connect_within(config: KafkaConfig, connect: Callable[[], Awaitable[None]]) -> None:
+    """Runs ``connect`` until it works, within ``start_timeout_s``; a topic still missing then is a
+    ConfigurationError naming its setting."""
+    try:
+        async for attempt in stamina.retry_context(on=KafkaError, attempts=None, timeout=config.start_timeout_s, wait_max=5.0):
+            with attempt:
+                await connect()
+    except _MissingTopic as missing:
+        raise ConfigurationError(
+            f"{missing.setting}: topic {missing.topic!r} does not exist on {config.bootstrap_servers}, or these"
+            " credentials cannot see it (brokers like Confluent Cloud create no topic on demand: create it first)"
+        ) from None
+
+
 class _MissingTopic(KafkaError):  # type: ignore[misc]
     """Retried like the broker's own errors while the worker starts (the topic may be on its way)."""
 
@@ -425,16 +429,7 @@ class KafkaPublisher:
 
     async def start(self) -> None:
         """Connects and checks the topic, retrying within ``start_timeout_s``."""
-        try:
-            async for attempt in stamina.retry_context(
-                on=KafkaError, attempts=None, timeout=self._config.start_timeout_s, wait_max=5.0
-            ):
-                with attempt:
-                    await self._connect()
-        except _MissingTopic as missing:
-            raise ConfigurationError(
-                f"{missing.setting}: topic {missing.topic!r} does not exist, or these credentials cannot see it"
-            ) from None
+        await _connect_within(self._config, self._connect)
 
     async def _connect(self) -> None:
         producer = AIOKafkaProducer(acks="all", enable_idempotence=True, **self._config.client_options())
