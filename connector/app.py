@@ -237,7 +237,9 @@ async def run_receiver(config: ReceiverConfig, stop: asyncio.Event) -> None:
         async with OpsServer(config.worker.http_host, config.worker.http_port, metrics.registry, readiness):
             await queue.start()
             connected.set()
-            limits = ReceiverLimits(config.receiver.max_body_bytes, config.receiver.request_timeout_s)
+            limits = ReceiverLimits(
+                config.receiver.max_body_bytes, config.receiver.request_timeout_s, config.receiver.max_in_flight
+            )
             receiver = Receiver(registry, queue, limits, metrics)
             async with ReceiverServer(receiver, config.receiver.http_host, config.receiver.http_port):
                 structlog.get_logger("connector.receiver").info("receiver.started", routes=receiver.paths())

@@ -97,6 +97,7 @@ class ReceiverSettings(BaseSettings):
     http_port: int = Field(default=8443, ge=0, le=65535, description="0: any free port (tests, the demo)")
     max_body_bytes: int = Field(default=256 * 1024, ge=1024, le=16 * 1024 * 1024, description="larger requests get 413")
     request_timeout_s: float = Field(default=10.0, gt=0, le=60, description="to read a request, and for the queue to take it")
+    max_in_flight: int = Field(default=256, ge=1, description="requests handled at once; beyond, 503")
     pubsub_topic: str = Field(default="", description="Pub/Sub: the topic to queue notices on; empty: PUBSUB_SUBSCRIPTION's")
     public_url: str = Field(default="", description="connector setup: the address PSPs reach the listener at (https://...)")
 

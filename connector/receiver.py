@@ -4,7 +4,8 @@ It faces the internet, so it listens apart from the operations endpoint (``/metr
 it holds no commercetools credentials: it verifies, and queues. One path per adapter route:
 ``POST /notifications/{interface}`` for the interface's default account, and
 ``POST /notifications/{interface}/{account}``. Each request:
-1. is bounded in size (413 beyond ``max_body_bytes``) and in time (``request_timeout_s``);
+1. is bounded in size (413 beyond ``max_body_bytes``) and in time (``request_timeout_s``), and so is
+   the number handled at once (503 beyond ``max_in_flight``; slow headers are the ingress's to bound);
 2. is verified and parsed by the route's adapter, on the raw body (400 when it is not genuine);
 3. is published to the queue the workers read, keyed by its payment, and answered 200 only once the
    queue holds it. When the queue fails, 503: the PSP delivers it again later (Stripe, for 3 days).
@@ -42,6 +43,7 @@ class NoticeQueue(Protocol):
 class ReceiverLimits:
     max_body_bytes: int = 256 * 1024  # Stripe's events are a few kilobytes
     request_timeout_s: float = 10.0  # well within how long a PSP waits for an answer before it counts a failure
+    max_in_flight: int = 256  # requests handled at once; beyond, 503 at once: memory stays bounded under a flood
 
 
 class Receiver:
@@ -50,6 +52,7 @@ class Receiver:
         self._queue = queue
         self._limits = limits
         self._metrics = metrics
+        self._in_flight = 0
 
     def paths(self) -> list[str]:
         """The path of each route that takes notifications."""
@@ -71,6 +74,10 @@ class Receiver:
         route = self._registry.route(interface, account)
         notifier = notifier_of(route.adapter) if route is not None else None
         label = route.interface.casefold() if route is not None else "unknown"
+        if self._in_flight >= self._limits.max_in_flight:
+            self._metrics.labelled(self._metrics.notifications, label, "unavailable").inc()
+            return web.json_response({"received": False, "error": "busy"}, status=503)
+        self._in_flight += 1
         try:
             if route is None or notifier is None:
                 return self._refused(label, 404, f"no route {interface}/{account or '(default)'} takes notifications")
@@ -104,6 +111,7 @@ class Receiver:
             self._metrics.labelled(self._metrics.notifications, label, "accepted").inc()
             return web.json_response({"received": True})
         finally:
+            self._in_flight -= 1
             self._metrics.notification_seconds.observe(time.perf_counter() - started)
 
     def _refused(self, label: str, status: int, reason: str, route: Route | None = None) -> web.Response:

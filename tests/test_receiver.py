@@ -168,3 +168,25 @@ def test_a_worker_refuses_a_route_without_psp_credentials(tmp_path: Path) -> Non
     )
     with pytest.raises(ConfigurationError, match=r"stripe/\(default\) has no PSP credentials"):
         build_parts(settings)
+
+
+async def test_beyond_the_in_flight_bound_the_receiver_answers_503_at_once(tmp_path: Path) -> None:
+    """A hanging queue (a fake) holds the first request: the second finds the bound reached."""
+    routes = [AdapterRoute(interface="STRIPE", adapter="stripe", settings={"webhook_secrets": [WEBHOOK_SECRET]})]
+    registry = AdapterRegistry.load(routes)
+    queue = ListQueue(hanging=True)
+    port = free_port()
+    receiver = Receiver(registry, queue, ReceiverLimits(MAX_BODY, request_timeout_s=3.0, max_in_flight=1), Metrics())
+    body = body_of(event("payment_intent.succeeded", {"id": "pi_b1", "object": "payment_intent"}))
+    try:
+        async with ReceiverServer(receiver, "127.0.0.1", port), httpx.AsyncClient(timeout=10) as http:
+            url = f"http://127.0.0.1:{port}/notifications/stripe"
+            first = asyncio.create_task(http.post(url, content=body, headers=signed(body)))
+            async with asyncio.timeout(5):
+                while receiver._in_flight == 0:
+                    await asyncio.sleep(0.01)
+            second = await http.post(url, content=body, headers=signed(body))
+            assert second.status_code == 503 and second.json()["error"] == "busy"
+            assert (await first).status_code == 503  # the hanging queue, after the request timeout
+    finally:
+        await registry.aclose()
