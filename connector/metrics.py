@@ -105,11 +105,17 @@ class Metrics:
             "connector_dead_letters", "Deliveries moved to the dead-letter destination", registry=self.registry
         )
         self.in_flight = Gauge("connector_in_flight", "Deliveries being processed now", registry=self.registry)
+        self.notice_disagreements = Counter(
+            "connector_notice_disagreements",
+            "PSP notices whose object the payment contradicts (left as it is, for an operator), by interface",
+            ["interface"],
+            registry=self.registry,
+        )
         # The notification receiver (connector.receiver)
         self.notifications = Counter(
             "connector_notifications",
             "PSP notification requests answered by the receiver, by interface and result",
-            ["interface", "result"],  # accepted, ignored, refused, unavailable
+            ["interface", "result"],  # accepted, ignored, refused, unavailable (the queue), busy (the in-flight bound)
             registry=self.registry,
         )
         self.notification_seconds = Histogram(

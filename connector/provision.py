@@ -9,7 +9,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from connector.adapters.contract import registrar_of
+from connector.adapters.contract import can_execute, registrar_of
 from connector.adapters.registry import AdapterRegistry, AdapterRoute
 from connector.commercetools.client import CommercetoolsClient
 from connector.commercetools.interaction_type import interaction_type_draft, type_changes
@@ -112,10 +112,13 @@ async def register_webhooks(public_url: str, routes: list[AdapterRoute]) -> list
         for route in routes:
             found = registry.route(route.interface, route.account)
             registrar = registrar_of(found.adapter) if found is not None else None
-            if registrar is None:
+            if found is None or registrar is None:
+                continue
+            where = f"{route.interface}/{route.account or '(default)'}"
+            if not can_execute(found.adapter):
+                lines.append(f"{route.adapter} webhook endpoint ({where}): skipped, the route has no PSP key to register it with")
                 continue
             endpoint = await registrar.register_notifications(public_url + receiver_path(route))
-            where = f"{route.interface}/{route.account or '(default)'}"
             lines.append(
                 f"{route.adapter} webhook endpoint {endpoint.url} ({where}): {endpoint.change} {endpoint.detail}".rstrip()
             )

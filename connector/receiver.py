@@ -16,7 +16,6 @@ naming what is wrong, never the body.
 
 import asyncio
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol
@@ -75,12 +74,16 @@ class Receiver:
         notifier = notifier_of(route.adapter) if route is not None else None
         label = route.interface.casefold() if route is not None else "unknown"
         if self._in_flight >= self._limits.max_in_flight:
-            self._metrics.labelled(self._metrics.notifications, label, "unavailable").inc()
+            log.warning("notification.busy", interface=label, in_flight=self._in_flight)
+            self._metrics.labelled(self._metrics.notifications, label, "busy").inc()
             return web.json_response({"received": False, "error": "busy"}, status=503)
         self._in_flight += 1
         try:
             if route is None or notifier is None:
-                return self._refused(label, 404, f"no route {interface}/{account or '(default)'} takes notifications")
+                log.warning("notification.refused", route=_clipped(f"{interface}/{account or '(default)'}"), status=404,
+                            reason="no route of this path takes notifications")  # fmt: skip
+                self._metrics.labelled(self._metrics.notifications, label, "refused").inc()
+                return web.json_response({"received": False, "error": "no route of this path takes notifications"}, status=404)
             if (request.content_length or 0) > self._limits.max_body_bytes:
                 return self._refused(
                     label, 413, f"the body is {request.content_length} bytes, above {self._limits.max_body_bytes}"
@@ -93,7 +96,7 @@ class Receiver:
             except TimeoutError:
                 return self._refused(label, 408, f"the body did not arrive within {self._limits.request_timeout_s:g}s")
             try:
-                notice = notifier.parse_notification(body, _headers(request))
+                notice = notifier.parse_notification(body, request.headers)  # case-insensitive
             except BadNotification as exc:
                 return self._refused(label, 400, str(exc), route=route)
             if notice is None:
@@ -121,8 +124,10 @@ class Receiver:
         return web.json_response({"received": False, "error": reason}, status=status)
 
 
-def _headers(request: web.Request) -> Mapping[str, str]:
-    return request.headers  # case-insensitive (CIMultiDictProxy)
+def _clipped(text: str, keep: int = 80) -> str:
+    """A path from the internet, for a log line: printable and short."""
+    printable = "".join(c if c.isprintable() else "?" for c in text)
+    return printable if len(printable) <= keep else printable[: keep - 1] + "…"
 
 
 class ReceiverServer:

@@ -170,7 +170,8 @@ def test_stripe_unconfirmed_intent_says_nothing() -> None:
         ("lost", [], SUCCESS, False),
         ("won", [], FAILURE, False),
         ("warning_closed", [], FAILURE, False),
-        ("won", [-1000, 1000], SUCCESS, True),  # withdrawn, then reinstated: recorded
+        ("won", [-1000, 1000], FAILURE, True),  # withdrawn, then won and reinstated: nothing charged back, recorded
+        ("under_review", [-1000, 1000], SUCCESS, True),  # reinstated before it closes: still withdrawn once, recorded
     ],
 )
 def test_stripe_dispute_states(status: str, moves: list[int], state: TransactionState, recorded: bool) -> None:
@@ -185,6 +186,7 @@ def test_stripe_dispute_states(status: str, moves: list[int], state: Transaction
         and found[0].amount == Money(centAmount=1000, currencyCode="EUR")
     )
     assert [f.record for f in found[1:]] == (["funds_reinstated"] if recorded else [])
+    assert found[0].reverses_success is (status in ("won", "warning_closed"))  # a withdrawn Chargeback may go back
 
 
 def test_stripe_refund_failure_may_reverse_a_success() -> None:
@@ -236,3 +238,32 @@ def test_stripe_amounts_come_back_as_they_went(cent_amount: int, currency: str) 
     sent = stripe_amount(money)
     if isinstance(sent, int):  # amounts Stripe refuses (a fraction it cannot take) are never sent
         assert from_stripe_amount(sent, currency.lower()) == money
+
+
+def test_a_psp_that_disagrees_with_a_final_state_changes_nothing_and_is_recorded_once() -> None:
+    """A customer retried a failed 3-D Secure with another card: Stripe shows Success of a transaction stored
+    as Failure. Left for an operator: one interaction, and the disagreement returned (to be logged)."""
+    failed = payment(("Authorization", 1000, "Failure"))
+    result = plan(failed, Finding(TransactionType.AUTHORIZATION, SUCCESS, "pi_1", "tx-0"))
+    assert changes(result.actions) == [] and len(result.disagreements) == 1
+    [interaction] = result.actions
+    assert interaction["fields"]["idempotencyKey"] == "pi_1:disagrees:Success"
+    recorded = payment(
+        ("Authorization", 1000, "Failure"),
+        interactions=[applied_interaction("evt_0", idempotencyKey="pi_1:disagrees:Success")],
+    )
+    again = plan(
+        recorded, Finding(TransactionType.AUTHORIZATION, SUCCESS, "pi_1", "tx-0"), notice=Notice("evt_9", "x", "pi_1", 1)
+    )
+    assert again.actions == [] and len(again.disagreements) == 1
+
+
+def test_an_object_with_another_psp_reference_than_the_transaction_changes_nothing() -> None:
+    shown = Payment.model_validate(
+        {**_json(payment()), "transactions": [
+            {"id": "tx-0", "type": "Authorization", "amount": {"centAmount": 1000, "currencyCode": "EUR"}, "state": "Pending",
+             "interactionId": "pi_ours"},
+        ]}
+    )  # fmt: skip
+    result = plan(shown, Finding(TransactionType.AUTHORIZATION, SUCCESS, "pi_other", "tx-0"))
+    assert changes(result.actions) == [] and "pi_ours" in result.disagreements[0]

@@ -272,8 +272,9 @@ async def test_refund_failing_after_success(world: World, running: Running) -> N
 
 async def test_dispute_steps(world: World, running: Running) -> None:
     """Signed by the test, on disputes of the harness (localstripe has none): created -> Chargeback
-    Pending once; funds withdrawn -> Success; reinstated -> one interaction; an inquiry closed ->
-    Failure; won before any withdrawal -> Failure; lost -> Success, with a stale created after it."""
+    Pending once; funds withdrawn -> Success; won and reinstated -> Failure and one interaction; an
+    inquiry closed -> Failure; won before any withdrawal -> Failure; lost -> Success, with a stale
+    created after it."""
     payments = [await world.payment([("Charge", amount)]) for amount in (5000, 5100, 5200, 5300)]
     charged = [await world.until(p.id, all_final) for p in payments]
     intents = [p.transactions[0].interaction_id for p in charged]
@@ -306,10 +307,10 @@ async def test_dispute_steps(world: World, running: Running) -> None:
     for delivery in (event("charge.dispute.funds_reinstated", won), event("charge.dispute.closed", won)):
         assert (await deliver(running.url, delivery)).status_code == 200
     await world.all_handled()
-    first = await chargebacks(0, lambda c: c == [("Success", 4000, opened["id"])])
+    first = await chargebacks(0, lambda c: c == [("Failure", 4000, opened["id"])])  # won: nothing charged back in the end
     records = [n for n in notifications(first) if n.get("idempotencyKey") == f"{opened['id']}:funds_reinstated"]
     assert len(records) == 1
-    assert [t.state.value for t in first.transactions] == ["Success", "Success"]
+    assert [t.state.value for t in first.transactions] == ["Success", "Failure"]
 
     # 2. An inquiry (a warning) closed without a chargeback.
     inquiry = await dispute(1, status="warning_needs_response")

@@ -135,8 +135,8 @@ class Finding:
 
     ``transaction_id`` names an existing transaction; None means the PSP made one of its own (a dispute,
     an authorization it cancelled), which is added once, with ``amount``, matched later by ``psp_reference``.
-    The core moves states forward only; ``reverses_success`` allows the one move back, Success to
-    Failure, for what the PSP undid later (a refund that failed after it succeeded). ``record``: no
+    The core moves states forward only; ``reverses_success`` allows the move back, Success to
+    Failure, for what the PSP undid later (a refund that failed, a dispute won after a withdrawal). ``record``: no
     state changes, but an event worth an interaction of its own, recorded once (funds reinstated).
     """
 

@@ -101,6 +101,7 @@ class StripeAdapter:
         timeout_s: float,
         webhook_secrets: list[SecretStr] | None = None,
         webhook_tolerance_s: int = stripe_notifications.DEFAULT_TOLERANCE_S,
+        can_execute: bool = True,
     ) -> None:
         self._client = client
         self._stripe = client.v1
@@ -108,7 +109,7 @@ class StripeAdapter:
         self._payment_method_types = payment_method_types
         self._webhook_secrets = list(webhook_secrets or ())
         self._webhook_tolerance_s = webhook_tolerance_s
-        self.can_execute = True  # False: built without a secret key, for the receiver only
+        self.can_execute = can_execute  # False: built without a secret key, for the receiver only
         # A PaymentIntent is captured once: Stripe releases what a partial capture leaves.
         self.capabilities = Capabilities(multiple_captures=False, request_timeout_s=timeout_s)
 
@@ -378,11 +379,10 @@ def create_adapter(settings: Mapping[str, Any]) -> StripeAdapter:
         http_client=http,
         max_network_retries=0,  # the processor retries, with the same idempotency key
     )
-    adapter = StripeAdapter(
-        client, http, parsed.allowed_payment_method_types, parsed.timeout_s, parsed.webhook_secrets, parsed.webhook_tolerance_s
-    )
-    adapter.can_execute = parsed.secret_key is not None
-    return adapter
+    return StripeAdapter(
+        client, http, parsed.allowed_payment_method_types, parsed.timeout_s, parsed.webhook_secrets, parsed.webhook_tolerance_s,
+        can_execute=parsed.secret_key is not None,
+    )  # fmt: skip
 
 
 def _replayed(exc: stripe.StripeError) -> bool:

@@ -12,8 +12,9 @@ What a notice means is read from the object fetched fresh (``look_up``), never f
   of ours: Stripe let it expire (7 days), recorded as a CancelAuthorization of Stripe's, Success.
 - a Refund: its state; a refund that failed after it succeeded moves Success to Failure.
 - a Dispute: a Chargeback (``interactionId`` the dispute's id), Pending while it is open, Success once
-  the funds are withdrawn or the dispute is lost, Failure when it is won (or an inquiry closes) before
-  any withdrawal; funds reinstated after a withdrawal are recorded as an interaction.
+  the funds are withdrawn or the dispute is lost, Failure when it is won or an inquiry closes (after a
+  withdrawal too: the money comes back, so nothing is charged back in the end); funds reinstated are
+  recorded once as an interaction.
 """
 
 import re
@@ -87,13 +88,18 @@ class _EventData(BaseModel):
     object: _StripeObject
 
 
-class _Event(BaseModel):
+class _EventHead(BaseModel):
+    """What every event has, whatever its type; its object is read only for the types acted on."""
+
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     id: str = Field(pattern=r"^evt_[A-Za-z0-9_]{1,250}$")
     object: str = Field(pattern=r"^event$")
     type: str = Field(min_length=1, max_length=100)
     created: int = Field(ge=0)
+
+
+class _Event(_EventHead):
     data: _EventData
 
 
@@ -105,18 +111,23 @@ def parse(body: bytes, headers: Mapping[str, str], secrets: Sequence[SecretStr],
     except orjson.JSONDecodeError:
         raise BadNotification("the body is not JSON") from None
     try:
+        if _EventHead.model_validate(document).type not in HANDLED_EVENTS:
+            return None  # acknowledged: an object of a type not acted on is not read at all
         event = _Event.model_validate(document)
     except ValidationError as exc:
         raise BadNotification(f"not a Stripe event: {describe_validation_error(exc)}") from None
-    if event.type not in HANDLED_EVENTS:
-        return None
     hint = (event.data.object.metadata or {}).get("ctPaymentId")
     payment_id = hint if isinstance(hint, str) and _RESOURCE_ID.fullmatch(hint) else None
     return Notice(event.id, event.type, event.data.object.id, event.created, payment_id)
 
 
 def verify(body: bytes, header: str | None, secrets: Sequence[SecretStr], tolerance_s: int, now: float | None = None) -> None:
-    """Raises BadNotification unless ``header`` signs ``body`` with one of ``secrets``, within the tolerance."""
+    """Raises BadNotification unless ``header`` signs ``body`` with one of ``secrets``, within the tolerance.
+
+    Stripe's own check decides both the signature and its age (``verify_header`` with the tolerance):
+    the timestamp it signs is the one it judges. A header naming more than one timestamp is refused
+    outright, so that nothing else can read another one. Stripe checks no future times; a signature
+    dated beyond the tolerance ahead is refused here too."""
     if not header:
         raise BadNotification("no Stripe-Signature header")
     if not secrets:
@@ -127,29 +138,27 @@ def verify(body: bytes, header: str | None, secrets: Sequence[SecretStr], tolera
         raise BadNotification("the body is not UTF-8 text") from None
     timestamp = _timestamp(header)
     now = time.time() if now is None else now
-    matched = False
+    stale = False
     for secret in secrets:
         try:
-            # Tolerance None: the signature alone; the age is judged below, by the same clock for every secret.
-            stripe.WebhookSignature.verify_header(payload, header, secret.get_secret_value(), tolerance=None)
-        except stripe.SignatureVerificationError:
+            stripe.WebhookSignature.verify_header(payload, header, secret.get_secret_value(), tolerance=tolerance_s)
+        except stripe.SignatureVerificationError as exc:
+            stale |= str(exc).startswith("Timestamp outside the tolerance zone")  # signed with this secret, but too old
             continue
-        matched = True
-        break
-    if not matched:
-        raise BadNotification("the signature matches none of this account's webhook secrets")
-    if timestamp < now - tolerance_s:
+        if timestamp > now + tolerance_s:
+            raise BadNotification(f"the signature is dated {timestamp - now:.0f}s ahead, beyond the tolerance of {tolerance_s}s")
+        return
+    if stale:
         raise BadNotification(f"the signature is {now - timestamp:.0f}s old, beyond the tolerance of {tolerance_s}s")
-    if timestamp > now + tolerance_s:
-        raise BadNotification(f"the signature is dated {timestamp - now:.0f}s ahead, beyond the tolerance of {tolerance_s}s")
+    raise BadNotification("the signature matches none of this account's webhook secrets")
 
 
 def _timestamp(header: str) -> int:
-    for item in header.split(","):
-        name, _, value = item.strip().partition("=")
-        if name == "t" and value.isdigit() and len(value) <= 12:
-            return int(value)
-    raise BadNotification("the Stripe-Signature header has no timestamp")
+    """The header's one timestamp, read as Stripe reads it (items split at commas, nothing stripped)."""
+    stamps = [value for name, _, value in (item.partition("=") for item in header.split(",")) if name == "t"]
+    if len(stamps) != 1 or not stamps[0].isdigit() or len(stamps[0]) > 12:
+        raise BadNotification("the Stripe-Signature header does not have exactly one timestamp")
+    return int(stamps[0])
 
 
 async def look_up(client: stripe.StripeClient, notice: Notice) -> PspState | None:
@@ -263,12 +272,14 @@ def _dispute_findings(dispute: Mapping[str, Any], payment: Payment) -> tuple[Fin
     status = str(dispute.get("status"))
     moves = [int(bt.get("amount") or 0) for bt in dispute.get("balance_transactions") or () if isinstance(bt, Mapping)]
     withdrawn, reinstated = any(m < 0 for m in moves), any(m > 0 for m in moves)
-    if status in _DISPUTE_LOST or withdrawn:
-        state = TransactionState.SUCCESS  # the money went back to the cardholder
-    elif status in _DISPUTE_WON:
-        state = TransactionState.FAILURE  # closed in the merchant's favour before anything was taken
+    if status in _DISPUTE_WON:
+        # Closed in the merchant's favour: nothing is charged back in the end, even if the funds were
+        # withdrawn meanwhile (they come back: the reinstatement is recorded below).
+        state, reverses = TransactionState.FAILURE, True
+    elif status in _DISPUTE_LOST or withdrawn:
+        state, reverses = TransactionState.SUCCESS, False  # the money went back to the cardholder
     else:
-        state = TransactionState.PENDING
+        state, reverses = TransactionState.PENDING, False
     existing = next(
         (t for t in payment.transactions if t.type is TransactionType.CHARGEBACK and t.interaction_id == dispute["id"]), None
     )
@@ -278,9 +289,9 @@ def _dispute_findings(dispute: Mapping[str, Any], payment: Payment) -> tuple[Fin
     text = f"Stripe dispute {status} ({dispute.get('reason') or 'no reason given'})"
     found = [
         Finding(TransactionType.CHARGEBACK, state, dispute["id"], existing.id if existing else None, amount=amount,
-                code=f"dispute_{status}", text=text)
+                code=f"dispute_{status}", text=text, reverses_success=reverses)
     ]  # fmt: skip
-    if withdrawn and reinstated:
+    if reinstated:
         found.append(
             Finding(TransactionType.CHARGEBACK, state, dispute["id"], existing.id if existing else None, code="funds_reinstated",
                     text=f"Stripe reinstated the disputed funds ({status})", record="funds_reinstated")

@@ -25,7 +25,7 @@ HANDLED_MESSAGE_TYPES = frozenset({"PaymentCreated", "PaymentTransactionAdded"})
 # Resource ids go into request paths: accept only what commercetools ids look like.
 ResourceId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,256}$")]
 # PSP ids (evt_..., pi_...) go into PSP request paths: the same caution.
-PspId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,256}$")]
+PspId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_:-]{1,256}$")]
 
 
 class _Envelope(BaseModel):

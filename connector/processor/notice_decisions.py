@@ -10,11 +10,15 @@ The adapter says what the PSP's current state means for the payment's transactio
   a refund the PSP failed after it succeeded);
 - the PSP's own transactions (a Chargeback, a CancelAuthorization by expiry) are added once, and found
   again by their PSP reference;
-- every change comes with a ``notification`` interaction naming the event, its type and the PSP object.
+- every change comes with a ``notification`` interaction naming the event, its type and the PSP object;
+- where the PSP disagrees with what the payment shows (it says Success of a transaction stored as
+  Failure: a customer who retried a failed 3-D Secure with another card; or the transaction holds
+  another PSP reference than the object's), nothing is changed: the disagreement is recorded once as
+  an interaction and returned, for an operator (``notice.psp_disagrees``).
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -31,6 +35,7 @@ class NoticePlan:
     actions: list[Action] = field(default_factory=list)
     held_until: datetime | None = None  # a transaction it settles is claimed by a worker until then
     unmatched: str | None = None  # why the notice cannot be matched to the payment yet
+    disagreements: tuple[str, ...] = ()  # what the PSP shows otherwise than the payment, for an operator
 
 
 def plan_notice(
@@ -49,6 +54,7 @@ def plan_notice(
     actions: list[Action] = []
     settled: dict[str, TransactionState] = {}
     added: list[Transaction] = []
+    disagreements: list[str] = []
     last: Finding | None = None
     for finding in findings:
         if finding.record is not None:
@@ -74,6 +80,12 @@ def plan_notice(
             claim = claims.get(idempotency_key(current.id, current.type))
             if claim is not None and (until := claim.at + max(lease, claim.lease)) > now:
                 return NoticePlan(held_until=until)
+        if (disagreement := disagrees(current, finding)) is not None:
+            disagreements.append(disagreement)
+            noted = replace(finding, record=f"disagrees:{finding.state.value}", text=f"{disagreement}; left as it is")
+            if not _recorded(payment, noted):
+                actions.append(_interaction(type_key, notice, interface, noted, now, transaction_id=current.id, record=True))
+            continue
         if not moves(current.state, finding):
             continue
         actions.append({"action": "changeTransactionState", "transactionId": current.id, "state": finding.state.value})
@@ -88,11 +100,27 @@ def plan_notice(
         after = payment.model_copy(update={"transactions": (*payment.transactions, *added)})
         actions.append({"action": "setStatusInterfaceCode", "interfaceCode": payment_status_code(after, settled)})
         actions.append({"action": "setStatusInterfaceText", "interfaceText": clip(f"{last.code}: {last.text}")})
-    return NoticePlan(actions)
+    return NoticePlan(actions, disagreements=tuple(disagreements))
+
+
+def disagrees(current: Transaction, finding: Finding) -> str | None:
+    """Why the PSP's object cannot speak for this transaction, or None when it can."""
+    if current.interaction_id and current.interaction_id != finding.psp_reference:
+        held = current.interaction_id
+        return f"transaction {current.id} holds PSP reference {held}, the notice's object is {finding.psp_reference}"
+    final = (TransactionState.SUCCESS, TransactionState.FAILURE)
+    if (
+        current.state in final
+        and finding.state in final
+        and current.state is not finding.state
+        and not moves(current.state, finding)
+    ):
+        return f"the PSP shows {finding.state.value} for transaction {current.id}, stored as {current.state.value}"
+    return None
 
 
 def moves(state: TransactionState, finding: Finding) -> bool:
-    """Whether ``finding`` moves a transaction in ``state``: forward, or the one documented move back."""
+    """Whether ``finding`` moves a transaction in ``state``: forward, or a documented move back (what the PSP undid later)."""
     if finding.state.rank > state.rank:
         return True
     return state is TransactionState.SUCCESS and finding.state is TransactionState.FAILURE and finding.reverses_success

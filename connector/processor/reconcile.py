@@ -214,6 +214,11 @@ class Processor:
             payment = await self._store.get_payment(state.payment_id)
         except NotFound:
             raise NotMatched(f"payment {state.payment_id}, named by {notice.object_id}, is not found") from None
+        served_by = self._registry.find(payment.payment_method_info)
+        if not isinstance(served_by, Route) or served_by.adapter is not route.adapter:
+            # Another account's object cannot speak for this payment, whatever its metadata says.
+            log.warning("notice.other_route", object_id=notice.object_id, payment_id=payment.id)
+            return Reconciled(payment.id, "not_ours")
         for _ in range(self._settings.max_conflicts):
             now = self._clock()
             plan = notice_decisions.plan_notice(
@@ -225,6 +230,9 @@ class Processor:
                 raise ClaimHeld(f"the notice's transaction is claimed by a worker for {wait_s:.1f}s more", wait_s)
             if plan.unmatched is not None:
                 raise NotMatched(plan.unmatched)
+            for disagreement in plan.disagreements:
+                log.error("notice.psp_disagrees", payment_id=payment.id, reason=disagreement)
+                self._metrics.labelled(self._metrics.notice_disagreements, route.interface.casefold()).inc()
             if not plan.actions:
                 return Reconciled(payment.id, "nothing_to_do")
             try:
