@@ -10,6 +10,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Collection, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
@@ -233,14 +234,15 @@ def load_settings(env_file: str | Path | None = ".env", secrets_dir: str | Path 
     return Settings(commercetools, worker, kafka_settings, pubsub_settings)
 
 
+@dataclass(frozen=True, slots=True)
 class ReceiverConfig:
     """What ``connector receive`` needs: the routes (with their webhook secrets), the queue, the
     listener. No commercetools credentials: the receiver never writes a payment."""
 
-    def __init__(
-        self, worker: WorkerSettings, receiver: ReceiverSettings, kafka: KafkaSettings | None, pubsub: PubSubSettings | None
-    ) -> None:
-        self.worker, self.receiver, self.kafka, self.pubsub = worker, receiver, kafka, pubsub
+    worker: WorkerSettings
+    receiver: ReceiverSettings
+    kafka: KafkaSettings | None
+    pubsub: PubSubSettings | None
 
 
 def load_receiver_settings(env_file: str | Path | None = ".env", secrets_dir: str | Path | None = None) -> ReceiverConfig:
@@ -255,18 +257,15 @@ def load_receiver_settings(env_file: str | Path | None = ".env", secrets_dir: st
     return ReceiverConfig(worker, receiver, kafka_settings, pubsub_settings)
 
 
+@dataclass(frozen=True, slots=True)
 class SetupSettings:
     """What ``connector setup`` needs: commercetools credentials, the Subscription to create and, when
     ``NOTIFY_PUBLIC_URL`` is set, the routes whose PSP webhook endpoints point at the receiver there."""
 
-    def __init__(
-        self,
-        commercetools: CommercetoolsSettings,
-        subscription: SubscriptionSettings,
-        public_url: str,
-        adapters: list[AdapterRoute],
-    ) -> None:
-        self.commercetools, self.subscription, self.public_url, self.adapters = commercetools, subscription, public_url, adapters
+    commercetools: CommercetoolsSettings
+    subscription: SubscriptionSettings
+    public_url: str
+    adapters: list[AdapterRoute]
 
 
 def load_setup_settings(env_file: str | Path | None = ".env", secrets_dir: str | Path | None = None) -> SetupSettings:

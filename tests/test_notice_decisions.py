@@ -267,3 +267,12 @@ def test_an_object_with_another_psp_reference_than_the_transaction_changes_nothi
     )  # fmt: skip
     result = plan(shown, Finding(TransactionType.AUTHORIZATION, SUCCESS, "pi_other", "tx-0"))
     assert changes(result.actions) == [] and "pi_ours" in result.disagreements[0]
+
+
+@pytest.mark.parametrize(("reason", "code"), [(None, "authorization_expired"), ("automatic", "authorization_automatic"),
+                                              ("abandoned", "authorization_abandoned")])  # fmt: skip
+def test_stripe_cancellation_reasons_name_the_expiry(reason: str | None, code: str) -> None:
+    [expiry] = stripe_notifications.findings(
+        intent_state("canceled", cancellation_reason=reason), payment(("Authorization", 1000, "Success"))
+    )
+    assert expiry.code == code and (reason or "expired") in expiry.text

@@ -110,7 +110,7 @@ async def test_stripe_mock_refuses_what_the_specification_does_not_have(adapter:
 async def test_notification_requests_are_in_stripes_specification(adapter: StripeAdapter) -> None:
     """The look-ups of a notice's object and the webhook endpoint setup (create, list, update), with the
     events it subscribes to: stripe-mock refuses an event name Stripe does not have."""
-    from connector.adapters import stripe_notifications
+    from connector.adapters import stripe_notifications, stripe_webhook_endpoints
     from connector.models.notice import Notice
 
     for event_type, object_id in (
@@ -122,8 +122,8 @@ async def test_notification_requests_are_in_stripes_specification(adapter: Strip
     assert created.change == "created"  # stripe-mock's fixture carries no secret: localstripe's extension does (test_setup.py)
     listed = await adapter._stripe.webhook_endpoints.list_async({"limit": 1})
     fixture = listed.data[0].to_dict()
-    changes = stripe_notifications.endpoint_changes(
-        fixture | {"status": "disabled"}, stripe_notifications.endpoint_draft(fixture["url"])
+    changes = stripe_webhook_endpoints.endpoint_changes(
+        fixture | {"status": "disabled"}, stripe_webhook_endpoints.endpoint_draft(fixture["url"])
     )
     assert changes["disabled"] is False and set(stripe_notifications.HANDLED_EVENTS) <= set(changes["enabled_events"])
     await adapter._stripe.webhook_endpoints.update_async(fixture["id"], changes)  # type: ignore[arg-type]

@@ -25,7 +25,7 @@ from typing import Any, Literal
 import stripe
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from connector.adapters import stripe_notifications
+from connector.adapters import stripe_notifications, stripe_webhook_endpoints
 from connector.adapters.contract import (
     OPERATION_FOR,
     Capabilities,
@@ -172,10 +172,10 @@ class StripeAdapter:
         return stripe_notifications.findings(state, payment)
 
     def notification_endpoint_draft(self, url: str) -> dict[str, Any]:
-        return stripe_notifications.endpoint_draft(url)
+        return stripe_webhook_endpoints.endpoint_draft(url)
 
     async def register_notifications(self, url: str) -> NotificationEndpoint:
-        return await stripe_notifications.register_endpoint(self._client, url)
+        return await stripe_webhook_endpoints.register_endpoint(self._client, url)
 
     async def _create_intent(
         self, request: OperationRequest, operation: Operation, *, capture_method: Literal["automatic", "manual"]
