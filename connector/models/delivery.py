@@ -23,7 +23,8 @@ DEFAULT_MAX_BYTES = 1024 * 1024  # Kafka's default record size limit; commerceto
 HANDLED_MESSAGE_TYPES = frozenset({"PaymentCreated", "PaymentTransactionAdded"})
 
 # Resource ids go into request paths: accept only what commercetools ids look like.
-ResourceId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,256}$")]
+RESOURCE_ID_PATTERN = r"^[A-Za-z0-9_-]{1,256}$"
+ResourceId = Annotated[str, StringConstraints(pattern=RESOURCE_ID_PATTERN)]
 # PSP ids (evt_..., pi_...) go into PSP request paths: the same caution.
 PspId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_:-]{1,256}$")]
 

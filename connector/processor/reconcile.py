@@ -5,6 +5,7 @@ them, and answers each 409 by refetching the payment and deciding again.
 """
 
 import asyncio
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -40,7 +41,7 @@ from connector.errors import (
     RetryableError,
 )
 from connector.metrics import Metrics
-from connector.models.delivery import PaymentTrigger
+from connector.models.delivery import RESOURCE_ID_PATTERN, PaymentTrigger
 from connector.models.notice import NoticeTrigger
 from connector.models.payment import Payment, Transaction
 from connector.processor import decisions, money, notice_decisions
@@ -210,6 +211,9 @@ class Processor:
         if state is None or (state.project_key is not None and state.project_key != self._settings.project_key):
             log.info("notice.not_ours", object_id=notice.object_id)
             return Reconciled(notice.payment_id or notice.object_id, "not_ours")
+        if not re.fullmatch(RESOURCE_ID_PATTERN, state.payment_id):  # it goes into a request path
+            log.warning("notice.not_ours", object_id=notice.object_id, reason="its payment id is not a commercetools id")
+            return Reconciled(notice.object_id, "not_ours")
         try:
             payment = await self._store.get_payment(state.payment_id)
         except NotFound:
