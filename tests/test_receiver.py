@@ -96,9 +96,10 @@ def request_of(case: dict[str, Any]) -> tuple[str, bytes, dict[str, str]]:
 
 
 @pytest.mark.reliability
-async def test_bad_notifications_are_refused_readably(listening: Listening) -> None:
+async def test_bad_notifications_are_refused_readably(listening: Listening, reliability_report: dict[str, Any]) -> None:
     """Each kept case: its 4xx, one clear log line naming what is wrong (never the body), nothing queued."""
     assert len(CASES) >= 15
+    reliability_report["bad_notifications_tried"] = reliability_report.get("bad_notifications_tried", 0) + len(CASES)
     async with httpx.AsyncClient(timeout=10) as http:
         for path in CASES:
             case = json.loads(path.read_text())
