@@ -15,6 +15,7 @@ from connector.commercetools.client import CommercetoolsClient
 from connector.commercetools.interaction_type import interaction_type_draft, type_changes
 from connector.commercetools.subscription import ConfluentCloud, GooglePubSub, masked, subscription_changes, subscription_draft
 from connector.config import SubscriptionSettings
+from connector.receiver import notification_path
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,11 +79,6 @@ async def apply(ct: CommercetoolsClient, resource: Resource) -> Applied:
     return Applied(resource.endpoint, resource.key, "updated", tuple(a["action"] for a in actions))
 
 
-def receiver_path(route: AdapterRoute) -> str:
-    """Where the receiver takes a route's notifications (connector.receiver)."""
-    return f"/notifications/{route.interface.casefold()}" + (f"/{route.account.casefold()}" if route.account else "")
-
-
 def webhook_drafts(public_url: str, routes: list[AdapterRoute]) -> list[dict[str, Any]]:
     """What ``--dry-run`` prints for the webhook endpoints: each registering route's draft (no I/O)."""
     if not public_url:
@@ -94,7 +90,7 @@ def webhook_drafts(public_url: str, routes: list[AdapterRoute]) -> list[dict[str
             found = registry.route(route.interface, route.account)
             registrar = registrar_of(found.adapter) if found is not None else None
             if registrar is not None:
-                draft = registrar.notification_endpoint_draft(public_url + receiver_path(route))
+                draft = registrar.notification_endpoint_draft(public_url + notification_path(route.interface, route.account))
                 drafts.append({"endpoint": f"{route.adapter} webhook endpoint", "draft": draft})
     finally:
         asyncio.run(registry.aclose())
@@ -118,7 +114,7 @@ async def register_webhooks(public_url: str, routes: list[AdapterRoute]) -> list
             if not can_execute(found.adapter):
                 lines.append(f"{route.adapter} webhook endpoint ({where}): skipped, the route has no PSP key to register it with")
                 continue
-            endpoint = await registrar.register_notifications(public_url + receiver_path(route))
+            endpoint = await registrar.register_notifications(public_url + notification_path(route.interface, route.account))
             lines.append(
                 f"{route.adapter} webhook endpoint {endpoint.url} ({where}): {endpoint.change} {endpoint.detail}".rstrip()
             )

@@ -45,6 +45,11 @@ class ReceiverLimits:
     max_in_flight: int = 256  # requests handled at once; beyond, 503 at once: memory stays bounded under a flood
 
 
+def notification_path(interface: str, account: str | None) -> str:
+    """Where the receiver takes a route's notifications (matched ignoring case, as routes are)."""
+    return f"/notifications/{interface.casefold()}" + (f"/{account.casefold()}" if account else "")
+
+
 class Receiver:
     def __init__(self, registry: AdapterRegistry, queue: NoticeQueue, limits: ReceiverLimits, metrics: Metrics) -> None:
         self._registry = registry
@@ -56,7 +61,7 @@ class Receiver:
     def paths(self) -> list[str]:
         """The path of each route that takes notifications."""
         return [
-            f"/notifications/{interface}" + (f"/{account}" if account else "")
+            notification_path(interface, account)
             for interface, account in self._registry.routes()
             if (route := self._registry.route(interface, account)) is not None and notifier_of(route.adapter) is not None
         ]
