@@ -1,25 +1,39 @@
 """Builds a worker from settings and runs it until told to stop."""
 
 import asyncio
+import contextlib
 import gc
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+import aiohttp
 import structlog
 
 from connector.adapters.registry import AdapterRegistry
 from connector.breaker import COMMERCETOOLS, Breaker, Breakers, PauseWaits, psp_dependency
-from connector.commercetools.client import CommercetoolsClient
+from connector.commercetools.client import COMMERCETOOLS_BACKOFF, CommercetoolsClient
 from connector.commercetools.interaction_type import interaction_type_draft
-from connector.config import CommercetoolsSettings, KafkaSettings, PubSubSettings, ReceiverConfig, Settings, claim_lease_s
+from connector.commercetools.introspection import TokenIntrospector
+from connector.config import (
+    CommercetoolsSettings,
+    KafkaSettings,
+    PaymentApiSettings,
+    PubSubSettings,
+    ReceiverConfig,
+    Settings,
+    claim_lease_s,
+)  # fmt: skip
 from connector.errors import ConfigurationError
 from connector.metrics import Metrics
 from connector.ops_http import OpsServer
+from connector.payment_api import PaymentApi, PaymentApiOptions
 from connector.processor.reconcile import Processor, ProcessorSettings
-from connector.receiver import Receiver, ReceiverLimits, ReceiverServer
+from connector.public_http import AddRoutes, PublicServer
+from connector.receiver import Receiver, ReceiverLimits
 from connector.reconciler import Reconciler, ReconcilerSettings, SweepReport
 from connector.replay import ReplayFilter, ReplayReport, replay
+from connector.retrying import Backoff
 from connector.sources.contract import Source
 from connector.sources.kafka import KafkaConfig, KafkaDeadLetters, KafkaPublisher, KafkaSource
 from connector.worker import DELIVERY_BACKOFF, Worker, WorkerLimits
@@ -34,10 +48,18 @@ if TYPE_CHECKING:
 GC_THRESHOLDS = (10_000, 10, 10)
 
 
+# The Payments API's callers wait on each request: commercetools is retried briefly, then 503.
+PAYMENT_API_BACKOFF = Backoff(attempts=3, budget_s=5.0, wait_initial_s=0.1, wait_max_s=1.0)
+
+
 def build_commercetools(
-    ct: CommercetoolsSettings, metrics: Metrics | None = None, on_answer: Callable[[], object] = lambda: None
+    ct: CommercetoolsSettings,
+    metrics: Metrics | None = None,
+    on_answer: Callable[[], object] = lambda: None,
+    retry: Backoff = COMMERCETOOLS_BACKOFF,
 ) -> CommercetoolsClient:
     return CommercetoolsClient.create(
+        retry=retry,
         api_url=ct.api_url,
         auth_url=ct.auth_url,
         project_key=ct.project_key,
@@ -226,27 +248,65 @@ def _answering(breaker: Breaker) -> Callable[[], bool]:
 
 
 async def run_receiver(config: ReceiverConfig, stop: asyncio.Event) -> None:
-    """``connector receive``: the notification receiver until ``stop``. Its public listener opens once
-    the queue is connected; the operations endpoint (CONNECTOR_HTTP_PORT) answers from the start."""
+    """``connector receive``: the public listener (notifications, and the Payments API when enabled)
+    until ``stop``. It opens once the queue is connected (and, for the API, commercetools' credentials
+    and the transaction Type are checked); the operations endpoint (CONNECTOR_HTTP_PORT) answers from
+    the start."""
     registry = AdapterRegistry.load(config.worker.adapters)
     metrics = Metrics()
     queue = _notice_queue(config)
     connected = asyncio.Event()
     readiness = {"queue_connected": connected.is_set}
-    try:
-        async with OpsServer(config.worker.http_host, config.worker.http_port, metrics.registry, readiness):
-            await queue.start()
-            connected.set()
-            limits = ReceiverLimits(
-                config.receiver.max_body_bytes, config.receiver.request_timeout_s, config.receiver.max_in_flight
+    limits = ReceiverLimits(config.receiver.max_body_bytes, config.receiver.request_timeout_s, config.receiver.max_in_flight)
+    receiver = Receiver(registry, queue, limits, metrics)
+    parts: list[AddRoutes] = [receiver.add_routes]
+    max_body = config.receiver.max_body_bytes
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(registry.aclose)
+        stack.push_async_callback(queue.close)
+        if config.payment_api.enabled:
+            assert config.commercetools is not None  # loaded with the API
+            api, checks = await _payment_api(config.commercetools, config.payment_api, registry, metrics, stack)
+            readiness |= checks
+            parts.append(api.add_routes)
+            max_body = max(max_body, config.payment_api.max_body_bytes)
+        await stack.enter_async_context(OpsServer(config.worker.http_host, config.worker.http_port, metrics.registry, readiness))
+        await queue.start()
+        connected.set()
+        if config.payment_api.enabled:
+            await api.start()
+        async with PublicServer(parts, config.receiver.http_host, config.receiver.http_port, max_body):
+            structlog.get_logger("connector.receiver").info(
+                "receiver.started", routes=receiver.paths(), payment_api=config.payment_api.enabled
             )
-            receiver = Receiver(registry, queue, limits, metrics)
-            async with ReceiverServer(receiver, config.receiver.http_host, config.receiver.http_port):
-                structlog.get_logger("connector.receiver").info("receiver.started", routes=receiver.paths())
-                await stop.wait()
-    finally:
-        await queue.close()
-        await registry.aclose()
+            await stop.wait()
+
+
+async def _payment_api(
+    ct_settings: CommercetoolsSettings,
+    settings: PaymentApiSettings,
+    registry: AdapterRegistry,
+    metrics: Metrics,
+    stack: contextlib.AsyncExitStack,
+) -> "tuple[PaymentApi, dict[str, Callable[[], bool]]]":
+    ct = build_commercetools(ct_settings, metrics, retry=PAYMENT_API_BACKOFF)
+    stack.push_async_callback(ct.aclose)
+    http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=ct_settings.timeout_s))
+    stack.push_async_callback(http.close)
+    introspector = TokenIntrospector(
+        http, auth_url=ct_settings.auth_url, client_id=ct_settings.client_id, client_secret=ct_settings.client_secret,
+        cache_s=settings.token_cache_s,
+    )  # fmt: skip
+    options = PaymentApiOptions(
+        project_key=ct_settings.project_key,
+        transaction_type_key=settings.transaction_type_key,
+        max_body_bytes=settings.max_body_bytes,
+        request_timeout_s=settings.request_timeout_s,
+        wait_max_s=settings.wait_max_s,
+        max_in_flight=settings.max_in_flight,
+    )
+    api = PaymentApi(ct, registry, introspector, options, metrics)
+    return api, {"commercetools_token": api.started.is_set}
 
 
 def _notice_queue(config: ReceiverConfig) -> "KafkaPublisher | PubSubPublisher":

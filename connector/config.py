@@ -10,7 +10,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
@@ -101,6 +101,22 @@ class ReceiverSettings(BaseSettings):
     max_in_flight: int = Field(default=256, ge=1, description="requests handled at once; beyond, 503")
     pubsub_topic: str = Field(default="", description="Pub/Sub: the topic to queue notices on; empty: PUBSUB_SUBSCRIPTION's")
     public_url: str = Field(default="", description="connector setup: the address PSPs reach the listener at (https://...)")
+
+
+class PaymentApiSettings(BaseSettings):
+    """The Checkout Payments API on the public listener (``connector receive``); it needs the CTP_ settings."""
+
+    model_config = SettingsConfigDict(env_prefix="PAYMENT_API_", extra="ignore")
+
+    enabled: bool = Field(default=False, description="serve POST /{projectKey}/payment-intents/{paymentId}")
+    transaction_type_key: str = Field(
+        default="connector-payment-request", min_length=2, description="custom Type of added transactions"
+    )
+    wait_max_s: float = Field(default=10.0, gt=0, le=30, description="the longest Prefer: wait honoured")
+    token_cache_s: float = Field(default=30.0, ge=0, le=300, description="how long a token's introspection is reused")
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=1024 * 1024, description="larger requests get 413")
+    request_timeout_s: float = Field(default=10.0, gt=0, le=60, description="to read a request and store its transaction")
+    max_in_flight: int = Field(default=64, ge=1, description="requests handled at once; beyond, 503")
 
 
 class SubscriptionSettings(BaseSettings):
@@ -237,24 +253,29 @@ def load_settings(env_file: str | Path | None = ".env", secrets_dir: str | Path 
 @dataclass(frozen=True, slots=True)
 class ReceiverConfig:
     """What ``connector receive`` needs: the routes (with their webhook secrets), the queue, the
-    listener. No commercetools credentials: the receiver never writes a payment."""
+    listener, and for the Payments API commercetools credentials. Without the API it holds none: the
+    notification receiver never writes a payment."""
 
     worker: WorkerSettings
     receiver: ReceiverSettings
     kafka: KafkaSettings | None
     pubsub: PubSubSettings | None
+    payment_api: PaymentApiSettings = field(default_factory=lambda: without_files(PaymentApiSettings))
+    commercetools: CommercetoolsSettings | None = None  # with the Payments API only
 
 
 def load_receiver_settings(env_file: str | Path | None = ".env", secrets_dir: str | Path | None = None) -> ReceiverConfig:
     loader = _Loader(env_file, secrets_dir)
     worker = loader.load(WorkerSettings)
     receiver = loader.load(ReceiverSettings)
+    payment_api = loader.load(PaymentApiSettings)
+    commercetools = loader.load(CommercetoolsSettings) if payment_api is not None and payment_api.enabled else None
     pubsub = worker is not None and worker.source == "pubsub"
     kafka_settings = None if pubsub else loader.load(KafkaSettings)
     pubsub_settings = loader.load(PubSubSettings) if pubsub else None
     loader.raise_problems()
-    assert worker is not None and receiver is not None
-    return ReceiverConfig(worker, receiver, kafka_settings, pubsub_settings)
+    assert worker is not None and receiver is not None and payment_api is not None
+    return ReceiverConfig(worker, receiver, kafka_settings, pubsub_settings, payment_api, commercetools)
 
 
 @dataclass(frozen=True, slots=True)

@@ -124,6 +124,20 @@ class Metrics:
             buckets=PSP_BUCKETS,
             registry=self.registry,
         )
+        # The Payments API (connector.payment_api), on the same public listener
+        self.payment_api_requests = Counter(
+            "connector_payment_api_requests",
+            "Payments API requests answered, by action and result",
+            ["action", "result"],  # approved, rejected, received; refused (4xx), unavailable (503), busy
+            registry=self.registry,
+        )
+        self.payment_api_seconds = Histogram(
+            "connector_payment_api_seconds",
+            "Time to answer one Payments API request, by whether the caller waited for the outcome",
+            ["waited"],
+            buckets=PSP_BUCKETS,
+            registry=self.registry,
+        )
         self._children: dict[tuple[int, tuple[str, ...]], Counter | Gauge | Histogram] = {}
 
     def labelled(self, metric: M, *labels: str) -> M:

@@ -17,7 +17,6 @@ naming what is wrong, never the body.
 import asyncio
 import time
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Protocol
 
 import structlog
@@ -25,7 +24,6 @@ from aiohttp import web
 
 from connector.adapters.contract import BadNotification, notifier_of
 from connector.adapters.registry import AdapterRegistry, Route
-from connector.errors import ConfigurationError
 from connector.metrics import Metrics
 from connector.models.notice import NoticeTrigger, notice_message
 
@@ -66,11 +64,10 @@ class Receiver:
             if (route := self._registry.route(interface, account)) is not None and notifier_of(route.adapter) is not None
         ]
 
-    def app(self) -> web.Application:
-        app = web.Application(client_max_size=self._limits.max_body_bytes)
+    def add_routes(self, app: web.Application) -> None:
+        """Onto the public listener (connector.public_http), whose ``client_max_size`` is at least ``max_body_bytes``."""
         app.router.add_post("/notifications/{interface}", self._receive)
         app.router.add_post("/notifications/{interface}/{account}", self._receive)
-        return app
 
     async def _receive(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
@@ -133,27 +130,3 @@ def _clipped(text: str, keep: int = 80) -> str:
     """A path from the internet, for a log line: printable and short."""
     printable = "".join(c if c.isprintable() else "?" for c in text)
     return printable if len(printable) <= keep else printable[: keep - 1] + "…"
-
-
-class ReceiverServer:
-    """The receiver's public listener."""
-
-    def __init__(self, receiver: Receiver, host: str, port: int) -> None:
-        self._runner = web.AppRunner(receiver.app(), access_log=None)
-        self._host, self._port = host, port
-        self.port = port
-
-    async def __aenter__(self) -> "ReceiverServer":
-        await self._runner.setup()
-        try:
-            await web.TCPSite(self._runner, self._host, self._port).start()
-        except OSError as exc:
-            await self._runner.cleanup()
-            raise ConfigurationError(f"NOTIFY_HTTP_PORT {self._port} on {self._host} cannot be used: {exc.strerror}") from None
-        addresses = [f"{host}:{port}" for host, port, *_ in self._runner.addresses]
-        self.port = self._runner.addresses[0][1]
-        log.info("receiver.listening", addresses=addresses)
-        return self
-
-    async def __aexit__(self, *_: type[BaseException] | BaseException | TracebackType | None) -> None:
-        await self._runner.cleanup()

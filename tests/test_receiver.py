@@ -23,7 +23,8 @@ from connector.errors import ConfigurationError
 from connector.metrics import Metrics
 from connector.models.delivery import parse_delivery
 from connector.models.notice import NoticeTrigger
-from connector.receiver import Receiver, ReceiverLimits, ReceiverServer
+from connector.public_http import PublicServer
+from connector.receiver import Receiver, ReceiverLimits
 from tests.notices import WEBHOOK_SECRET, body_of, event, signed
 from tests.stack import free_port
 
@@ -64,7 +65,7 @@ async def listening(tmp_path: Path) -> AsyncIterator[Listening]:
     port = free_port()
     receiver = Receiver(registry, queue, ReceiverLimits(MAX_BODY, request_timeout_s=1.0), Metrics())
     try:
-        async with ReceiverServer(receiver, "127.0.0.1", port):
+        async with PublicServer([receiver.add_routes], "127.0.0.1", port, MAX_BODY):
             yield Listening(f"http://127.0.0.1:{port}", queue)
     finally:
         await registry.aclose()
@@ -184,7 +185,7 @@ async def test_beyond_the_in_flight_bound_the_receiver_answers_503_at_once(tmp_p
     receiver = Receiver(registry, queue, ReceiverLimits(MAX_BODY, request_timeout_s=3.0, max_in_flight=1), Metrics())
     body = body_of(event("payment_intent.succeeded", {"id": "pi_b1", "object": "payment_intent"}))
     try:
-        async with ReceiverServer(receiver, "127.0.0.1", port), httpx.AsyncClient(timeout=10) as http:
+        async with PublicServer([receiver.add_routes], "127.0.0.1", port, MAX_BODY), httpx.AsyncClient(timeout=10) as http:
             url = f"http://127.0.0.1:{port}/notifications/stripe"
             first = asyncio.create_task(http.post(url, content=body, headers=signed(body)))
             async with asyncio.timeout(5):

@@ -86,6 +86,11 @@ class CommercetoolsClient:
         body = await self._request("POST", f"/payments/{payment_id}", {"version": version, "actions": actions})
         return _Versioned.model_validate_json(body).version
 
+    async def update_payment_returning(self, payment_id: str, version: int, actions: list[dict[str, Any]]) -> Payment:
+        """As ``update_payment``, returning the whole updated payment (the Payments API needs the added transaction)."""
+        body = await self._request("POST", f"/payments/{payment_id}", {"version": version, "actions": actions})
+        return Payment.model_validate_json(body)
+
     async def query_payments(self, params: list[tuple[str, str]]) -> list[Payment]:
         """One page of ``GET /payments`` (``where``, ``sort``, ``limit``... as query parameters, repeatable)."""
         return _PaymentPage.model_validate_json(await self._request("GET", "/payments", params=params)).results

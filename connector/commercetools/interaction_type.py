@@ -1,10 +1,18 @@
-"""The custom Type of the interface interactions the connector writes to a Payment."""
+"""The custom Types of what the connector writes to a Payment: its interface interactions, and the
+transactions the Payments API adds."""
 
 from typing import Any
 
 from connector.errors import ConfigurationError
 
 # eventId: the PSP event a notification interaction applied (duplicates are told by it).
+# On the transactions the Payments API adds: the action asked for, the caller's merchantReference, the
+# API client that asked (the token's client_id), for a refund the capture it names, and the request's
+# own id (an update whose answer was lost and that was applied is found again by it).
+ACTION_FIELD, REFERENCE_FIELD, REQUESTED_BY_FIELD, REFUNDS_FIELD, REQUEST_ID_FIELD = (
+    "paymentAction", "merchantReference", "requestedBy", "refundedTransactionId", "requestId",
+)  # fmt: skip
+TRANSACTION_FIELDS = (ACTION_FIELD, REFERENCE_FIELD, REQUESTED_BY_FIELD, REFUNDS_FIELD, REQUEST_ID_FIELD)
 STRING_FIELDS = ("type", "transactionId", "operation", "idempotencyKey", "interactionId", "eventId", "request", "response")
 
 
@@ -20,6 +28,18 @@ def interaction_type_draft(key: str) -> dict[str, Any]:
         },
         "resourceTypeIds": ["payment-interface-interaction"],
         "fieldDefinitions": fields,
+    }
+
+
+def transaction_type_draft(key: str) -> dict[str, Any]:
+    """A TypeDraft for ``transaction``: the Payments API's request that added the transaction (who asked,
+    what, and the caller's ``merchantReference``, by which a repeated request is recognised)."""
+    return {
+        "key": key,
+        "name": {"en": "Payment connector request"},
+        "description": {"en": "The Payments API request that added this transaction."},
+        "resourceTypeIds": ["transaction"],
+        "fieldDefinitions": [_field(name, "String", multi_line=False) for name in TRANSACTION_FIELDS],
     }
 
 

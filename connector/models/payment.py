@@ -52,6 +52,11 @@ class Money(_Model):
         return f"{self.cent_amount} {self.currency_code} (minor units)"
 
 
+class CustomFields(_Model):
+    type: dict[str, Any]
+    fields: dict[str, Any] = {}
+
+
 class Transaction(_Model):
     id: str
     type: TransactionType
@@ -59,6 +64,7 @@ class Transaction(_Model):
     state: TransactionState
     timestamp: datetime | None = None
     interaction_id: str | None = Field(default=None, alias="interactionId")
+    custom: CustomFields | None = None  # the Payments API's request, on the transactions it added
 
 
 class PaymentMethodToken(_Model):
@@ -80,11 +86,6 @@ class PaymentMethodInfo(_Model):
 class PaymentStatus(_Model):
     interface_code: str | None = Field(default=None, alias="interfaceCode")
     interface_text: str | None = Field(default=None, alias="interfaceText")
-
-
-class CustomFields(_Model):
-    type: dict[str, Any]
-    fields: dict[str, Any] = {}
 
 
 class Payment(_Model):

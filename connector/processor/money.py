@@ -99,15 +99,21 @@ class Totals:
         )  # fmt: skip
 
 
-def refusal_for(payment: Payment, transaction: Transaction, capabilities: Capabilities = DEFAULT_CAPABILITIES) -> Refusal | None:
+def refusal_for(
+    payment: Payment,
+    transaction: Transaction,
+    capabilities: Capabilities = DEFAULT_CAPABILITIES,
+    settled: Mapping[str, TransactionState] = NOTHING_SETTLED,
+) -> Refusal | None:
     """Why ``transaction`` must fail without a PSP call, or None when it may be executed.
 
-    ``payment`` shows the outcomes of the transactions before it; ``transaction`` is Initial in it.
+    ``payment`` shows the outcomes of the transactions before it; ``transaction`` is Initial in it (or
+    not in it yet). ``settled``: states to judge some transactions by (by id), as in ``Totals.of``.
     """
     if (refusal := _amount_refusal(payment, transaction)) is not None:
         return refusal
     amount = transaction.amount.cent_amount
-    totals = Totals.of(payment)
+    totals = Totals.of(payment, settled)
     planned = payment.amount_planned.cent_amount
     if transaction.type is TransactionType.CHARGE and amount + totals.charged > planned:
         return Refusal(

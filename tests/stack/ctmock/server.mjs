@@ -16,6 +16,40 @@ const query = mock._storage.query.bind(mock._storage);
 mock._storage.query = (projectKey, typeId, params) =>
   query(projectKey, typeId, { ...params, sort: params.sort ?? requestSort.getStore() });
 
+// Test extension: token introspection (RFC 7662), which the real auth API serves at /oauth/introspect
+// and the emulator lacks. It answers from the tokens the emulator issued: active with their scope,
+// client and expiry, else {"active": false}. POST /_test/oauth/expire {"token"} ends a token's life
+// early (the emulator's own last two days), so that a test can present an expired one.
+const store = mock._oauth2.store;
+const issuedAt = new Map();
+const addToken = store.addToken.bind(store);
+store.addToken = (token, clientId) => {
+  issuedAt.set(token.access_token, Date.now());
+  addToken(token, clientId);
+};
+const expiredEarly = new Set();
+mock.app.register(async (instance) => {
+  instance.addContentTypeParser("application/x-www-form-urlencoded", { parseAs: "string" }, (_request, body, done) =>
+    done(null, Object.fromEntries(new URLSearchParams(body))),
+  );
+  instance.post("/oauth/introspect", async (request, reply) => {
+    if (!String(request.headers.authorization ?? "").startsWith("Basic ")) {
+      return reply.code(401).send({ statusCode: 401, message: "Please provide valid client credentials using HTTP Basic Authentication.", errors: [{ code: "invalid_client", message: "Please provide valid client credentials using HTTP Basic Authentication." }] });
+    }
+    const value = request.body?.token ?? request.query?.token;
+    const token = store.tokens.find((t) => t.access_token === value);
+    const expiresAt = token ? issuedAt.get(token.access_token) + token.expires_in * 1000 : 0;
+    if (!token || expiredEarly.has(value) || Date.now() >= expiresAt) {
+      return { active: false };
+    }
+    return { active: true, scope: token.scope, exp: Math.floor(expiresAt / 1000), client_id: store.getClientIdForToken(value) ?? "" };
+  });
+  instance.post("/_test/oauth/expire", async (request) => {
+    expiredEarly.add(request.body?.token);
+    return { expired: true };
+  });
+});
+
 await mock.app.listen({ port, host });
 console.log(`listening ${mock.app.server.address().port}`);
 for (const signal of ["SIGTERM", "SIGINT"]) {

@@ -1,0 +1,256 @@
+"""The Checkout Payments API: capture, refund, cancel or reverse a payment by one request (docs/payments-api.md).
+
+``POST /{projectKey}/payment-intents/{paymentId}``, and the same at ``/operations/payment-intents/{paymentId}``
+(where Checkout calls its connectors), on the public listener beside the notification receiver. Each request:
+1. carries a commercetools bearer token, introspected (``TokenIntrospector``): 401 unless active, 403
+   unless it holds ``manage_checkout_payment_intents:{projectKey}`` or ``manage_project:{projectKey}``
+   for the path's project, 404 unless that project is ours;
+2. holds one action (``parse_payment_action``), bounded in size (413) and type (415);
+3. becomes one Initial transaction on the payment (``intent_decisions.admit``: the money rules of the
+   whole payment), added by a version-checked update; on a 409 the payment is read again and judged
+   again, so concurrent requests never together pass the rules. The worker executes the transaction
+   as any other: this module never calls a PSP;
+4. is answered ``{"outcome": "received"}`` once the transaction is stored, or, with ``Prefer: wait=N``
+   (RFC 7240, at most ``wait_max_s``), ``approved`` or ``rejected`` once the worker stored its outcome
+   and ``received`` if it has not by then.
+Refused requests get one log line naming what is wrong; tokens and bodies are never logged.
+"""
+
+import asyncio
+import json
+import random
+import re
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from connector.adapters.contract import capabilities_of
+from connector.adapters.registry import AdapterRegistry, Route
+from connector.commercetools.client import CommercetoolsClient
+from connector.commercetools.interaction_type import transaction_type_draft
+from connector.commercetools.introspection import INACTIVE, TokenIntrospector
+from connector.errors import CommercetoolsError, ConcurrentModification, NotFound, RetryableError
+from connector.metrics import Metrics
+from connector.models.payment import Payment, Transaction, TransactionState
+from connector.models.payment_action import RESOURCE_ID, ApiError, PaymentAction, parse_payment_action, resource_not_found
+from connector.processor.intent_decisions import Outcome, Repeated, added_transaction, admit, outcome_of
+
+log = structlog.get_logger("connector.payment_api")
+
+PATHS = ("/operations/payment-intents/{payment_id}", "/{project_key}/payment-intents/{payment_id}")
+OPENAPI_PATH = "/payment-intents/openapi.json"
+_PREFER_WAIT = re.compile(r"(?:^|[;,\s])wait\s*=\s*(\d{1,4})(?:$|[;,\s])", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentApiOptions:
+    project_key: str
+    transaction_type_key: str
+    max_body_bytes: int = 64 * 1024  # one action is a few hundred bytes
+    request_timeout_s: float = 10.0  # to read the body and store the transaction (waiting comes on top)
+    wait_max_s: float = 10.0  # the longest ``Prefer: wait`` honoured
+    poll_s: float = 0.25  # between reads of the payment while a caller waits
+    max_in_flight: int = 64  # requests handled at once; beyond, 503 at once
+    update_attempts: int = 10  # version conflicts met before the caller is told to try again (409)
+
+
+class PaymentApi:
+    def __init__(
+        self,
+        ct: CommercetoolsClient,
+        registry: AdapterRegistry,
+        introspector: TokenIntrospector,
+        options: PaymentApiOptions,
+        metrics: Metrics,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._ct = ct
+        self._registry = registry
+        self._introspector = introspector
+        self._options = options
+        self._metrics = metrics
+        self._now = now
+        self._in_flight = 0
+        self.started = asyncio.Event()
+        self._openapi = json.dumps(openapi_document()).encode()
+
+    async def start(self) -> None:
+        """Checks the credentials (a wrong secret stops start-up) and makes sure the transaction Type exists."""
+        await self._ct.check_credentials()
+        await self._ct.ensure_type(transaction_type_draft(self._options.transaction_type_key))
+        self.started.set()
+
+    def add_routes(self, app: web.Application) -> None:
+        for path in PATHS:  # the fixed one first: a project key "operations" means ours either way
+            app.router.add_post(path, self._handle)
+        app.router.add_get(OPENAPI_PATH, self._describe)
+
+    async def _describe(self, _: web.Request) -> web.Response:
+        return web.Response(body=self._openapi, content_type="application/json")
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        action, waited = "unknown", False
+        if self._in_flight >= self._options.max_in_flight:
+            log.warning("payment_api.busy", in_flight=self._in_flight)
+            self._metrics.labelled(self._metrics.payment_api_requests, action, "busy").inc()
+            return _error_response(ApiError(503, "General", "Too many requests at once; try again shortly."))
+        self._in_flight += 1
+        client_id = ""
+        try:
+            client_id = await self._authorize(request)
+            payment_action = await self._read(request)
+            action = payment_action.name.value
+            wait_s = self._wait_s(request)
+            waited = wait_s > 0
+            payment_id = request.match_info["payment_id"]
+            async with asyncio.timeout(self._options.request_timeout_s):
+                transaction, repeated = await self._store(payment_id, payment_action, client_id)
+            if wait_s > 0 and transaction.state.rank < TransactionState.SUCCESS.rank:
+                transaction = await self._await_outcome(payment_id, transaction, wait_s)
+            outcome = outcome_of(transaction.state)
+            log.info(
+                "payment_api.answered", action=action, outcome=outcome, payment_id=payment_id, transaction_id=transaction.id,
+                repeated=repeated, client_id=client_id,
+            )  # fmt: skip
+            self._metrics.labelled(self._metrics.payment_api_requests, action, outcome).inc()
+            headers = {"Preference-Applied": f"wait={wait_s:g}"} if waited else None
+            return web.json_response(_answer(outcome, payment_id, transaction), headers=headers)
+        except ApiError as error:
+            return self._refused(error, action, request, client_id)
+        except TimeoutError:
+            return self._refused(
+                ApiError(503, "General", "commercetools did not answer in time; try again."), action, request, client_id
+            )
+        except RetryableError as exc:  # commercetools or its auth server: the caller tries again
+            unavailable = ApiError(503, "General", f"A dependency is unavailable ({exc}); try again.")
+            return self._refused(unavailable, action, request, client_id)
+        except CommercetoolsError as exc:  # refused (a missing Type, say): for an operator
+            return self._refused(ApiError(500, "General", f"commercetools refused the update: {exc}"), action, request, client_id)
+        finally:
+            self._in_flight -= 1
+            self._metrics.labelled(self._metrics.payment_api_seconds, str(waited).lower()).observe(time.perf_counter() - started)
+
+    async def _authorize(self, request: web.Request) -> str:
+        """The caller's API client id, once its token may manage this project's payments."""
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.casefold() != "bearer" or not token.strip():
+            raise ApiError(401, "invalid_token", "This endpoint requires an access token (Authorization: Bearer ...).")
+        introspection = await self._introspector.introspect(token.strip())
+        if introspection is INACTIVE or not introspection.active:
+            raise ApiError(401, "invalid_token", "The access token is not active: expired, revoked or unknown.")
+        project = request.match_info.get("project_key", self._options.project_key)
+        if not introspection.may_manage_payments_of(project):
+            raise ApiError(
+                403, "insufficient_scope",
+                "The access token lacks the scope manage_checkout_payment_intents (or manage_project) for this project.",
+            )  # fmt: skip
+        if project != self._options.project_key:
+            raise ApiError(404, "ResourceNotFound", "This connector serves another project.")
+        return introspection.client_id
+
+    async def _read(self, request: web.Request) -> PaymentAction:
+        if request.content_type != "application/json":
+            raise ApiError(415, "InvalidInput", "The body must be JSON, sent as Content-Type: application/json.")
+        limit = self._options.max_body_bytes
+        if (request.content_length or 0) > limit:
+            raise ApiError(413, "InvalidInput", f"The body is {request.content_length} bytes, above {limit}.")
+        body = bytearray()
+        async with asyncio.timeout(self._options.request_timeout_s):
+            async for chunk in request.content.iter_any():
+                body += chunk
+                if len(body) > limit:
+                    raise ApiError(413, "InvalidInput", f"The body is above {limit} bytes.")
+        return parse_payment_action(bytes(body))
+
+    def _wait_s(self, request: web.Request) -> float:
+        """``Prefer: wait=N``, bounded; 0 without it."""
+        match = _PREFER_WAIT.search(request.headers.get("Prefer", ""))
+        return min(float(match.group(1)), self._options.wait_max_s) if match else 0.0
+
+    async def _store(self, payment_id: str, payment_action: PaymentAction, client_id: str) -> tuple[Transaction, bool]:
+        """The transaction the request added (or added before), and whether it was there before."""
+        if not RESOURCE_ID.fullmatch(payment_id):
+            raise resource_not_found(payment_id)
+        request_id = str(uuid.uuid4())
+        for _ in range(self._options.update_attempts):
+            payment = await self._payment(payment_id)
+            decision = admit(
+                payment, payment_action, request_id=request_id, capabilities=capabilities_of(self._route(payment).adapter),
+                type_key=self._options.transaction_type_key, requested_by=client_id, now=self._now(),
+            )  # fmt: skip
+            if isinstance(decision, Repeated):
+                return decision.transaction, not decision.by_this_request
+            try:
+                updated = await self._ct.update_payment_returning(payment.id, payment.version, decision.actions)
+            except ConcurrentModification:
+                await asyncio.sleep(random.uniform(0.01, 0.05))  # another request or the worker wrote; judge again
+                continue
+            return added_transaction(payment, updated), False
+        raise ApiError(409, "ConcurrentModification", "The payment kept changing while the request was judged; try again.")
+
+    async def _payment(self, payment_id: str) -> Payment:
+        try:
+            return await self._ct.get_payment(payment_id)
+        except NotFound:
+            raise resource_not_found(payment_id) from None
+
+    def _route(self, payment: Payment) -> Route:
+        route = self._registry.find(payment.payment_method_info)
+        if not isinstance(route, Route):
+            interface = payment.payment_method_info.payment_interface or "(none)"
+            message = f"The payment's interface {interface!r} (or its account) is not served by this connector."
+            raise ApiError(400, "InvalidOperation", message, reason="not_served")
+        return route
+
+    async def _await_outcome(self, payment_id: str, transaction: Transaction, wait_s: float) -> Transaction:
+        """The transaction once the worker stored its outcome, or as it stands after ``wait_s``."""
+        deadline = time.monotonic() + wait_s
+        while (left := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(self._options.poll_s, left))
+            try:
+                async with asyncio.timeout(max(left, 0.5)):
+                    payment = await self._ct.get_payment(payment_id)
+            except (TimeoutError, CommercetoolsError):
+                break  # stored already: answer what is known
+            transaction = payment.transaction(transaction.id) or transaction
+            if transaction.state.rank >= TransactionState.SUCCESS.rank:
+                break
+        return transaction
+
+    def _refused(self, error: ApiError, action: str, request: web.Request, client_id: str) -> web.Response:
+        payment_id = request.match_info.get("payment_id", "")
+        log.warning(
+            "payment_api.refused", status=error.status, code=error.code, message=error.message, action=action,
+            payment_id=payment_id if RESOURCE_ID.fullmatch(payment_id) else "(not an id)", client_id=client_id or None,
+        )  # fmt: skip
+        result = "unavailable" if error.status >= 500 else "refused"
+        self._metrics.labelled(self._metrics.payment_api_requests, action, result).inc()
+        return _error_response(error)
+
+
+def _error_response(error: ApiError) -> web.Response:
+    headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'} if error.status == 401 else None
+    return web.json_response(error.body(), status=error.status, headers=headers)
+
+
+def _answer(outcome: Outcome, payment_id: str, transaction: Transaction) -> dict[str, Any]:
+    return {
+        "outcome": outcome,
+        "paymentId": payment_id,
+        "transactionId": transaction.id,
+        "transactionType": transaction.type.value,
+    }
+
+
+def openapi_document() -> dict[str, Any]:
+    """The API's OpenAPI document, as served (the same file as docs/payments-api.openapi.json)."""
+    loaded: dict[str, Any] = json.loads(resources.files("connector").joinpath("payment_api.openapi.json").read_bytes())
+    return loaded
