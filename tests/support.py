@@ -14,9 +14,19 @@ from connector.adapters.registry import AdapterRoute
 from connector.adapters.sandbox import SandboxAdapter
 from connector.app import run_receiver, run_worker
 from connector.commercetools.client import CommercetoolsClient
-from connector.config import CommercetoolsSettings, ReceiverConfig, ReceiverSettings, Settings, WorkerSettings, without_files
+from connector.config import (
+    CommercetoolsSettings,
+    PaymentApiSettings,
+    ReceiverConfig,
+    ReceiverSettings,
+    Settings,
+    WorkerSettings,
+    without_files,
+)  # fmt: skip
+from connector.models.payment import Payment
 from tests.queues import EventQueue
-from tests.stack import free_port
+from tests.stack import free_port, messages
+from tests.stack.payments import as_json
 
 INTERACTION_TYPE_KEY = "connector-payment-interaction"
 CLIENT_SECRET = "test-client-secret-s3cr3t"
@@ -81,12 +91,48 @@ async def running_worker(settings: Settings, stop_timeout_s: float = 30.0) -> As
             await task
 
 
-def receiver_config_for(queue: EventQueue, routes: Sequence[AdapterRoute], **receiver: Any) -> ReceiverConfig:
-    """A notification receiver queueing on ``queue`` for ``routes``, on a free port of 127.0.0.1."""
+def receiver_config_for(
+    queue: EventQueue, routes: Sequence[AdapterRoute], *, payment_api: tuple[str, str] | None = None, **receiver: Any
+) -> ReceiverConfig:
+    """A notification receiver queueing on ``queue`` for ``routes``, on a free port of 127.0.0.1; with
+    ``payment_api`` (the emulator's URL and the project key), serving the Payments API too."""
     worker = without_files(WorkerSettings, source=queue.name, adapters=list(routes), http_port=0)
     listener = without_files(ReceiverSettings, **({"http_host": "127.0.0.1", "http_port": free_port()} | receiver))
     sources = queue.source_settings()
-    return ReceiverConfig(worker, listener, sources.get("kafka"), sources.get("pubsub"))
+    if payment_api is None:
+        return ReceiverConfig(worker, listener, sources.get("kafka"), sources.get("pubsub"))
+    ct_url, project_key = payment_api
+    ct = without_files(
+        CommercetoolsSettings, project_key=project_key, client_id="connector-api", client_secret=SecretStr(CLIENT_SECRET),
+        auth_url=ct_url, api_url=ct_url,
+    )  # fmt: skip
+    api = without_files(PaymentApiSettings, enabled=True)
+    return ReceiverConfig(worker, listener, sources.get("kafka"), sources.get("pubsub"), api, ct)
+
+
+class SubscriptionRelay:
+    """Stands in for the commercetools Subscription, which the emulator does not deliver: each new
+    transaction of a watched payment (one the Payments API added, say) is published to the queue as
+    PaymentTransactionAdded, as commercetools would."""
+
+    def __init__(self, ct: CommercetoolsClient, queue: EventQueue, project_key: str) -> None:
+        self._ct, self._queue, self._project_key = ct, queue, project_key
+        self._seen: dict[str, set[str]] = {}
+
+    def watch(self, payment: Payment) -> None:
+        self._seen[payment.id] = {t.id for t in payment.transactions}
+
+    async def run(self) -> None:
+        while True:
+            for payment_id, seen in list(self._seen.items()):
+                payment = await self._ct.get_payment(payment_id)
+                for transaction in payment.transactions:
+                    if transaction.id not in seen:
+                        seen.add(transaction.id)
+                        embedded = transaction.model_dump(by_alias=True, mode="json", exclude_none=True)
+                        message = messages.transaction_added(self._project_key, as_json(payment), embedded, "platform")
+                        await self._queue.publish([message])
+            await asyncio.sleep(0.1)
 
 
 def receiver_url(config: ReceiverConfig, interface: str, account: str | None = None) -> str:
