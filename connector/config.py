@@ -142,6 +142,9 @@ class SubscriptionSettings(BaseSettings):
     interaction_type_key: str = Field(
         default="connector-payment-interaction", validation_alias=AliasChoices("CONNECTOR_INTERACTION_TYPE_KEY")
     )
+    transaction_type_key: str = Field(
+        default="connector-payment-request", validation_alias=AliasChoices("PAYMENT_API_TRANSACTION_TYPE_KEY")
+    )
 
     @model_validator(mode="after")
     def _destination_complete(self) -> "SubscriptionSettings":

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from connector.adapters.contract import can_execute, registrar_of
 from connector.adapters.registry import AdapterRegistry, AdapterRoute
 from connector.commercetools.client import CommercetoolsClient
-from connector.commercetools.interaction_type import interaction_type_draft, type_changes
+from connector.commercetools.interaction_type import interaction_type_draft, transaction_type_draft, type_changes
 from connector.commercetools.subscription import ConfluentCloud, GooglePubSub, masked, subscription_changes, subscription_draft
 from connector.config import SubscriptionSettings
 from connector.receiver import notification_path
@@ -54,6 +54,7 @@ def resources(settings: SubscriptionSettings) -> list[Resource]:
         destination = GooglePubSub(project_id=settings.project_id, topic=settings.topic)
     return [
         Resource("types", interaction_type_draft(settings.interaction_type_key)),
+        Resource("types", transaction_type_draft(settings.transaction_type_key)),  # the Payments API's
         Resource("subscriptions", subscription_draft(settings.key, destination, settings.format)),
     ]
 

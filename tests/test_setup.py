@@ -85,6 +85,7 @@ async def test_setup_creates_the_type_and_a_confluent_subscription_then_changes_
     assert first.returncode == 0, first.stderr
     assert first.stdout.splitlines() == [
         "type setup-interaction: created",
+        "type connector-payment-request: created",
         "subscription commercetools-payment-connector: created",
     ]
     subscription = await ct.find_by_key("subscriptions", "commercetools-payment-connector")
@@ -97,11 +98,14 @@ async def test_setup_creates_the_type_and_a_confluent_subscription_then_changes_
     assert subscription["messages"] == [{"resourceTypeId": "payment", "types": ["PaymentCreated", "PaymentTransactionAdded"]}]
     assert subscription["format"] == {"type": "Platform"}
     assert interaction_type["resourceTypeIds"] == ["payment-interface-interaction"]
+    request_type = await ct.find_by_key("types", "connector-payment-request")  # for the Payments API's transactions
+    assert request_type is not None and request_type["resourceTypeIds"] == ["transaction"]
 
     second = setup_command(env)
     assert second.returncode == 0, second.stderr
     assert second.stdout.splitlines() == [
         "type setup-interaction: unchanged",
+        "type connector-payment-request: unchanged",
         "subscription commercetools-payment-connector: unchanged",
     ]
     assert _versions(
@@ -121,7 +125,7 @@ async def test_setup_for_pubsub_in_cloudevents_format(ct_url: str, project_key: 
     assert subscription is not None
     assert subscription["destination"] == {"type": "GoogleCloudPubSub", "projectId": "shop-prod", "topic": "ct-payments"}
     assert subscription["format"] == {"type": "CloudEvents", "cloudEventsVersion": "1.0"}
-    assert setup_command(env).stdout.count("unchanged") == 2
+    assert setup_command(env).stdout.count("unchanged") == 3
 
 
 async def test_dry_run_prints_the_drafts_and_sends_nothing(ct_url: str, project_key: str, ct: CommercetoolsClient) -> None:
@@ -129,8 +133,8 @@ async def test_dry_run_prints_the_drafts_and_sends_nothing(ct_url: str, project_
     result = setup_command(credentials(nowhere, project_key) | KAFKA_ENV, "--dry-run")
     assert result.returncode == 0, result.stderr
     printed = json.loads(result.stdout)
-    assert [p["endpoint"] for p in printed] == ["types", "subscriptions"]
-    assert printed[1]["draft"]["destination"]["apiSecret"] == "***"
+    assert [p["endpoint"] for p in printed] == ["types", "types", "subscriptions"]
+    assert printed[2]["draft"]["destination"]["apiSecret"] == "***"
     assert API_SECRET not in result.stdout
     # And against the emulator: still nothing there afterwards.
     assert setup_command(credentials(ct_url, project_key) | KAFKA_ENV, "--dry-run").returncode == 0
@@ -198,4 +202,4 @@ async def test_setup_registers_each_stripe_accounts_webhook_endpoint_once(
     ]
     assert sorted(changes) == ["unchanged", "updated"]
     assert "shown only now" not in second.stdout
-    assert setup_command(env).stdout.count("unchanged") == 4  # type, subscription and both endpoints
+    assert setup_command(env).stdout.count("unchanged") == 5  # both types, subscription and both endpoints
