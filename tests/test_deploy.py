@@ -1,6 +1,7 @@
 """What ships besides the code: the Dockerfile, the dependency lock, the Kubernetes manifests and the
 compose file, linted and validated against their schemas (the image itself is built and run in test_image)."""
 
+import os
 import re
 import shutil
 import subprocess
@@ -133,6 +134,38 @@ def test_the_receiver_is_apart_and_queues_where_the_workers_read(overlay: str) -
     kubernetes_validate.validate(template, KUBERNETES_VERSION, strict=True)
     assert template["metadata"]["name"] == secrets and set(template["stringData"].values()) == {""}
     assert "CTP_CLIENT_SECRET" not in template["stringData"]  # no commercetools credentials on the internet's side
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_payment_api_component_gives_the_receiver_its_own_credentials(overlay: str, tmp_path: Path) -> None:
+    """An overlay with the optional component: the API enabled for the workers' project, and /run/secrets
+    made of the webhook secrets and the API's own client credentials."""
+    overlays = DEPLOY / "kubernetes" / "overlays"
+    component = DEPLOY / "kubernetes" / "components" / "payment-api"
+    (tmp_path / "kustomization.yaml").write_text(  # kustomize takes relative paths only
+        f"resources: [{os.path.relpath(overlays / overlay, tmp_path)}]\ncomponents: [{os.path.relpath(component, tmp_path)}]\n"
+    )
+    built = subprocess.run(
+        [str(go_install(KUSTOMIZE)), "build", "--load-restrictor", "LoadRestrictionsNone", str(tmp_path)],
+        capture_output=True, text=True, check=True, timeout=120,
+    )  # fmt: skip
+    documents = [d for d in yaml.safe_load_all(built.stdout) if d]
+    for document in documents:
+        if document["kind"] not in ("ScaledObject", "TriggerAuthentication"):
+            kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+    configs = {d["metadata"]["name"].rsplit("-", 1)[0]: d["data"] for d in documents if d["kind"] == "ConfigMap"}
+    receiver, worker = configs["payment-connector-receiver"], configs["payment-connector"]
+    assert receiver["PAYMENT_API_ENABLED"] == "true"
+    assert {k: receiver[k] for k in ("CTP_PROJECT_KEY", "CTP_AUTH_URL", "CTP_API_URL")} == {
+        k: worker[k] for k in ("CTP_PROJECT_KEY", "CTP_AUTH_URL", "CTP_API_URL")
+    }
+    deployment = next(d for d in documents if d["kind"] == "Deployment" and d["metadata"]["name"] == "payment-connector-receiver")
+    volume = next(v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "secrets")
+    names = [source["secret"]["name"] for source in volume["projected"]["sources"]]
+    template = yaml.safe_load((DEPLOY / "kubernetes" / "payment-api-secret.template.yaml").read_text())
+    kubernetes_validate.validate(template, KUBERNETES_VERSION, strict=True)
+    assert names == ["payment-connector-receiver", template["metadata"]["name"]]
+    assert set(template["stringData"]) == {"CTP_CLIENT_ID", "CTP_CLIENT_SECRET"} and set(template["stringData"].values()) == {""}
 
 
 def test_the_secret_template_validates_and_holds_no_values() -> None:

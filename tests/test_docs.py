@@ -18,6 +18,8 @@ SETTINGS_GROUPS = [
     config.PubSubSettings,
     config.WorkerSettings,
     config.SubscriptionSettings,
+    config.ReceiverSettings,
+    config.PaymentApiSettings,
 ]
 
 
