@@ -21,6 +21,9 @@
 6. The notification receiver (``connector receive``): 5,000 signed Stripe events posted by 64
    concurrent clients, each answered once Kafka holds it: notices accepted per second, the
    receiver's CPU per notice, and the p99 answer time.
+7. The Payments API (``connector receive`` with ``PAYMENT_API_ENABLED``): one capture request for
+   each of 2,000 authorized payments, from 32 concurrent clients, each answered ``received`` once the
+   emulator stored the transaction: requests per second, CPU per request, p50 and p99 answer times.
 
 Prints one JSON line and writes it to tests/bench/result.json. ``--profile`` adds a py-spy
 profile of the worker during the second saturation round (top entries in tests/bench/profile.txt).
@@ -28,6 +31,7 @@ profile of the worker during the second saturation round (top entries in tests/b
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import resource
@@ -38,6 +42,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -222,6 +227,8 @@ def measure_reconciler_idle(args: argparse.Namespace, work: Path, url: str, boot
 
 RECEIVER_NOTICES = 5000
 RECEIVER_CLIENTS = 64
+API_REQUESTS = 2000
+API_CLIENTS = 32
 BENCH_WEBHOOK_SECRET = "whsec_bench_0001"
 
 
@@ -229,62 +236,120 @@ async def measure_receiver(work: Path, bootstrap: str) -> dict[str, float]:
     """The receiver's own cost: signed events (made before the clock starts: signing is the PSP's work)
     posted by concurrent clients; each answer comes once the broker acknowledged the notice."""
     await create_topics(bootstrap, "bench-notices", "bench-notices.dlq", partitions=PARTITIONS)
-    port, ops = free_port(), free_port()
     route = {"interface": "stripe", "adapter": "stripe",
              "settings": {"secret_key": "sk_test_bench", "webhook_secrets": [BENCH_WEBHOOK_SECRET]}}  # fmt: skip
-    environment = os.environ | {
-        "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "KAFKA_TOPIC": "bench-notices", "CONNECTOR_ADAPTERS": json.dumps([route]),
-        "CONNECTOR_HTTP_HOST": "127.0.0.1", "CONNECTOR_HTTP_PORT": str(ops), "NOTIFY_HTTP_HOST": "127.0.0.1",
-        "NOTIFY_HTTP_PORT": str(port), "CONNECTOR_LOG_FORMAT": "json", "CONNECTOR_LOG_LEVEL": "warning",
-    }  # fmt: skip
     requests = []
     for index in range(RECEIVER_NOTICES):
         intent = {"id": f"pi_bench{index:06d}", "object": "payment_intent", "status": "succeeded", "amount": 1000,
                   "metadata": {"ctPaymentId": f"bench-{index:06d}", "ctTransactionId": f"t-{index:06d}"}}  # fmt: skip
         body = body_of(event("payment_intent.succeeded", intent))
-        requests.append((body, signed(body, [BENCH_WEBHOOK_SECRET])))
-    url = f"http://127.0.0.1:{port}/notifications/stripe"
-    with (work / "receiver.log").open("wb") as log:
-        receiver = subprocess.Popen([sys.executable, "-m", "connector", "receive"], env=environment, stderr=log)
-    try:
-        # aiohttp, not httpx: the clients share this machine's two cores with the receiver and the broker,
-        # and httpx spent a core on 256 requests a second, more than the receiver itself.
-        connector = aiohttp.TCPConnector(limit=RECEIVER_CLIENTS)
-        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as http:
-            deadline = time.monotonic() + 60
-            while True:  # ready: a request answered (400: no signature)
-                try:
-                    async with http.post(url, data=b"{}"):
-                        break
-                except aiohttp.ClientError:
-                    if time.monotonic() > deadline:
-                        raise TimeoutError("the receiver did not start") from None
-                    await asyncio.sleep(0.2)
-            pending = iter(requests)
-            answer_s: list[float] = []
-
-            async def client() -> None:
-                for body, headers in pending:
-                    sent = time.perf_counter()
-                    async with http.post(url, data=body, headers=headers) as response:
-                        await response.read()
-                        assert response.status == 200, response.status
-                    answer_s.append(time.perf_counter() - sent)
-
-            cpu_before, started = process_cpu_s(receiver.pid), time.perf_counter()
-            async with asyncio.TaskGroup() as tasks:
-                for _ in range(RECEIVER_CLIENTS):
-                    tasks.create_task(client())
-            elapsed, cpu_s = time.perf_counter() - started, process_cpu_s(receiver.pid) - cpu_before
-    finally:
-        receiver.send_signal(signal.SIGTERM)
-        receiver.wait(timeout=60)
-    answer_s.sort()
+        requests.append(("/notifications/stripe", body, signed(body, [BENCH_WEBHOOK_SECRET])))
+    environment = {"KAFKA_TOPIC": "bench-notices", "CONNECTOR_ADAPTERS": json.dumps([route])}
+    async with receiving(work, bootstrap, environment, "receiver") as (receiver, base):
+        answer_s, elapsed, cpu_s = await post_all(receiver, base, requests, RECEIVER_CLIENTS)
     return {
         "receiver_notices_per_s": round(RECEIVER_NOTICES / elapsed, 1),
         "receiver_cpu_ms_per_notice": round(cpu_s * 1000 / RECEIVER_NOTICES, 3),
         "receiver_p99_ms": round(answer_s[int(len(answer_s) * 0.99)] * 1000, 1),
     }
+
+
+async def measure_payment_api(work: Path, url: str, bootstrap: str, ct: CommercetoolsClient) -> dict[str, float]:
+    """The Payments API: one capture request per authorized payment, from concurrent clients, each
+    answered ``received`` once commercetools stored its transaction (a read and a version-checked
+    update of the emulator per request; the token's introspection is cached)."""
+    drafts = [payment_draft(1000, (("Authorization", 1000),), ()) for _ in range(API_REQUESTS)]
+    payments = await asyncio.gather(*(ct.create_payment(draft) for draft in drafts))
+    async with httpx.AsyncClient() as http:
+        scope = "manage_checkout_payment_intents:bench-api"
+        answer = await http.post(
+            f"{url}/oauth/token", params={"grant_type": "client_credentials", "scope": scope}, auth=("bench-oms", "bench")
+        )
+    headers = {"Authorization": f"Bearer {answer.json()['access_token']}", "Content-Type": "application/json"}
+    requests = []
+    for index, payment in enumerate(payments):
+        action = {
+            "action": "capturePayment",
+            "amount": {"centAmount": 1000, "currencyCode": "EUR"},
+            "merchantReference": f"c-{index}",
+        }
+        requests.append((f"/bench-api/payment-intents/{payment.id}", json.dumps({"actions": [action]}).encode(), headers))
+    route = {"interface": "sandbox", "adapter": "sandbox", "settings": {"ledger_path": str(work / "api-ledger.sqlite")}}
+    environment = {  # bench-notices: the receiver's topic, made by measure_receiver
+        "KAFKA_TOPIC": "bench-notices", "CONNECTOR_ADAPTERS": json.dumps([route]), "PAYMENT_API_ENABLED": "true",
+        "CTP_PROJECT_KEY": "bench-api", "CTP_CLIENT_ID": "bench-api", "CTP_CLIENT_SECRET": "bench", "CTP_AUTH_URL": url,
+        "CTP_API_URL": url,
+    }  # fmt: skip
+    async with receiving(work, bootstrap, environment, "payment-api") as (receiver, base):
+        answer_s, elapsed, cpu_s = await post_all(receiver, base, requests, API_CLIENTS)
+    stored = await asyncio.gather(*(ct.get_payment(payment.id) for payment in payments))
+    assert all(len(p.transactions) == 2 for p in stored), "a capture was not stored once"
+    return {
+        "payment_api_requests_per_s": round(API_REQUESTS / elapsed, 1),
+        "payment_api_cpu_ms_per_request": round(cpu_s * 1000 / API_REQUESTS, 3),
+        "payment_api_received_p50_ms": round(answer_s[len(answer_s) // 2] * 1000, 1),
+        "payment_api_received_p99_ms": round(answer_s[int(len(answer_s) * 0.99)] * 1000, 1),
+        "payment_api_clients": API_CLIENTS,
+    }
+
+
+@contextlib.asynccontextmanager
+async def receiving(
+    work: Path, bootstrap: str, settings: dict[str, str], name: str
+) -> AsyncIterator[tuple[subprocess.Popen[bytes], str]]:
+    """A ``connector receive`` process with ``settings``, once its public listener answers; stopped after."""
+    port, ops = free_port(), free_port()
+    environment = os.environ | settings | {
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "CONNECTOR_HTTP_HOST": "127.0.0.1", "CONNECTOR_HTTP_PORT": str(ops),
+        "NOTIFY_HTTP_HOST": "127.0.0.1", "NOTIFY_HTTP_PORT": str(port), "CONNECTOR_LOG_FORMAT": "json",
+        "CONNECTOR_LOG_LEVEL": "warning",
+    }  # fmt: skip
+    with (work / f"{name}.log").open("wb") as log:
+        receiver = subprocess.Popen([sys.executable, "-m", "connector", "receive"], env=environment, stderr=log)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient() as http:
+            deadline = time.monotonic() + 60
+            while True:  # ready: any answer (404 here)
+                try:
+                    await http.post(f"{base}/notifications/none", content=b"{}")
+                    break
+                except httpx.TransportError:
+                    if time.monotonic() > deadline or receiver.poll() is not None:
+                        raise TimeoutError(f"connector receive did not start: see {work / name}.log") from None
+                    await asyncio.sleep(0.2)
+        yield receiver, base
+    finally:
+        receiver.send_signal(signal.SIGTERM)
+        receiver.wait(timeout=60)
+
+
+async def post_all(
+    receiver: subprocess.Popen[bytes], base: str, requests: list[tuple[str, bytes, dict[str, str]]], clients: int
+) -> tuple[list[float], float, float]:
+    """Each request once, from ``clients`` concurrent clients; every answer must be 200. Returns the
+    sorted answer times, the elapsed time, and the receiver's CPU seconds meanwhile."""
+    # aiohttp, not httpx: the clients share this machine's two cores with the receiver and the broker,
+    # and httpx spent a core on 256 requests a second, more than the receiver itself.
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as http:
+        pending = iter(requests)
+        answer_s: list[float] = []
+
+        async def client() -> None:
+            for path, body, headers in pending:
+                sent = time.perf_counter()
+                async with http.post(base + path, data=body, headers=headers) as response:
+                    await response.read()
+                    assert response.status == 200, (response.status, await response.text())
+                answer_s.append(time.perf_counter() - sent)
+
+        cpu_before, started = process_cpu_s(receiver.pid), time.perf_counter()
+        async with asyncio.TaskGroup() as tasks:
+            for _ in range(clients):
+                tasks.create_task(client())
+        elapsed, cpu_s = time.perf_counter() - started, process_cpu_s(receiver.pid) - cpu_before
+    return sorted(answer_s), elapsed, cpu_s
 
 
 def process_cpu_s(pid: int) -> float:
@@ -349,6 +414,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         print(f"the notification receiver: {RECEIVER_NOTICES} notices ...", file=sys.stderr)
         figures |= await measure_receiver(work, bootstrap)
+        print(f"the Payments API: {API_REQUESTS} captures from {API_CLIENTS} clients ...", file=sys.stderr)
+        api_ct = client("bench-api")
+        figures |= await measure_payment_api(work, url, bootstrap, api_ct)
+        await api_ct.aclose()
         for c in (ct, baseline_ct, warm_up_ct):
             await c.aclose()
     return figures
