@@ -306,7 +306,7 @@ async def _payment_api(
         max_in_flight=settings.max_in_flight,
     )
     api = PaymentApi(ct, registry, introspector, options, metrics)
-    return api, {"commercetools_token": api.started.is_set}
+    return api, {"payment_api_started": api.started.is_set}
 
 
 def _notice_queue(config: ReceiverConfig) -> "KafkaPublisher | PubSubPublisher":

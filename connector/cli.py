@@ -1,4 +1,4 @@
-"""Command line: ``connector run`` (the worker), ``receive`` (the notification receiver), ``reconcile``, ``replay``,
+"""Command line: ``connector run`` (the worker), ``receive`` (notifications and the Payments API), ``reconcile``, ``replay``,
 ``setup`` and ``healthcheck``."""
 
 import asyncio
@@ -44,7 +44,7 @@ def run() -> None:
 
 @app.command()
 def receive() -> None:
-    """Run the notification receiver (PSP webhooks in, queued for the workers) until SIGTERM or SIGINT."""
+    """Run the public listener until SIGTERM or SIGINT: PSP webhooks queued for the workers, and the Payments API when enabled."""
     with _bad_settings_exit():
         config = load_receiver_settings()
         configure_logging(config.worker.log_format, config.worker.log_level)
