@@ -104,14 +104,15 @@ class PaymentApi:
             return _error_response(ApiError(503, "General", "Too many requests at once; try again shortly."))
         self._in_flight += 1
         client_id = ""
+        payment_id = request.match_info["payment_id"]
         try:
-            client_id = await self._authorize(request)
-            payment_action = await self._read(request)
-            action = payment_action.name.value
-            wait_s = self._wait_s(request)
-            waited = wait_s > 0
-            payment_id = request.match_info["payment_id"]
+            # One bound for the token, the body and the stored transaction; waiting comes on top.
             async with asyncio.timeout(self._options.request_timeout_s):
+                client_id = await self._authorize(request)
+                payment_action = await self._read(request)
+                action = payment_action.name.value
+                wait_s = self._wait_s(request)
+                waited = wait_s > 0
                 transaction, repeated = await self._store(payment_id, payment_action, client_id)
             if wait_s > 0 and transaction.state.rank < TransactionState.SUCCESS.rank:
                 transaction = await self._await_outcome(payment_id, transaction, wait_s)
@@ -126,9 +127,10 @@ class PaymentApi:
         except ApiError as error:
             return self._refused(error, action, request, client_id)
         except TimeoutError:
-            return self._refused(
-                ApiError(503, "General", "commercetools did not answer in time; try again."), action, request, client_id
+            timed_out = ApiError(
+                503, "General", f"The request was not handled within {self._options.request_timeout_s:g}s; try again."
             )
+            return self._refused(timed_out, action, request, client_id)
         except RetryableError as exc:  # commercetools or its auth server: the caller tries again
             unavailable = ApiError(503, "General", f"A dependency is unavailable ({exc}); try again.")
             return self._refused(unavailable, action, request, client_id)
@@ -163,11 +165,10 @@ class PaymentApi:
         if (request.content_length or 0) > limit:
             raise ApiError(413, "InvalidInput", f"The body is {request.content_length} bytes, above {limit}.")
         body = bytearray()
-        async with asyncio.timeout(self._options.request_timeout_s):
-            async for chunk in request.content.iter_any():
-                body += chunk
-                if len(body) > limit:
-                    raise ApiError(413, "InvalidInput", f"The body is above {limit} bytes.")
+        async for chunk in request.content.iter_any():  # a body without Content-Length is bounded too
+            body += chunk
+            if len(body) > limit:
+                raise ApiError(413, "InvalidInput", f"The body is above {limit} bytes.")
         return parse_payment_action(bytes(body))
 
     def _wait_s(self, request: web.Request) -> float:
