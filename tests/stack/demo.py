@@ -9,10 +9,12 @@ duplicate, the subscription's test delivery and a malformed one), runs the worke
 notification receiver until every transaction has left Initial, and prints each transaction's final
 state and PSP reference. Then it plays the PSP deciding the asynchronous payment: the sandbox settles
 it and sends its signed notification to the receiver, and the demo shows the Pending charge settled.
+Last, an order management system captures the authorized payment through the Payments API.
 """
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import logging
 import os
@@ -31,7 +33,15 @@ from connector.adapters.sandbox import SandboxLedger
 from connector.adapters.sandbox_notifications import signed_notice
 from connector.app import build_commercetools, run_receiver, run_worker
 from connector.commercetools.client import CommercetoolsClient
-from connector.config import CommercetoolsSettings, ReceiverConfig, ReceiverSettings, Settings, WorkerSettings, without_files
+from connector.config import (
+    CommercetoolsSettings,
+    PaymentApiSettings,
+    ReceiverConfig,
+    ReceiverSettings,
+    Settings,
+    WorkerSettings,
+    without_files,
+)  # fmt: skip
 from connector.logs import configure_logging
 from connector.models.payment import Payment, TransactionState
 from tests.sandbox_ledger import references_for
@@ -152,7 +162,7 @@ async def run_demo(queue: LocalQueue, ct_url: str, timeout_s: float = 60.0) -> b
         await queue.publish(deliveries_for(payments))
         receiver = ReceiverConfig(
             settings.worker, without_files(ReceiverSettings, http_host="127.0.0.1", http_port=free_port()),
-            settings.kafka, settings.pubsub,
+            settings.kafka, settings.pubsub, without_files(PaymentApiSettings, enabled=True), settings.commercetools,
         )  # fmt: skip
         async with asyncio.TaskGroup() as tasks:
             worker = tasks.create_task(run_worker(settings, stop))
@@ -167,6 +177,9 @@ async def run_demo(queue: LocalQueue, ct_url: str, timeout_s: float = 60.0) -> b
                     else "\nsome transactions ended WRONG"
                 )
                 all_right &= await settle_by_notification(ct, ledger, settled, receiver.receiver.http_port, timeout_s)
+                all_right &= await capture_through_the_api(
+                    ct, queue, settled, f"{ct_url}", receiver.receiver.http_port, timeout_s
+                )
             finally:
                 stop.set()
             await worker
@@ -201,6 +214,43 @@ async def settle_by_notification(
     print(
         f"\nasynchronous PSP: the sandbox settled {pending.interaction_id} and sent notification {event_id};"
         f" the receiver answered {accepted}, and the charge went Pending -> {now.state.value}" + ("" if right else "  <-- WRONG")
+    )
+    return right
+
+
+async def capture_through_the_api(
+    ct: CommercetoolsClient, queue: LocalQueue, settled: list[Payment], ct_url: str, port: int, timeout_s: float
+) -> bool:
+    """An order management system captures the authorized payment through the Payments API, with a token of
+    its own API client; the demo then delivers the PaymentTransactionAdded the Subscription would, and
+    the worker captures it at the PSP."""
+    [payment] = [p for s, p in zip(SCENARIOS, settled, strict=True) if s.name == "authorize"]
+    action = {"action": "capturePayment", "amount": {"centAmount": 1000, "currencyCode": "EUR"}, "merchantReference": "demo-1"}
+    async with aiohttp.ClientSession() as http:
+        scope = f"manage_checkout_payment_intents:{PROJECT_KEY}"
+        query = {"grant_type": "client_credentials", "scope": scope}  # the emulator reads them from the query
+        basic = {"Authorization": "Basic " + base64.b64encode(b"demo-oms:demo-oms-secret").decode()}
+        async with http.post(f"{ct_url}/oauth/token", params=query, headers=basic, data={}) as answer:
+            token = (await answer.json())["access_token"]
+        api_url = f"http://127.0.0.1:{port}/{PROJECT_KEY}/payment-intents/{payment.id}"
+        async with http.post(api_url, json={"actions": [action]}, headers={"Authorization": f"Bearer {token}"}) as answer:
+            status, result = answer.status, await answer.json()
+    if status != 200:
+        print(f"\nPayments API: capturePayment answered {status} {result}  <-- WRONG")
+        return False
+    stored = await ct.get_payment(payment.id)
+    transaction = stored.transaction(result["transactionId"])
+    assert transaction is not None
+    embedded = transaction.model_dump(by_alias=True, mode="json", exclude_none=True)
+    await queue.publish([messages.transaction_added(PROJECT_KEY, as_json(stored), embedded, "platform")])
+    async with asyncio.timeout(timeout_s):
+        while (now := (await ct.get_payment(payment.id)).transaction(transaction.id)) and now.state is TransactionState.INITIAL:
+            await asyncio.sleep(0.2)
+    right = result["outcome"] == "received" and now is not None and now.state is TransactionState.SUCCESS
+    print(
+        f"\nPayments API: capturePayment of 1000 answered {status} {result['outcome']!r} with {result['transactionType']}"
+        f" {transaction.id}; the worker captured it at the PSP: {now.state.value if now else '?'}"
+        + ("" if right else "  <-- WRONG")
     )
     return right
 
