@@ -24,7 +24,7 @@ from connector.config import (
     Settings,
     claim_lease_s,
 )  # fmt: skip
-from connector.errors import ConfigurationError
+from connector.errors import ConfigurationError, ConnectorError
 from connector.metrics import Metrics
 from connector.ops_http import OpsServer
 from connector.payment_api import PaymentApi, PaymentApiOptions
@@ -249,9 +249,9 @@ def _answering(breaker: Breaker) -> Callable[[], bool]:
 
 async def run_receiver(config: ReceiverConfig, stop: asyncio.Event) -> None:
     """``connector receive``: the public listener (notifications, and the Payments API when enabled)
-    until ``stop``. It opens once the queue is connected (and, for the API, commercetools' credentials
-    and the transaction Type are checked); the operations endpoint (CONNECTOR_HTTP_PORT) answers from
-    the start."""
+    until ``stop``. It opens once the queue is connected; the operations endpoint (CONNECTOR_HTTP_PORT)
+    answers from the start. The API checks commercetools' credentials and its transaction Type in the
+    background, answering 503 until then, so that notifications never wait for commercetools."""
     registry = AdapterRegistry.load(config.worker.adapters)
     metrics = Metrics()
     queue = _notice_queue(config)
@@ -264,31 +264,51 @@ async def run_receiver(config: ReceiverConfig, stop: asyncio.Event) -> None:
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(registry.aclose)
         stack.push_async_callback(queue.close)
+        api = None
         if config.payment_api.enabled:
             assert config.commercetools is not None  # loaded with the API
-            api, checks = await _payment_api(config.commercetools, config.payment_api, registry, metrics, stack)
-            readiness |= checks
+            api = _payment_api(config.commercetools, config.payment_api, registry, metrics, stack)
             parts.append(api.add_routes)
             max_body = max(max_body, config.payment_api.max_body_bytes)
         await stack.enter_async_context(OpsServer(config.worker.http_host, config.worker.http_port, metrics.registry, readiness))
         await queue.start()
         connected.set()
-        if config.payment_api.enabled:
-            await api.start()
-        async with PublicServer(parts, config.receiver.http_host, config.receiver.http_port, max_body):
+        async with (
+            PublicServer(parts, config.receiver.http_host, config.receiver.http_port, max_body),
+            asyncio.TaskGroup() as tasks,
+        ):
             structlog.get_logger("connector.receiver").info(
-                "receiver.started", routes=receiver.paths(), payment_api=config.payment_api.enabled
+                "receiver.started", routes=receiver.paths(), payment_api=api is not None
             )
+            if api is not None:
+                starting = tasks.create_task(_start_payment_api(api))
             await stop.wait()
+            if api is not None:
+                starting.cancel()
 
 
-async def _payment_api(
+async def _start_payment_api(api: "PaymentApi") -> None:
+    """Until it started: commercetools may be down, or the credentials wrong (an operator fixes them)."""
+    wait_s = 1.0
+    while True:
+        try:
+            await api.start()
+        except ConnectorError as exc:
+            structlog.get_logger("connector.payment_api").error("payment_api.not_started", error=str(exc), retry_in_s=wait_s)
+            await asyncio.sleep(wait_s)
+            wait_s = min(wait_s * 2, 60.0)
+        else:
+            structlog.get_logger("connector.payment_api").info("payment_api.started")
+            return
+
+
+def _payment_api(
     ct_settings: CommercetoolsSettings,
     settings: PaymentApiSettings,
     registry: AdapterRegistry,
     metrics: Metrics,
     stack: contextlib.AsyncExitStack,
-) -> "tuple[PaymentApi, dict[str, Callable[[], bool]]]":
+) -> PaymentApi:
     ct = build_commercetools(ct_settings, metrics, retry=PAYMENT_API_BACKOFF)
     stack.push_async_callback(ct.aclose)
     http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=ct_settings.timeout_s))
@@ -305,8 +325,7 @@ async def _payment_api(
         wait_max_s=settings.wait_max_s,
         max_in_flight=settings.max_in_flight,
     )
-    api = PaymentApi(ct, registry, introspector, options, metrics)
-    return api, {"payment_api_started": api.started.is_set}
+    return PaymentApi(ct, registry, introspector, options, metrics)
 
 
 def _notice_queue(config: ReceiverConfig) -> "KafkaPublisher | PubSubPublisher":

@@ -35,12 +35,12 @@ from connector.adapters.contract import capabilities_of
 from connector.adapters.registry import AdapterRegistry, Route
 from connector.commercetools.client import CommercetoolsClient
 from connector.commercetools.interaction_type import transaction_type_draft
-from connector.commercetools.introspection import INACTIVE, TokenIntrospector
+from connector.commercetools.introspection import TokenIntrospector
 from connector.errors import CommercetoolsError, ConcurrentModification, NotFound, RetryableError
 from connector.metrics import Metrics
 from connector.models.payment import Payment, Transaction, TransactionState
 from connector.models.payment_action import RESOURCE_ID, ApiError, PaymentAction, parse_payment_action, resource_not_found
-from connector.processor.intent_decisions import Outcome, Repeated, added_transaction, admit, outcome_of
+from connector.processor.intent_decisions import Outcome, Repeated, added_transaction, admit, found_by_request_id, outcome_of
 
 log = structlog.get_logger("connector.payment_api")
 
@@ -61,6 +61,16 @@ class PaymentApiOptions:
     update_attempts: int = 10  # version conflicts met before the caller is told to try again (409)
 
 
+@dataclass(slots=True)
+class _Call:
+    """What is known of one request so far, for its answer, log line and metrics."""
+
+    payment_id: str
+    client_id: str = ""
+    action: str = "unknown"
+    wait_s: float = 0.0
+
+
 class PaymentApi:
     def __init__(
         self,
@@ -78,14 +88,18 @@ class PaymentApi:
         self._metrics = metrics
         self._now = now
         self._in_flight = 0
-        self.started = asyncio.Event()
+        self._type_id: str | None = None  # the transaction Type's id, once start() found or made it
         self._openapi = json.dumps(openapi_document()).encode()
 
+    @property
+    def started(self) -> bool:
+        return self._type_id is not None
+
     async def start(self) -> None:
-        """Checks the credentials (a wrong secret stops start-up) and makes sure the transaction Type exists."""
+        """Checks the credentials and makes sure the transaction Type exists; until then requests get 503."""
         await self._ct.check_credentials()
-        await self._ct.ensure_type(transaction_type_draft(self._options.transaction_type_key))
-        self.started.set()
+        found = await self._ct.ensure_type(transaction_type_draft(self._options.transaction_type_key))
+        self._type_id = str(found["id"])
 
     def add_routes(self, app: web.Application) -> None:
         for path in PATHS:  # the fixed one first: a project key "operations" means ours either way
@@ -97,56 +111,52 @@ class PaymentApi:
 
     async def _handle(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
-        action, waited = "unknown", False
         if self._in_flight >= self._options.max_in_flight:
             log.warning("payment_api.busy", in_flight=self._in_flight)
-            self._metrics.labelled(self._metrics.payment_api_requests, action, "busy").inc()
+            self._metrics.labelled(self._metrics.payment_api_requests, "unknown", "busy").inc()
             return _error_response(ApiError(503, "General", "Too many requests at once; try again shortly."))
         self._in_flight += 1
-        client_id = ""
-        payment_id = request.match_info["payment_id"]
+        call = _Call(request.match_info["payment_id"])
         try:
-            # One bound for the token, the body and the stored transaction; waiting comes on top.
-            async with asyncio.timeout(self._options.request_timeout_s):
-                client_id = await self._authorize(request)
-                payment_action = await self._read(request)
-                action = payment_action.name.value
-                wait_s = self._wait_s(request)
-                waited = wait_s > 0
-                transaction, repeated = await self._store(payment_id, payment_action, client_id)
-            if wait_s > 0 and transaction.state.rank < TransactionState.SUCCESS.rank:
-                transaction = await self._await_outcome(payment_id, transaction, wait_s)
-            outcome = outcome_of(transaction.state)
-            log.info(
-                "payment_api.answered", action=action, outcome=outcome, payment_id=payment_id, transaction_id=transaction.id,
-                repeated=repeated, client_id=client_id,
-            )  # fmt: skip
-            self._metrics.labelled(self._metrics.payment_api_requests, action, outcome).inc()
-            headers = {"Preference-Applied": f"wait={wait_s:g}"} if waited else None
-            return web.json_response(_answer(outcome, payment_id, transaction), headers=headers)
-        except ApiError as error:
-            return self._refused(error, action, request, client_id)
-        except TimeoutError:
-            timed_out = ApiError(
-                503, "General", f"The request was not handled within {self._options.request_timeout_s:g}s; try again."
-            )
-            return self._refused(timed_out, action, request, client_id)
-        except RetryableError as exc:  # commercetools or its auth server: the caller tries again
-            unavailable = ApiError(503, "General", f"A dependency is unavailable ({exc}); try again.")
-            return self._refused(unavailable, action, request, client_id)
-        except CommercetoolsError as exc:  # refused (a missing Type, say): for an operator
-            return self._refused(ApiError(500, "General", f"commercetools refused the update: {exc}"), action, request, client_id)
+            response = await self._answer(request, call)
+        except Exception as exc:  # every failure gets commercetools' error representation and one log line
+            response = self._refused(_as_api_error(exc), call)
         finally:
             self._in_flight -= 1
-            self._metrics.labelled(self._metrics.payment_api_seconds, str(waited).lower()).observe(time.perf_counter() - started)
+        self._metrics.labelled(self._metrics.payment_api_seconds, str(call.wait_s > 0).lower()).observe(
+            time.perf_counter() - started
+        )
+        return response
+
+    async def _answer(self, request: web.Request, call: _Call) -> web.Response:
+        if self._type_id is None:
+            raise ApiError(503, "General", "The Payments API is starting; try again shortly.")
+        # One bound for the token and the body; storing the transaction bounds itself (_store).
+        async with asyncio.timeout(self._options.request_timeout_s):
+            call.client_id = await self._authorize(request)
+            payment_action = await self._read(request)
+        call.action, call.wait_s = payment_action.name.value, self._wait_s(request)
+        transaction, repeated = await self._store(call.payment_id, payment_action, call.client_id, self._type_id)
+        if call.wait_s > 0 and transaction.state.rank < TransactionState.SUCCESS.rank:
+            transaction = await self._await_outcome(call.payment_id, transaction, call.wait_s)
+        outcome = outcome_of(transaction.state)
+        log.info(
+            "payment_api.answered", action=call.action, outcome=outcome, payment_id=call.payment_id,
+            transaction_id=transaction.id, repeated=repeated, client_id=call.client_id,
+        )  # fmt: skip
+        self._metrics.labelled(self._metrics.payment_api_requests, call.action, outcome).inc()
+        headers = {"Preference-Applied": f"wait={call.wait_s:g}"} if call.wait_s > 0 else None
+        return web.json_response(_result(outcome, call.payment_id, transaction), headers=headers)
 
     async def _authorize(self, request: web.Request) -> str:
         """The caller's API client id, once its token may manage this project's payments."""
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme.casefold() != "bearer" or not token.strip():
-            raise ApiError(401, "invalid_token", "This endpoint requires an access token (Authorization: Bearer ...).")
+            raise ApiError(
+                401, "invalid_token", "This endpoint requires an access token (Authorization: Bearer ...).", cause="no_token"
+            )
         introspection = await self._introspector.introspect(token.strip())
-        if introspection is INACTIVE or not introspection.active:
+        if not introspection.active:
             raise ApiError(401, "invalid_token", "The access token is not active: expired, revoked or unknown.")
         project = request.match_info.get("project_key", self._options.project_key)
         if not introspection.may_manage_payments_of(project):
@@ -154,8 +164,8 @@ class PaymentApi:
                 403, "insufficient_scope",
                 "The access token lacks the scope manage_checkout_payment_intents (or manage_project) for this project.",
             )  # fmt: skip
-        if project != self._options.project_key:
-            raise ApiError(404, "ResourceNotFound", "This connector serves another project.")
+        if project != self._options.project_key:  # a payment of another project is none of ours
+            raise resource_not_found(request.match_info["payment_id"])
         return introspection.client_id
 
     async def _read(self, request: web.Request) -> PaymentAction:
@@ -176,26 +186,43 @@ class PaymentApi:
         match = _PREFER_WAIT.search(request.headers.get("Prefer", ""))
         return min(float(match.group(1)), self._options.wait_max_s) if match else 0.0
 
-    async def _store(self, payment_id: str, payment_action: PaymentAction, client_id: str) -> tuple[Transaction, bool]:
-        """The transaction the request added (or added before), and whether it was there before."""
+    async def _store(
+        self, payment_id: str, payment_action: PaymentAction, client_id: str, type_id: str
+    ) -> tuple[Transaction, bool]:
+        """The transaction the request added (or another request added before), and whether another did."""
         if not RESOURCE_ID.fullmatch(payment_id):
             raise resource_not_found(payment_id)
         request_id = str(uuid.uuid4())
+        deadline = time.monotonic() + self._options.request_timeout_s
         for _ in range(self._options.update_attempts):
+            if time.monotonic() > deadline:
+                break
             payment = await self._payment(payment_id)
             decision = admit(
                 payment, payment_action, request_id=request_id, capabilities=capabilities_of(self._route(payment).adapter),
-                type_key=self._options.transaction_type_key, requested_by=client_id, now=self._now(),
+                type_key=self._options.transaction_type_key, type_id=type_id, requested_by=client_id, now=self._now(),
             )  # fmt: skip
             if isinstance(decision, Repeated):
-                return decision.transaction, not decision.by_this_request
+                return decision.transaction, decision.earlier_request
             try:
                 updated = await self._ct.update_payment_returning(payment.id, payment.version, decision.actions)
             except ConcurrentModification:
                 await asyncio.sleep(random.uniform(0.01, 0.05))  # another request or the worker wrote; judge again
                 continue
+            except RetryableError:
+                # commercetools may have applied the update and lost its answer: this request's id says.
+                return await self._found_after_failure(payment_id, request_id, type_id), False
             return added_transaction(payment, updated), False
-        raise ApiError(409, "ConcurrentModification", "The payment kept changing while the request was judged; try again.")
+        raise ApiError(409, "ConcurrentModification", "The payment kept changing while the request was judged; repeat it.")
+
+    async def _found_after_failure(self, payment_id: str, request_id: str, type_id: str) -> Transaction:
+        try:
+            found = found_by_request_id(await self._ct.get_payment(payment_id), request_id, type_id)
+        except CommercetoolsError:
+            found = None
+        if found is None:
+            raise ApiError(503, "General", _UNKNOWN_IF_STORED)
+        return found
 
     async def _payment(self, payment_id: str) -> Payment:
         try:
@@ -226,23 +253,44 @@ class PaymentApi:
                 break
         return transaction
 
-    def _refused(self, error: ApiError, action: str, request: web.Request, client_id: str) -> web.Response:
-        payment_id = request.match_info.get("payment_id", "")
+    def _refused(self, error: ApiError, call: _Call) -> web.Response:
         log.warning(
-            "payment_api.refused", status=error.status, code=error.code, message=error.message, action=action,
-            payment_id=payment_id if RESOURCE_ID.fullmatch(payment_id) else "(not an id)", client_id=client_id or None,
+            "payment_api.refused", status=error.status, code=error.code, message=error.message, cause=error.cause,
+            action=call.action, payment_id=call.payment_id if RESOURCE_ID.fullmatch(call.payment_id) else "(not an id)",
+            client_id=call.client_id or None,
         )  # fmt: skip
         result = "unavailable" if error.status >= 500 else "refused"
-        self._metrics.labelled(self._metrics.payment_api_requests, action, result).inc()
+        self._metrics.labelled(self._metrics.payment_api_requests, call.action, result).inc()
         return _error_response(error)
 
 
+_UNKNOWN_IF_STORED = (
+    "commercetools did not answer; the request may or may not be stored. Repeat it with the same merchantReference"
+    " (applied once), or read the payment."
+)
+
+
+def _as_api_error(exc: Exception) -> ApiError:
+    """The answer to a failure. commercetools' own words go to the log line only (``cause``), never to the caller."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, TimeoutError):
+        return ApiError(503, "General", "The request was not handled in time; repeat it.", cause="timeout")
+    if isinstance(exc, RetryableError):  # commercetools or its auth server: before anything was written
+        return ApiError(503, "General", "A dependency did not answer; repeat the request.", cause=str(exc))
+    if isinstance(exc, CommercetoolsError):  # refused (a missing Type, say): for an operator
+        return ApiError(500, "General", "commercetools refused the request; see the connector's log.", cause=str(exc))
+    return ApiError(500, "General", "The request failed; see the connector's log.", cause=exc.__class__.__name__)
+
+
 def _error_response(error: ApiError) -> web.Response:
-    headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'} if error.status == 401 else None
+    headers = None
+    if error.status == 401:  # RFC 6750: no error code when the request carried no token at all
+        headers = {"WWW-Authenticate": "Bearer" if error.cause == "no_token" else 'Bearer error="invalid_token"'}
     return web.json_response(error.body(), status=error.status, headers=headers)
 
 
-def _answer(outcome: Outcome, payment_id: str, transaction: Transaction) -> dict[str, Any]:
+def _result(outcome: Outcome, payment_id: str, transaction: Transaction) -> dict[str, Any]:
     return {
         "outcome": outcome,
         "paymentId": payment_id,

@@ -97,6 +97,8 @@ class Receiver:
                 return self._refused(label, 413, f"the body is above {self._limits.max_body_bytes} bytes")
             except TimeoutError:
                 return self._refused(label, 408, f"the body did not arrive within {self._limits.request_timeout_s:g}s")
+            if len(body) > self._limits.max_body_bytes:  # the listener's own bound may be larger (the Payments API's)
+                return self._refused(label, 413, f"the body is above {self._limits.max_body_bytes} bytes")
             try:
                 notice = notifier.parse_notification(body, request.headers)  # case-insensitive
             except BadNotification as exc:

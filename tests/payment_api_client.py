@@ -1,6 +1,7 @@
 """A caller of the Payments API for the tests: tokens from the emulator, requests, and every request
 and answer checked against the OpenAPI document the connector serves (openapi-core)."""
 
+import asyncio
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +79,12 @@ class Caller:
             answer.raise_for_status()
             self._tokens[scope] = answer.json()["access_token"]
         return self._tokens[scope]
+
+    async def until_started(self, timeout_s: float = 30.0) -> None:
+        """Until the API answers other than 503 (it checks its credentials and Type in the background)."""
+        async with asyncio.timeout(timeout_s):
+            while (await self.http.post(f"{self.url}/operations/payment-intents/x")).status_code == 503:
+                await asyncio.sleep(0.1)
 
     async def expire(self, token: str) -> None:
         """Ends the token's life at the emulator (its test extension)."""

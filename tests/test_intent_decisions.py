@@ -10,11 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from connector.adapters.contract import Capabilities
-from connector.models.payment import Payment, TransactionState, TransactionType
+from connector.models.payment import CustomFields, Payment, TransactionState, TransactionType
 from connector.models.payment_action import ActionName, ApiError, parse_payment_action
 from connector.processor.intent_decisions import Admitted, Repeated, added_transaction, admit, outcome_of
 
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+TYPE_ID = "type-of-the-connector"
 SINGLE = Capabilities()
 MULTI = Capabilities(multiple_captures=True)
 
@@ -32,7 +33,7 @@ def payment(*rows: Row, planned: int = 2000) -> Payment:
             "state": state,
         }
         if len(row) == 4:
-            transaction["custom"] = {"type": {"typeId": "type", "id": "t"}, "fields": row[3]}
+            transaction["custom"] = {"type": {"typeId": "type", "id": TYPE_ID}, "fields": row[3]}
         transactions.append(transaction)
     return Payment.model_validate(
         {
@@ -56,7 +57,9 @@ def decide(
     p: Payment, request_body: bytes, capabilities: Capabilities = SINGLE, request_id: str = "req-1"
 ) -> Admitted | Repeated:
     request = parse_payment_action(request_body)
-    return admit(p, request, request_id=request_id, capabilities=capabilities, type_key="t", requested_by="oms", now=NOW)
+    return admit(
+        p, request, request_id=request_id, capabilities=capabilities, type_key="t", type_id=TYPE_ID, requested_by="oms", now=NOW
+    )
 
 
 def refused(p: Payment, request_body: bytes, capabilities: Capabilities = SINGLE) -> ApiError:
@@ -170,6 +173,9 @@ def test_reverse_refunds_else_cancels(rows: tuple[Row, ...], expected: tuple[str
         (("Authorization", 1000, "Pending"),),
         (("Authorization", 1000, "Success"), ("CancelAuthorization", 1000, "Success")),
         (("Authorization", 1000, "Success"), ("Charge", 1000, "Initial")),  # a capture is under way
+        # a second capture under way beside a settled one: refunding the first alone would leave it charged
+        (("Authorization", 1000, "Success"), ("Charge", 400, "Success"), ("Charge", 300, "Initial")),
+        (("Authorization", 1000, "Success"), ("Charge", 400, "Success"), ("Charge", 300, "Pending")),
         (("Authorization", 1000, "Success"), ("Charge", 1000, "Success"), ("Refund", 1000, "Initial")),
         (("Charge", 1000, "Success"), ("Chargeback", 1000, "Success")),
     ],
@@ -230,7 +236,7 @@ def test_a_repeated_merchant_reference_adds_nothing_and_a_changed_one_is_refused
     fields = {"paymentAction": "capturePayment", "merchantReference": "cap-1", "requestId": "req-0"}
     p = payment(("Authorization", 1000, "Success"), ("Charge", 1000, "Success", fields))
     again = decide(p, body("capturePayment", amount=eur(1000), merchantReference="cap-1"))
-    assert isinstance(again, Repeated) and again.transaction.id == "tx-1" and not again.by_this_request
+    assert isinstance(again, Repeated) and again.transaction.id == "tx-1" and again.earlier_request
     for changed in (
         body("capturePayment", amount=eur(900), merchantReference="cap-1"),
         body("cancelPayment", merchantReference="cap-1"),
@@ -239,7 +245,16 @@ def test_a_repeated_merchant_reference_adds_nothing_and_a_changed_one_is_refused
         assert (error.code, error.extra["field"]) == ("DuplicateField", "merchantReference")
     # the same request met again after its update's answer was lost: found by its own id, whatever else
     own = decide(p, body("capturePayment", amount=eur(1000)), request_id="req-0")
-    assert isinstance(own, Repeated) and own.by_this_request
+    assert isinstance(own, Repeated) and not own.earlier_request
+
+
+def test_a_reference_under_another_custom_type_is_not_ours() -> None:
+    """A merchant's own transaction Type may have a merchantReference field: it is not a repeat."""
+    theirs = CustomFields(type={"typeId": "type", "id": "the-merchants-type"}, fields={"merchantReference": "m-1"})
+    authorization = payment(("Authorization", 1000, "Success")).transactions[0].model_copy(update={"custom": theirs})
+    p = payment().model_copy(update={"transactions": (authorization,)})
+    decision = decide(p, body("capturePayment", amount=eur(1000), merchantReference="m-1"))
+    assert isinstance(decision, Admitted)
 
 
 def test_the_added_transaction_is_the_one_new_id() -> None:

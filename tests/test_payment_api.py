@@ -90,6 +90,7 @@ async def world(
         _running(relay.run()),
     ):
         caller = Caller(f"http://127.0.0.1:{config.receiver.http_port}", ct_url, project_key, http)
+        await caller.until_started()
         yield World(ct, project_key, queue, caller, relay)
 
 
@@ -188,7 +189,9 @@ async def test_a_declined_capture_is_rejected_and_a_pending_one_received(world: 
 
 
 async def test_the_operations_path(world: World) -> None:
-    """Checkout's path towards its connectors serves the same."""
+    """Checkout's path towards its connectors serves the same; a longer wait than allowed is cut to the bound."""
     payment = await world.authorized("sandbox")
-    response = await world.caller.act(payment.id, capture(1000), path=f"/operations/payment-intents/{payment.id}", wait_s=10)
+    operations = f"/operations/payment-intents/{payment.id}"
+    response = await world.caller.act(payment.id, capture(1000), path=operations, wait_s=100)
     assert response.status_code == 200 and response.json()["outcome"] == "approved"
+    assert response.headers["Preference-Applied"] == "wait=10"  # PAYMENT_API_WAIT_MAX_S bounds the wait asked for

@@ -20,6 +20,7 @@ from pydantic import SecretStr
 from connector.adapters.registry import AdapterRegistry, AdapterRoute
 from connector.commercetools.client import CommercetoolsClient
 from connector.commercetools.introspection import TokenIntrospector
+from connector.errors import Unreachable
 from connector.metrics import Metrics
 from connector.models.payment import Payment, TransactionType
 from connector.payment_api import OPENAPI_PATH, PaymentApi, PaymentApiOptions
@@ -200,8 +201,50 @@ async def test_an_auth_server_that_does_not_answer_gets_503(api: Api, project_ke
         payment_api = PaymentApi(api.ct, registry, introspector, PaymentApiOptions(project_key, TYPE_KEY), Metrics())
         port = free_port()
         async with PublicServer([payment_api.add_routes], "127.0.0.1", port, 64 * 1024):
-            response = await api.caller.http.post(
-                f"http://127.0.0.1:{port}/{project_key}/payment-intents/any", json={"actions": [capture(1)]},
-                headers={"Authorization": f"Bearer {await api.caller.token()}"},
-            )  # fmt: skip
+            url = f"http://127.0.0.1:{port}/{project_key}/payment-intents/any"
+            headers = {"Authorization": f"Bearer {await api.caller.token()}"}
+            before_start = await api.caller.http.post(url, json={"actions": [capture(1)]}, headers=headers)
+            await payment_api.start()
+            with structlog.testing.capture_logs() as logs:
+                response = await api.caller.http.post(url, json={"actions": [capture(1)]}, headers=headers)
+    assert before_start.status_code == 503 and "starting" in before_start.json()["message"]
     assert response.status_code == 503 and response.json()["errors"][0]["code"] == "General"
+    [refused] = [line for line in logs if line["event"] == "payment_api.refused"]
+    assert "introspection failed" in refused["cause"] and "introspection" not in response.text  # the detail is logged only
+
+
+class LosingAnswers(CommercetoolsClient):
+    """commercetools applies the update and its answer is lost (a fault the emulator cannot produce)."""
+
+    async def update_payment_returning(self, payment_id: str, version: int, actions: list[dict[str, Any]]) -> Payment:
+        await super().update_payment_returning(payment_id, version, actions)
+        raise Unreachable(f"POST /payments/{payment_id} timed out")
+
+
+async def test_an_update_whose_answer_was_lost_is_found_by_the_request_id(
+    api: Api, ct_url: str, project_key: str, tmp_path: Path
+) -> None:
+    """Without a merchantReference too: the request reads the payment again and answers with what it added."""
+    losing = LosingAnswers.create(
+        api_url=ct_url, auth_url=ct_url, project_key=project_key, client_id="connector-api",
+        client_secret=SecretStr(CLIENT_SECRET), scopes="",
+    )  # fmt: skip
+    registry = AdapterRegistry.load([AdapterRoute.model_validate(sandbox_route(tmp_path / "other.sqlite"))])
+    async with aiohttp.ClientSession() as session:
+        introspector = TokenIntrospector(
+            session, auth_url=ct_url, client_id="connector-api", client_secret=SecretStr(CLIENT_SECRET), cache_s=0
+        )
+        payment_api = PaymentApi(losing, registry, introspector, PaymentApiOptions(project_key, TYPE_KEY), Metrics())
+        await payment_api.start()
+        port = free_port()
+        try:
+            async with PublicServer([payment_api.add_routes], "127.0.0.1", port, 64 * 1024):
+                caller = Caller(f"http://127.0.0.1:{port}", ct_url, project_key, api.caller.http)
+                payment = await api.payment("captured")
+                answer = await caller.outcome(payment.id, refund(300))
+        finally:
+            await losing.aclose()
+            await registry.aclose()
+    stored = await api.ct.get_payment(payment.id)
+    refunds = [t for t in stored.transactions if t.type is TransactionType.REFUND]
+    assert [t.id for t in refunds] == [answer["transactionId"]] and answer["outcome"] == "received"

@@ -4,7 +4,9 @@ The Payments API's callers hold their own commercetools API clients; the connect
 server about each token (``POST /oauth/introspect``, with the connector's own client credentials,
 which need the ``introspect_oauth_tokens`` scope to see other clients' tokens). An answer is kept
 for ``cache_s`` (and never beyond the token's expiry), so a revoked token is refused at most that
-long after. Tokens are kept by their SHA-256 only, and never logged.
+long after. Tokens are kept by their SHA-256 only, and never logged. Tokens not in the cache are
+asked about ``max_concurrent`` at a time at most: a flood of made-up tokens gets 503s, and neither
+uses up the connector's own quota at the auth server nor holds the requests of known tokens.
 """
 
 import base64
@@ -50,6 +52,7 @@ class TokenIntrospector:
         client_secret: SecretStr,
         cache_s: float,
         max_entries: int = 10_000,
+        max_concurrent: int = 16,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -58,6 +61,8 @@ class TokenIntrospector:
         self._credentials = SecretStr(base64.b64encode(f"{client_id}:{client_secret.get_secret_value()}".encode()).decode())
         self._cache_s = cache_s
         self._max_entries = max_entries
+        self._max_concurrent = max_concurrent
+        self._asking = 0
         self._clock, self._wall_clock = clock, wall_clock
         self._cache: dict[bytes, tuple[float, Introspection]] = {}  # by the token's SHA-256: (kept until, answer)
 
@@ -69,8 +74,14 @@ class TokenIntrospector:
         cached = self._cache.get(key)
         if cached is not None and now < cached[0]:
             return cached[1]
-        answer, lifetime_s = await self._ask(token)
-        self._keep(key, now + min(self._cache_s, lifetime_s), answer)
+        if self._asking >= self._max_concurrent:
+            raise IntrospectionUnavailable(f"{self._asking} tokens are being introspected already")
+        self._asking += 1
+        try:
+            answer, lifetime_s = await self._ask(token)
+        finally:
+            self._asking -= 1
+        self._keep(key, self._clock() + min(self._cache_s, lifetime_s), answer)
         return answer
 
     async def _ask(self, token: str) -> tuple[Introspection, float]:

@@ -43,9 +43,10 @@ class PaymentAction:
 class ApiError(Exception):
     """An answer other than 2xx, with commercetools' error representation."""
 
-    def __init__(self, status: int, code: str, message: str, **extra: str) -> None:
+    def __init__(self, status: int, code: str, message: str, *, cause: str | None = None, **extra: str) -> None:
+        """``extra``: more fields of the error object (``field``, ``reason``); ``cause``: for the log line only."""
         super().__init__(f"{status} {code}: {message}")
-        self.status, self.code, self.message = status, code, message
+        self.status, self.code, self.message, self.cause = status, code, message, cause
         self.extra: Mapping[str, str] = extra
 
     def body(self) -> dict[str, Any]:

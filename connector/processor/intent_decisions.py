@@ -49,7 +49,7 @@ class Repeated:
     """The request was made before: its transaction answers."""
 
     transaction: Transaction
-    by_this_request: bool  # an earlier attempt of this very request, whose answer was lost
+    earlier_request: bool  # another request added it; False: this very request, whose update's answer was lost
 
 
 def admit(
@@ -59,29 +59,32 @@ def admit(
     request_id: str,
     capabilities: Capabilities,
     type_key: str,
+    type_id: str,
     requested_by: str,
     now: datetime,
 ) -> Admitted | Repeated:
     """The transaction ``request`` adds to ``payment``, or the one it added before; ApiError when refused.
 
     ``request_id`` is this request's own (a fresh one per request): an earlier attempt of it whose
-    answer was lost, but which commercetools applied, is found by it and not added twice."""
-    if (own := _by_field(payment, ct_type.REQUEST_ID_FIELD, request_id)) is not None:
-        return Repeated(own, by_this_request=True)
+    answer was lost, but which commercetools applied, is found by it and not added twice. Only
+    transactions of our custom Type (``type_id``) are taken for the API's: another Type may name a
+    field ``merchantReference`` too."""
+    if (own := found_by_request_id(payment, request_id, type_id)) is not None:
+        return Repeated(own, earlier_request=False)
     if request.merchant_reference is not None and (
-        earlier := _by_field(payment, ct_type.REFERENCE_FIELD, request.merchant_reference)
+        earlier := _by_field(payment, ct_type.REFERENCE_FIELD, request.merchant_reference, type_id)
     ):
         if _same_request(earlier, request):
-            return Repeated(earlier, by_this_request=False)
+            return Repeated(earlier, earlier_request=True)
         raise ApiError(
             400, "DuplicateField",
             "merchantReference was used before on this payment for another action or amount.", field="merchantReference",
         )  # fmt: skip
-    kind, amount = _transaction_for(payment, request)
-    candidate = Transaction(id=_NEW, type=kind, amount=amount, state=TransactionState.INITIAL)
     under_way = {t.id: TransactionState.PENDING for t in payment.transactions if t.state is TransactionState.INITIAL}
+    kind, amount = _transaction_for(payment, request, under_way)
+    candidate = Transaction(id=_NEW, type=kind, amount=amount, state=TransactionState.INITIAL)
     refusal = refusal_for(payment, candidate, capabilities, settled=under_way) or _capture_refund_refusal(
-        payment, request, under_way
+        payment, request, under_way, type_id
     )
     if refusal is not None:
         raise ApiError(400, "InvalidOperation", refusal.text, reason=refusal.code)
@@ -119,32 +122,47 @@ def added_transaction(before: Payment, after: Payment) -> Transaction:
     return added[0]
 
 
-def _transaction_for(payment: Payment, request: PaymentAction) -> tuple[TransactionType, Money]:
+def found_by_request_id(payment: Payment, request_id: str, type_id: str) -> Transaction | None:
+    """The transaction a request added, by the request's own id."""
+    return _by_field(payment, ct_type.REQUEST_ID_FIELD, request_id, type_id)
+
+
+def _transaction_for(
+    payment: Payment, request: PaymentAction, under_way: Mapping[str, TransactionState]
+) -> tuple[TransactionType, Money]:
     if request.name is ActionName.REVERSE:
-        return _reversal(payment)
+        return _reversal(payment, under_way)
     kind = _TYPE_OF[request.name]
     if request.amount is not None:
         return kind, request.amount
+    # cancelPayment names no amount: it cancels what is authorized.
     authorized = [
         t for t in payment.transactions if t.type is TransactionType.AUTHORIZATION and t.state is TransactionState.SUCCESS
     ]
-    # cancelPayment names no amount: it cancels what is authorized (the money rules refuse when nothing is).
-    return kind, authorized[0].amount if authorized else payment.amount_planned
+    if not authorized:
+        raise ApiError(400, "InvalidOperation", "There is no successful authorization to cancel", reason="no_authorization")
+    return kind, authorized[0].amount
 
 
-def _reversal(payment: Payment) -> tuple[TransactionType, Money]:
+def _reversal(payment: Payment, under_way: Mapping[str, TransactionState]) -> tuple[TransactionType, Money]:
     """Refund what was charged, else cancel the authorization, else refuse (reversePayment)."""
-    initial = {t.id: TransactionState.PENDING for t in payment.transactions if t.state is TransactionState.INITIAL}
-    totals = Totals.of(payment, initial)
+    totals = Totals.of(payment, under_way)
     currency = payment.amount_planned.currency_code
+    if totals.charged > totals.charged_settled:
+        # A refund of the settled part now would leave the capture under way charged after an answer
+        # that says reversed; its outcome decides what there is to refund.
+        raise ApiError(
+            400, "InvalidOperation", "Nothing to reverse yet: a capture is under way; reverse once it settled.",
+            reason="nothing_to_reverse",
+        )  # fmt: skip
     refundable = totals.charged_settled - totals.refunded - totals.charged_back
     if refundable > 0:
         return TransactionType.REFUND, Money(centAmount=refundable, currencyCode=currency)
     if totals.charged > 0:
-        reason = "a capture is under way; reverse once it settled" if totals.charged > totals.charged_settled else (
-            "everything charged is refunded, being refunded or charged back"
+        raise ApiError(
+            400, "InvalidOperation", "Nothing to reverse: everything charged is refunded, being refunded or charged back.",
+            reason="nothing_to_reverse",
         )  # fmt: skip
-        raise ApiError(400, "InvalidOperation", f"Nothing to reverse: {reason}.", reason="nothing_to_reverse")
     if totals.authorized > 0 and not totals.cancelled:
         return TransactionType.CANCEL_AUTHORIZATION, Money(centAmount=totals.authorized, currencyCode=currency)
     raise ApiError(
@@ -154,7 +172,7 @@ def _reversal(payment: Payment) -> tuple[TransactionType, Money]:
 
 
 def _capture_refund_refusal(
-    payment: Payment, request: PaymentAction, under_way: Mapping[str, TransactionState]
+    payment: Payment, request: PaymentAction, under_way: Mapping[str, TransactionState], type_id: str
 ) -> Refusal | None:
     """refundPayment with ``transactionId``: it names a successful capture, and refunds no more than it took."""
     if request.transaction_id is None or request.amount is None:
@@ -168,6 +186,7 @@ def _capture_refund_refusal(
         if t.type is TransactionType.REFUND
         and under_way.get(t.id, t.state) is not TransactionState.FAILURE
         and t.custom is not None
+        and t.custom.type.get("id") == type_id
         and t.custom.fields.get(ct_type.REFUNDS_FIELD) == capture.id
     )
     left = capture.amount.cent_amount - refunded
@@ -178,8 +197,15 @@ def _capture_refund_refusal(
     return None
 
 
-def _by_field(payment: Payment, name: str, value: str) -> Transaction | None:
-    return next((t for t in payment.transactions if t.custom is not None and t.custom.fields.get(name) == value), None)
+def _by_field(payment: Payment, name: str, value: str, type_id: str) -> Transaction | None:
+    return next(
+        (
+            t
+            for t in payment.transactions
+            if t.custom is not None and t.custom.type.get("id") == type_id and t.custom.fields.get(name) == value
+        ),
+        None,
+    )
 
 
 def _same_request(earlier: Transaction, request: PaymentAction) -> bool:

@@ -233,6 +233,12 @@ async def capture_through_the_api(
         async with http.post(f"{ct_url}/oauth/token", params=query, headers=basic, data={}) as answer:
             token = (await answer.json())["access_token"]
         api_url = f"http://127.0.0.1:{port}/{PROJECT_KEY}/payment-intents/{payment.id}"
+        async with asyncio.timeout(timeout_s):  # the API checks its credentials in the background: 503 until then
+            while True:
+                async with http.post(api_url) as probe:
+                    if probe.status != 503:
+                        break
+                await asyncio.sleep(0.1)
         async with http.post(api_url, json={"actions": [action]}, headers={"Authorization": f"Bearer {token}"}) as answer:
             status, result = answer.status, await answer.json()
     if status != 200:
