@@ -54,7 +54,7 @@ class PaymentApiOptions:
     project_key: str
     transaction_type_key: str
     max_body_bytes: int = 64 * 1024  # one action is a few hundred bytes
-    request_timeout_s: float = 10.0  # to read the body and store the transaction (waiting comes on top)
+    request_timeout_s: float = 10.0  # for the token and the body; no attempt to store starts after it (waiting comes on top)
     wait_max_s: float = 10.0  # the longest ``Prefer: wait`` honoured
     poll_s: float = 0.25  # between reads of the payment while a caller waits
     max_in_flight: int = 64  # requests handled at once; beyond, 503 at once
