@@ -24,7 +24,7 @@ from connector.config import (
     Settings,
     claim_lease_s,
 )  # fmt: skip
-from connector.errors import ConfigurationError, ConnectorError
+from connector.errors import ConfigurationError
 from connector.metrics import Metrics
 from connector.ops_http import OpsServer
 from connector.payment_api import PaymentApi, PaymentApiOptions
@@ -293,8 +293,9 @@ async def _start_payment_api(api: "PaymentApi") -> None:
     while True:
         try:
             await api.start()
-        except ConnectorError as exc:
-            structlog.get_logger("connector.payment_api").error("payment_api.not_started", error=str(exc), retry_in_s=wait_s)
+        except Exception as exc:  # whatever it is (a CTP_AUTH_URL that answers a web page), notifications go on
+            error = f"{exc.__class__.__name__}: {exc}"[:300]
+            structlog.get_logger("connector.payment_api").error("payment_api.not_started", error=error, retry_in_s=wait_s)
             await asyncio.sleep(wait_s)
             wait_s = min(wait_s * 2, 60.0)
         else:

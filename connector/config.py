@@ -115,7 +115,7 @@ class PaymentApiSettings(BaseSettings):
     wait_max_s: float = Field(default=10.0, gt=0, le=30, description="the longest Prefer: wait honoured")
     token_cache_s: float = Field(default=30.0, ge=0, le=300, description="how long a token's introspection is reused")
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=1024 * 1024, description="larger requests get 413")
-    request_timeout_s: float = Field(default=10.0, gt=0, le=60, description="to read a request and store its transaction")
+    request_timeout_s: float = Field(default=10.0, gt=0, le=60, description="for the token and body; then to start storing")
     max_in_flight: int = Field(default=64, ge=1, description="requests handled at once; beyond, 503")
 
 

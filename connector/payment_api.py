@@ -194,35 +194,45 @@ class PaymentApi:
             raise resource_not_found(payment_id)
         request_id = str(uuid.uuid4())
         deadline = time.monotonic() + self._options.request_timeout_s
-        for _ in range(self._options.update_attempts):
-            if time.monotonic() > deadline:
-                break
-            payment = await self._payment(payment_id)
-            decision = admit(
-                payment, payment_action, request_id=request_id, capabilities=capabilities_of(self._route(payment).adapter),
-                type_key=self._options.transaction_type_key, type_id=type_id, requested_by=client_id, now=self._now(),
-            )  # fmt: skip
-            if isinstance(decision, Repeated):
-                return decision.transaction, decision.earlier_request
-            try:
-                updated = await self._ct.update_payment_returning(payment.id, payment.version, decision.actions)
-            except ConcurrentModification:
-                await asyncio.sleep(random.uniform(0.01, 0.05))  # another request or the worker wrote; judge again
-                continue
-            except RetryableError:
-                # commercetools may have applied the update and lost its answer: this request's id says.
-                return await self._found_after_failure(payment_id, request_id, type_id), False
-            return added_transaction(payment, updated), False
+        sent = False  # once an update went out, commercetools may have applied it whatever came back
+        try:
+            for _ in range(self._options.update_attempts):
+                if time.monotonic() > deadline:
+                    break
+                payment = await self._payment(payment_id)
+                decision = admit(
+                    payment, payment_action, request_id=request_id, type_key=self._options.transaction_type_key,
+                    type_id=type_id, capabilities=capabilities_of(self._route(payment).adapter), requested_by=client_id,
+                    now=self._now(),
+                )  # fmt: skip
+                if isinstance(decision, Repeated):  # an earlier attempt of ours landed too (its answer lost)
+                    return decision.transaction, decision.earlier_request
+                sent = True
+                try:
+                    updated = await self._ct.update_payment_returning(payment.id, payment.version, decision.actions)
+                except ConcurrentModification:  # another request or the worker wrote, or our retried update landed
+                    await asyncio.sleep(random.uniform(0.01, 0.05))
+                    continue
+                return added_transaction(payment, updated), False
+        except RetryableError as exc:
+            if not sent:
+                raise
+            if (found := await self._found_by_request_id(payment_id, request_id, type_id)) is not None:
+                return found, False
+            raise ApiError(
+                503, "General", "commercetools did not answer, and the payment shows nothing of this request: repeat it"
+                " (with a merchantReference, a repeat is applied once).", cause=str(exc),
+            ) from None  # fmt: skip
+        if sent and (found := await self._found_by_request_id(payment_id, request_id, type_id)) is not None:
+            return found, False
         raise ApiError(409, "ConcurrentModification", "The payment kept changing while the request was judged; repeat it.")
 
-    async def _found_after_failure(self, payment_id: str, request_id: str, type_id: str) -> Transaction:
+    async def _found_by_request_id(self, payment_id: str, request_id: str, type_id: str) -> Transaction | None:
+        """The transaction this request added, after an update whose answer did not say; 503 when unreadable."""
         try:
-            found = found_by_request_id(await self._ct.get_payment(payment_id), request_id, type_id)
-        except CommercetoolsError:
-            found = None
-        if found is None:
-            raise ApiError(503, "General", _UNKNOWN_IF_STORED)
-        return found
+            return found_by_request_id(await self._ct.get_payment(payment_id), request_id, type_id)
+        except CommercetoolsError as exc:
+            raise ApiError(503, "General", _UNKNOWN_IF_STORED, cause=str(exc)) from None
 
     async def _payment(self, payment_id: str) -> Payment:
         try:
@@ -276,11 +286,14 @@ def _as_api_error(exc: Exception) -> ApiError:
         return exc
     if isinstance(exc, TimeoutError):
         return ApiError(503, "General", "The request was not handled in time; repeat it.", cause="timeout")
-    if isinstance(exc, RetryableError):  # commercetools or its auth server: before anything was written
+    if isinstance(exc, RetryableError):  # commercetools or its auth server, before an update was sent (_store)
         return ApiError(503, "General", "A dependency did not answer; repeat the request.", cause=str(exc))
     if isinstance(exc, CommercetoolsError):  # refused (a missing Type, say): for an operator
         return ApiError(500, "General", "commercetools refused the request; see the connector's log.", cause=str(exc))
-    return ApiError(500, "General", "The request failed; see the connector's log.", cause=exc.__class__.__name__)
+    # No traceback: its frames' locals may hold the caller's token. The class and message say where to look.
+    return ApiError(
+        500, "General", "The request failed; see the connector's log.", cause=f"{exc.__class__.__name__}: {exc}"[:300]
+    )
 
 
 def _error_response(error: ApiError) -> web.Response:

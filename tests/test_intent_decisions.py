@@ -257,6 +257,19 @@ def test_a_reference_under_another_custom_type_is_not_ours() -> None:
     assert isinstance(decision, Admitted)
 
 
+def test_refunds_of_another_type_do_not_count_against_a_named_capture() -> None:
+    """Only refunds the API added (our Type) name a capture; another Type's field of that name is not ours."""
+    rows: tuple[Row, ...] = (("Charge", 600, "Success"), ("Charge", 400, "Success"), ("Refund", 300, "Success"))
+    theirs = CustomFields(type={"typeId": "type", "id": "the-merchants-type"}, fields={"refundedTransactionId": "tx-1"})
+    p = payment(*rows)
+    p = p.model_copy(update={"transactions": (*p.transactions[:2], p.transactions[2].model_copy(update={"custom": theirs}))})
+    decision = decide(p, body("refundPayment", amount=eur(400), transactionId="tx-1"), MULTI)
+    assert isinstance(decision, Admitted)
+    ours = payment(*rows[:2], ("Refund", 300, "Success", {"refundedTransactionId": "tx-1"}))
+    error = refused(ours, body("refundPayment", amount=eur(400), transactionId="tx-1"), MULTI)
+    assert error.extra["reason"] == "amount_exceeds_refundable"
+
+
 def test_the_added_transaction_is_the_one_new_id() -> None:
     before = payment(("Authorization", 1000, "Success"))
     after = payment(("Authorization", 1000, "Success"), ("Charge", 1000, "Initial"))

@@ -17,12 +17,13 @@ import httpx
 import pytest
 
 from connector.adapters.registry import AdapterRoute
+from connector.adapters.sandbox_notifications import signed_notice
 from connector.commercetools.client import CommercetoolsClient
 from connector.models.payment import Payment, TransactionState, TransactionType
 from tests.localstripe_peer import LocalStripe
 from tests.payment_api_client import CALLER_ID, Caller, cancel, capture, refund, reverse
 from tests.queues import KafkaQueue
-from tests.stack import messages
+from tests.stack import free_port, messages
 from tests.stack.payments import as_json, payment_draft
 from tests.support import SubscriptionRelay, receiver_config_for, running_receiver, running_worker, sandbox_route, settings_for
 
@@ -195,3 +196,21 @@ async def test_the_operations_path(world: World) -> None:
     response = await world.caller.act(payment.id, capture(1000), path=operations, wait_s=100)
     assert response.status_code == 200 and response.json()["outcome"] == "approved"
     assert response.headers["Preference-Applied"] == "wait=10"  # PAYMENT_API_WAIT_MAX_S bounds the wait asked for
+
+
+async def test_notifications_go_on_while_the_api_cannot_start(kafka_bootstrap: str, project_key: str, tmp_path: Path) -> None:
+    """commercetools unreachable at start-up (nothing listens at its address): the API answers 503 and
+    keeps trying, and the receiver takes the PSP's notifications all the same."""
+    queue = KafkaQueue(kafka_bootstrap)
+    await queue.create()
+    route = AdapterRoute.model_validate(sandbox_route(tmp_path / "ledger.sqlite"))
+    route = route.model_copy(update={"settings": route.settings | {"webhook_secret": "api-test-webhook-secret"}})
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    config = receiver_config_for(queue, [route], payment_api=(nowhere, project_key))
+    base = f"http://127.0.0.1:{config.receiver.http_port}"
+    body, headers = signed_notice("sbx_0001", "00000000-0000-4000-8000-0000000000aa", "api-test-webhook-secret")
+    async with running_receiver(config), httpx.AsyncClient(timeout=10) as http:
+        notified = await http.post(f"{base}/notifications/sandbox", content=body, headers=headers)
+        api = await http.post(f"{base}/{project_key}/payment-intents/any", json={"actions": [cancel()]})
+    assert notified.status_code == 200 and notified.json() == {"received": True}
+    assert api.status_code == 503 and "starting" in api.json()["message"]

@@ -4,6 +4,7 @@ the OpenAPI document. Transactions added here stay Initial (nothing executes the
 a PSP is tests/test_payment_api.py's."""
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from pydantic import SecretStr
 from connector.adapters.registry import AdapterRegistry, AdapterRoute
 from connector.commercetools.client import CommercetoolsClient
 from connector.commercetools.introspection import TokenIntrospector
-from connector.errors import Unreachable
+from connector.errors import ConcurrentModification, Rejected, Unreachable
 from connector.metrics import Metrics
 from connector.models.payment import Payment, TransactionType
 from connector.payment_api import OPENAPI_PATH, PaymentApi, PaymentApiOptions
@@ -120,8 +121,11 @@ async def test_hostile_requests_are_refused_readably(api: Api, reliability_repor
         if authorization := headers.get("Authorization"):
             assert authorization.split()[-1] not in shown, path.name
         checked_against(api.caller.document, response, request_valid=False)
-        if response.status_code == 401:
-            assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        if "message" in case:
+            assert error["message"] == case["message"].replace("{payment}", payment.id), path.name
+        if response.status_code == 401:  # RFC 6750: no error code when no token came at all
+            expected = "Bearer" if case["token"] in ("none", "basic") else 'Bearer error="invalid_token"'
+            assert response.headers["WWW-Authenticate"] == expected, path.name
     for state, payment in payments.items():
         assert (await api.ct.get_payment(payment.id)).version == payment.version, state  # nothing written
 
@@ -213,38 +217,75 @@ async def test_an_auth_server_that_does_not_answer_gets_503(api: Api, project_ke
     assert "introspection failed" in refused["cause"] and "introspection" not in response.text  # the detail is logged only
 
 
-class LosingAnswers(CommercetoolsClient):
-    """commercetools applies the update and its answer is lost (a fault the emulator cannot produce)."""
+class FaultyUpdates(CommercetoolsClient):
+    """commercetools answers an update with ``fault`` (a fault the emulator cannot produce); ``applied``: after
+    applying it, as when its answer is lost and the client's retry of the POST meets its own write."""
+
+    fault: Exception = Unreachable("POST /payments timed out")
+    applied = True
 
     async def update_payment_returning(self, payment_id: str, version: int, actions: list[dict[str, Any]]) -> Payment:
-        await super().update_payment_returning(payment_id, version, actions)
-        raise Unreachable(f"POST /payments/{payment_id} timed out")
+        if self.applied:
+            await super().update_payment_returning(payment_id, version, actions)
+        raise self.fault
 
 
-async def test_an_update_whose_answer_was_lost_is_found_by_the_request_id(
-    api: Api, ct_url: str, project_key: str, tmp_path: Path
-) -> None:
-    """Without a merchantReference too: the request reads the payment again and answers with what it added."""
-    losing = LosingAnswers.create(
-        api_url=ct_url, auth_url=ct_url, project_key=project_key, client_id="connector-api",
-        client_secret=SecretStr(CLIENT_SECRET), scopes="",
-    )  # fmt: skip
+@contextlib.asynccontextmanager
+async def api_on(client: CommercetoolsClient, api: Api, tmp_path: Path, **options: Any) -> AsyncIterator[Caller]:
+    """Another Payments API on the same emulator, over ``client``."""
     registry = AdapterRegistry.load([AdapterRoute.model_validate(sandbox_route(tmp_path / "other.sqlite"))])
+    ct_url, project_key = api.caller.ct_url, api.caller.project_key
     async with aiohttp.ClientSession() as session:
         introspector = TokenIntrospector(
             session, auth_url=ct_url, client_id="connector-api", client_secret=SecretStr(CLIENT_SECRET), cache_s=0
         )
-        payment_api = PaymentApi(losing, registry, introspector, PaymentApiOptions(project_key, TYPE_KEY), Metrics())
+        payment_api = PaymentApi(client, registry, introspector, PaymentApiOptions(project_key, TYPE_KEY, **options), Metrics())
         await payment_api.start()
         port = free_port()
         try:
             async with PublicServer([payment_api.add_routes], "127.0.0.1", port, 64 * 1024):
-                caller = Caller(f"http://127.0.0.1:{port}", ct_url, project_key, api.caller.http)
-                payment = await api.payment("captured")
-                answer = await caller.outcome(payment.id, refund(300))
+                yield Caller(f"http://127.0.0.1:{port}", ct_url, project_key, api.caller.http)
         finally:
-            await losing.aclose()
+            await client.aclose()
             await registry.aclose()
+
+
+def faulty(api: Api, fault: Exception, *, applied: bool) -> FaultyUpdates:
+    client = FaultyUpdates.create(
+        api_url=api.caller.ct_url, auth_url=api.caller.ct_url, project_key=api.caller.project_key, client_id="connector-api",
+        client_secret=SecretStr(CLIENT_SECRET), scopes="",
+    )  # fmt: skip
+    client.fault, client.applied = fault, applied
+    return client
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [Unreachable("POST /payments timed out"), ConcurrentModification("409 on the retried POST", None)],
+    ids=["no-answer", "conflict-with-itself"],
+)
+async def test_an_update_whose_answer_was_lost_is_found_by_the_request_id(api: Api, tmp_path: Path, fault: Exception) -> None:
+    """Without a merchantReference too, and with one attempt only: the request reads the payment again and
+    answers with what it added, never "repeat it"."""
+    payment = await api.payment("captured")
+    async with api_on(faulty(api, fault, applied=True), api, tmp_path, update_attempts=1) as caller:
+        answer = await caller.outcome(payment.id, refund(300))
     stored = await api.ct.get_payment(payment.id)
     refunds = [t for t in stored.transactions if t.type is TransactionType.REFUND]
     assert [t.id for t in refunds] == [answer["transactionId"]] and answer["outcome"] == "received"
+
+
+async def test_an_update_not_applied_or_refused_tells_the_caller_without_commercetools_words(api: Api, tmp_path: Path) -> None:
+    payment = await api.payment("captured")
+    async with api_on(faulty(api, Unreachable("POST /payments timed out"), applied=False), api, tmp_path) as caller:
+        lost = await caller.act(payment.id, refund(300))
+    assert lost.status_code == 503 and "shows nothing of this request" in lost.json()["message"]
+    refused = Rejected("POST /payments answered HTTP 400: InvalidField the value 'rma-secret-77' is not valid")
+    async with api_on(faulty(api, refused, applied=False), api, tmp_path) as caller:
+        with structlog.testing.capture_logs() as logs:
+            failed = await caller.act(payment.id, refund(300, "rma-secret-77"))
+    assert failed.status_code == 500 and failed.json()["errors"][0]["code"] == "General"
+    assert "rma-secret-77" not in failed.text
+    [line] = [entry for entry in logs if entry["event"] == "payment_api.refused"]
+    assert "InvalidField" in line["cause"]
+    assert len((await api.ct.get_payment(payment.id)).transactions) == 2  # nothing added

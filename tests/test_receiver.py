@@ -196,3 +196,24 @@ async def test_beyond_the_in_flight_bound_the_receiver_answers_503_at_once(tmp_p
             assert (await first).status_code == 503  # the hanging queue, after the request timeout
     finally:
         await registry.aclose()
+
+
+async def test_the_receivers_own_bound_holds_on_a_larger_listener() -> None:
+    """The Payments API may raise the listener's limit: a chunked notification above NOTIFY_MAX_BODY_BYTES
+    is still refused."""
+    routes = [AdapterRoute(interface="STRIPE", adapter="stripe", settings={"webhook_secrets": [WEBHOOK_SECRET]})]
+    registry = AdapterRegistry.load(routes)
+    queue = ListQueue()
+    port = free_port()
+    receiver = Receiver(registry, queue, ReceiverLimits(64 * 1024, request_timeout_s=3.0), Metrics())
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: the bound is met while reading
+        for _ in range(5):
+            yield b"x" * 30_000
+
+    try:
+        async with PublicServer([receiver.add_routes], "127.0.0.1", port, 1024 * 1024), httpx.AsyncClient(timeout=10) as http:
+            response = await http.post(f"http://127.0.0.1:{port}/notifications/stripe", content=chunks())
+    finally:
+        await registry.aclose()
+    assert response.status_code == 413 and queue.published == []

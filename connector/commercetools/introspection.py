@@ -4,11 +4,14 @@ The Payments API's callers hold their own commercetools API clients; the connect
 server about each token (``POST /oauth/introspect``, with the connector's own client credentials,
 which need the ``introspect_oauth_tokens`` scope to see other clients' tokens). An answer is kept
 for ``cache_s`` (and never beyond the token's expiry), so a revoked token is refused at most that
-long after. Tokens are kept by their SHA-256 only, and never logged. Tokens not in the cache are
-asked about ``max_concurrent`` at a time at most: a flood of made-up tokens gets 503s, and neither
-uses up the connector's own quota at the auth server nor holds the requests of known tokens.
+long after. Tokens are kept by their SHA-256 only, and never logged. Requests with the same token
+share one introspection; different tokens not in the cache are asked about ``max_concurrent`` at a
+time at most (beyond, 503). Inactive answers are kept apart from active ones, so a flood of made-up
+tokens evicts only its own kind and known callers go on from the cache. A bound on concurrency is
+not a rate limit: rate-limit anonymous traffic at the ingress.
 """
 
+import asyncio
 import base64
 import hashlib
 import time
@@ -62,27 +65,38 @@ class TokenIntrospector:
         self._cache_s = cache_s
         self._max_entries = max_entries
         self._max_concurrent = max_concurrent
-        self._asking = 0
         self._clock, self._wall_clock = clock, wall_clock
-        self._cache: dict[bytes, tuple[float, Introspection]] = {}  # by the token's SHA-256: (kept until, answer)
+        # By the token's SHA-256: (kept until, answer); active and inactive apart.
+        self._active: dict[bytes, tuple[float, Introspection]] = {}
+        self._inactive: dict[bytes, tuple[float, Introspection]] = {}
+        self._asking: dict[bytes, asyncio.Task[Introspection]] = {}
 
     async def introspect(self, token: str) -> Introspection:
         if not token or len(token) > MAX_TOKEN_BYTES or not token.isascii():
             return INACTIVE
         key = hashlib.sha256(token.encode()).digest()
         now = self._clock()
-        cached = self._cache.get(key)
-        if cached is not None and now < cached[0]:
-            return cached[1]
-        if self._asking >= self._max_concurrent:
-            raise IntrospectionUnavailable(f"{self._asking} tokens are being introspected already")
-        self._asking += 1
-        try:
-            answer, lifetime_s = await self._ask(token)
-        finally:
-            self._asking -= 1
-        self._keep(key, self._clock() + min(self._cache_s, lifetime_s), answer)
+        for cache in (self._active, self._inactive):
+            if (cached := cache.get(key)) is not None and now < cached[0]:
+                return cached[1]
+        asking = self._asking.get(key)
+        if asking is None:
+            if len(self._asking) >= self._max_concurrent:
+                raise IntrospectionUnavailable(f"{len(self._asking)} tokens are being introspected already")
+            asking = self._asking[key] = asyncio.create_task(self._ask_and_keep(key, token))
+            asking.add_done_callback(lambda done: self._done(key, done))
+        # Shielded: one caller giving up does not cancel the answer the others wait for.
+        return await asyncio.shield(asking)
+
+    async def _ask_and_keep(self, key: bytes, token: str) -> Introspection:
+        answer, lifetime_s = await self._ask(token)
+        self._keep(self._active if answer.active else self._inactive, key, self._clock() + min(self._cache_s, lifetime_s), answer)
         return answer
+
+    def _done(self, key: bytes, done: "asyncio.Task[Introspection]") -> None:
+        del self._asking[key]
+        if not done.cancelled():
+            done.exception()  # seen: when every caller gave up, nobody else reads it
 
     async def _ask(self, token: str) -> tuple[Introspection, float]:
         headers = {"Authorization": f"Basic {self._credentials.get_secret_value()}"}
@@ -111,11 +125,11 @@ class TokenIntrospector:
                 return INACTIVE, self._cache_s
         return Introspection(True, scopes, client_id if isinstance(client_id, str) else ""), lifetime_s
 
-    def _keep(self, key: bytes, until: float, answer: Introspection) -> None:
-        if len(self._cache) >= self._max_entries:  # bounded: expired answers go first, then the oldest
+    def _keep(self, cache: dict[bytes, tuple[float, Introspection]], key: bytes, until: float, answer: Introspection) -> None:
+        if len(cache) >= self._max_entries:  # bounded: expired answers go first, then the oldest
             now = self._clock()
-            for stale in [k for k, (kept_until, _) in self._cache.items() if kept_until <= now]:
-                del self._cache[stale]
-            while len(self._cache) >= self._max_entries:
-                del self._cache[next(iter(self._cache))]
-        self._cache[key] = (until, answer)
+            for stale in [k for k, (kept_until, _) in cache.items() if kept_until <= now]:
+                del cache[stale]
+            while len(cache) >= self._max_entries:
+                del cache[next(iter(cache))]
+        cache[key] = (until, answer)
