@@ -91,10 +91,6 @@ class PaymentApi:
         self._type_id: str | None = None  # the transaction Type's id, once start() found or made it
         self._openapi = json.dumps(openapi_document()).encode()
 
-    @property
-    def started(self) -> bool:
-        return self._type_id is not None
-
     async def start(self) -> None:
         """Checks the credentials and makes sure the transaction Type exists; until then requests get 503."""
         await self._ct.check_credentials()
