@@ -9,9 +9,10 @@ against the OpenAPI document (tests/payment_api_client.py).
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -96,8 +97,9 @@ async def world(
 
 
 @contextlib.asynccontextmanager
-async def _running(coroutine: "asyncio.Future[None] | object") -> AsyncIterator[None]:
-    task = asyncio.ensure_future(coroutine)  # type: ignore[arg-type]
+async def _running(coroutine: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
+    """``coroutine`` as a task for the block's duration; cancelled after it."""
+    task = asyncio.create_task(coroutine)
     try:
         yield
     finally:
