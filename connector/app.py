@@ -26,6 +26,7 @@ from connector.config import (
 )  # fmt: skip
 from connector.errors import ConfigurationError
 from connector.metrics import Metrics
+from connector.models.payment_action import ActionName
 from connector.ops_http import OpsServer
 from connector.payment_api import PaymentApi, PaymentApiOptions
 from connector.processor.reconcile import Processor, ProcessorSettings
@@ -158,6 +159,7 @@ def build_parts(settings: Settings) -> Parts:
             " calls the PSP; only the notification receiver runs without them"
         )
     metrics = Metrics()
+    metrics.start_worker_series(sorted({interface for interface, _ in registry.routes()}))
     breakers = Breakers(
         [COMMERCETOOLS, *(psp_dependency(*route) for route in registry.routes())], PauseWaits(max_s=worker_settings.pause_max_s)
     )
@@ -212,6 +214,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
         readiness = {"commercetools_token": token_obtained.is_set, "source_subscribed": worker.subscribed.is_set} | {
             f"{name}_answering": _answering(breaker) for name, breaker in parts.breakers.all.items()
         }
+        parts.metrics.watch_readiness(readiness)
         async with OpsServer(worker_settings.http_host, worker_settings.http_port, parts.metrics.registry, readiness):
             await parts.ct.check_credentials()
             token_obtained.set()
@@ -257,6 +260,9 @@ async def run_receiver(config: ReceiverConfig, stop: asyncio.Event) -> None:
     queue = _notice_queue(config)
     connected = asyncio.Event()
     readiness = {"queue_connected": connected.is_set}
+    metrics.watch_readiness(readiness)
+    actions = [action.value for action in ActionName] if config.payment_api.enabled else []
+    metrics.start_receiver_series(sorted({interface for interface, _ in registry.routes()}), actions)
     limits = ReceiverLimits(config.receiver.max_body_bytes, config.receiver.request_timeout_s, config.receiver.max_in_flight)
     receiver = Receiver(registry, queue, limits, metrics)
     parts: list[AddRoutes] = [receiver.add_routes]

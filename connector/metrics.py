@@ -2,15 +2,18 @@
 
 Each part of the worker receives the one ``Metrics`` object through its constructor and counts
 what it does; ``/metrics`` (connector.ops_http) renders the registry. Labels are bounded sets
-(message types, operations, states, HTTP methods and status codes), never ids or free text.
+(message types, operations, states, HTTP methods and status codes, interfaces in lower case), never
+ids or free text.
 """
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from connector.models.payment import TransactionState, TransactionType
 
 if TYPE_CHECKING:
     from connector.breaker import Breaker
@@ -140,6 +143,37 @@ class Metrics:
         )
         self._children: dict[tuple[int, tuple[str, ...]], Counter | Gauge | Histogram] = {}
 
+    # A labelled series exists only once counted, and a counter first seen at 1 hides that first
+    # increase from rate() and increase(): an alert on a rare event (a dead letter, a refused key)
+    # would miss the first one. So the series the alert rules query start at zero.
+    def start_worker_series(self, interfaces: Iterable[str]) -> None:
+        """Zero the worker's alerted series, for the routes' ``interfaces``."""
+        executed = [t for t in TransactionType if t is not TransactionType.CHARGEBACK]  # the PSP's, never executed
+        for operation in executed:
+            for state in (TransactionState.SUCCESS, TransactionState.FAILURE, TransactionState.PENDING):
+                self.labelled(self.transactions, operation.value, state.value)
+        for interface in interfaces:
+            self.labelled(self.psp_credentials_rejected, interface.casefold())
+            self.labelled(self.notice_disagreements, interface.casefold())
+        self._zero(self.retries, "commercetools", "psp", "delivery")
+        self._zero(self.conflicts, "claim", "outcome", "notice")
+        self._zero(self.source_failures, "ack", "dead_letter", "retry_later")
+        self._zero(self.sweeps, "swept", "not_its_turn", "paused", "failed")
+        self._zero(self.reconciled, "still_pending", "no_lookup", "claimed_too_often", "failed")
+
+    def start_receiver_series(self, interfaces: Iterable[str], actions: Iterable[str]) -> None:
+        """Zero the receiver's alerted series: notifications per interface, Payments API requests per action."""
+        for interface in interfaces:
+            for result in ("accepted", "ignored", "refused", "unavailable", "busy"):
+                self.labelled(self.notifications, interface.casefold(), result)
+        for action in actions:
+            for result in ("approved", "rejected", "received", "refused", "unavailable", "busy"):
+                self.labelled(self.payment_api_requests, action, result)
+
+    def _zero(self, metric: Counter, *values: str) -> None:
+        for value in values:
+            self.labelled(metric, value)
+
     def labelled(self, metric: M, *labels: str) -> M:
         """``metric.labels(*labels)``, remembered: the library's own lookup costs a lock and checks per call."""
         key = (id(metric), labels)
@@ -151,6 +185,10 @@ class Metrics:
     def watch_lag(self, lag: Callable[[], Mapping[str, int]]) -> None:
         """Reports ``lag()`` (messages behind, per partition) on every scrape."""
         self.registry.register(_LagCollector(lag))
+
+    def watch_readiness(self, checks: Mapping[str, Callable[[], bool]]) -> None:
+        """Reports ``/readyz``'s answer and each of its checks on every scrape: an alert can name the one failing."""
+        self.registry.register(_ReadinessCollector(checks))
 
     def watch_breakers(self, breakers: "Mapping[str, Breaker]") -> None:
         """Reports each dependency's pause (connector.breaker) on every scrape."""
@@ -172,6 +210,20 @@ class _BreakerCollector(Collector):
             paused_for.add_metric([name], breaker.open_for_s())
             pauses.add_metric([name], breaker.pauses)
         yield from (paused, paused_for, pauses)
+
+
+class _ReadinessCollector(Collector):
+    def __init__(self, checks: Mapping[str, Callable[[], bool]]) -> None:
+        self._checks = checks
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        passing = {name: check() for name, check in sorted(self._checks.items())}
+        ready = GaugeMetricFamily("connector_ready", "1 while /readyz answers 200 (every readiness check passes)")
+        ready.add_metric([], float(all(passing.values())))
+        checks = GaugeMetricFamily("connector_readiness_check", "1 while the readiness check passes", labels=["check"])
+        for name, passed in passing.items():
+            checks.add_metric([name], float(passed))
+        yield from (ready, checks)
 
 
 class _LagCollector(Collector):

@@ -377,14 +377,14 @@ class Processor:
         retried = self._metrics.labelled(self._metrics.retries, "psp").inc
         found = await retry(lambda: finder.find(request), on=PspUnavailable, backoff=self._settings.psp_backoff, on_retry=retried)
         self._psp_answered(route)
-        self._metrics.labelled(self._metrics.psp_lookups, route.interface, "found" if found else "nothing").inc()
+        self._metrics.labelled(self._metrics.psp_lookups, route.interface.casefold(), "found" if found else "nothing").inc()
         if found is not None:
             log.info("transaction.found_at_psp", psp_reference=found.psp_reference)
         return found
 
     async def _call_psp(self, route: Route, operation: Operation, request: OperationRequest) -> Outcome:
         method = getattr(route.adapter, operation.value)  # each Operation names its PaymentAdapter method
-        latency = self._metrics.labelled(self._metrics.psp_call_seconds, route.interface, operation.value)
+        latency = self._metrics.labelled(self._metrics.psp_call_seconds, route.interface.casefold(), operation.value)
 
         async def timed_call() -> Outcome:
             started = time.perf_counter()
@@ -401,7 +401,7 @@ class Processor:
         except PspCredentialsRejected:
             # An operator's fault: the delivery is retried, then dead-lettered; the transaction stays Initial.
             log.error("psp.credentials_rejected", operation=operation.value)
-            self._metrics.labelled(self._metrics.psp_credentials_rejected, route.interface).inc()
+            self._metrics.labelled(self._metrics.psp_credentials_rejected, route.interface.casefold()).inc()
             raise
 
     async def _store_outcome(self, payment: Payment, result: Result) -> Payment:
