@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint reliability bench lock clean
+.PHONY: install demo test lint reliability bench lock rules clean
 
 install: $(VENV)/.installed
 
@@ -42,6 +42,10 @@ lock: install
 	$(BIN)/pip install --quiet uv
 	$(BIN)/uv pip compile pyproject.toml --generate-hashes --python-version 3.11 \
 		--python-platform x86_64-manylinux_2_28 --no-header --quiet -o deploy/requirements.lock
+
+# Writes the PrometheusRule of deploy/kubernetes/components/monitoring from deploy/monitoring/connector.rules.yaml.
+rules: install
+	$(BIN)/python -m tests.monitoring
 
 # The benchmark (tests/bench): one JSON line, also written to tests/bench/result.json.
 # BENCH_PAYMENTS and BENCH_LATENCY_MS change the load; `make bench ARGS=--profile` adds a py-spy profile.

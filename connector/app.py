@@ -28,7 +28,7 @@ from connector.errors import ConfigurationError
 from connector.metrics import Metrics
 from connector.models.payment_action import ActionName
 from connector.ops_http import OpsServer
-from connector.payment_api import PaymentApi, PaymentApiOptions
+from connector.payment_api import UNKNOWN_ACTION, PaymentApi, PaymentApiOptions
 from connector.processor.reconcile import Processor, ProcessorSettings
 from connector.public_http import AddRoutes, PublicServer
 from connector.receiver import Receiver, ReceiverLimits
@@ -261,7 +261,7 @@ async def run_receiver(config: ReceiverConfig, stop: asyncio.Event) -> None:
     connected = asyncio.Event()
     readiness = {"queue_connected": connected.is_set}
     metrics.watch_readiness(readiness)
-    actions = [action.value for action in ActionName] if config.payment_api.enabled else []
+    actions = [*(action.value for action in ActionName), UNKNOWN_ACTION] if config.payment_api.enabled else []
     metrics.start_receiver_series(sorted({interface for interface, _ in registry.routes()}), actions)
     limits = ReceiverLimits(config.receiver.max_body_bytes, config.receiver.request_timeout_s, config.receiver.max_in_flight)
     receiver = Receiver(registry, queue, limits, metrics)

@@ -169,6 +169,9 @@ class Metrics:
         for action in actions:
             for result in ("approved", "rejected", "received", "refused", "unavailable", "busy"):
                 self.labelled(self.payment_api_requests, action, result)
+        if actions:
+            for waited in ("true", "false"):
+                self.labelled(self.payment_api_seconds, waited)
 
     def _zero(self, metric: Counter, *values: str) -> None:
         for value in values:

@@ -61,13 +61,17 @@ class PaymentApiOptions:
     update_attempts: int = 10  # version conflicts met before the caller is told to try again (409)
 
 
+# The action label of a request refused before its body named one.
+UNKNOWN_ACTION = "unknown"
+
+
 @dataclass(slots=True)
 class _Call:
     """What is known of one request so far, for its answer, log line and metrics."""
 
     payment_id: str
     client_id: str = ""
-    action: str = "unknown"
+    action: str = UNKNOWN_ACTION
     wait_s: float = 0.0
 
 
@@ -109,7 +113,7 @@ class PaymentApi:
         started = time.perf_counter()
         if self._in_flight >= self._options.max_in_flight:
             log.warning("payment_api.busy", in_flight=self._in_flight)
-            self._metrics.labelled(self._metrics.payment_api_requests, "unknown", "busy").inc()
+            self._metrics.labelled(self._metrics.payment_api_requests, UNKNOWN_ACTION, "busy").inc()
             return _error_response(ApiError(503, "General", "Too many requests at once; try again shortly."))
         self._in_flight += 1
         call = _Call(request.match_info["payment_id"])
