@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from connector.adapters.registry import AdapterRoute
 from connector.commercetools.client import CommercetoolsClient
+from connector.metrics import Metrics
 from connector.models.payment import TransactionState
 from tests.debian import ensure_command
 from tests.go_tools import go_install, go_module_dir
@@ -337,3 +338,29 @@ def test_the_comparison_finds_what_a_scrape_lacks() -> None:
     [shape] = _unlike_a_scrape(series, exported)
     assert "interface" in shape
     assert list(_unlike_a_scrape('connector_transactions_total{pod="p", operation="Charge", outcome="Success"}', exported)) == []
+
+
+def test_readiness_is_reported_as_series_and_alerted_series_start_at_zero() -> None:
+    metrics = Metrics()
+    subscribed = False
+    metrics.watch_readiness({"source_subscribed": lambda: subscribed, "commercetools_token": lambda: True})
+    metrics.start_worker_series(["STRIPE"])
+    metrics.start_receiver_series(["STRIPE"], ["capturePayment", "unknown"])
+    sample = metrics.registry.get_sample_value
+    assert sample("connector_ready", {}) == 0
+    assert sample("connector_readiness_check", {"check": "source_subscribed"}) == 0
+    assert sample("connector_readiness_check", {"check": "commercetools_token"}) == 1
+    subscribed = True
+    assert sample("connector_ready", {}) == 1 and sample("connector_readiness_check", {"check": "source_subscribed"}) == 1
+    for name, labels in [
+        ("connector_psp_credentials_rejected_total", {"interface": "stripe"}),
+        ("connector_notice_disagreements_total", {"interface": "stripe"}),
+        ("connector_transactions_total", {"operation": "Refund", "outcome": "Failure"}),
+        ("connector_source_failures_total", {"operation": "dead_letter"}),
+        ("connector_reconciler_payments_total", {"result": "still_pending"}),
+        ("connector_notifications_total", {"interface": "stripe", "result": "refused"}),
+        ("connector_payment_api_requests_total", {"action": "unknown", "result": "busy"}),
+        ("connector_payment_api_seconds_count", {"waited": "true"}),
+    ]:
+        assert sample(name, labels) == 0, (name, labels)
+    assert sample("connector_transactions_total", {"operation": "Chargeback", "outcome": "Success"}) is None  # never executed
