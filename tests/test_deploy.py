@@ -140,16 +140,7 @@ def test_the_receiver_is_apart_and_queues_where_the_workers_read(overlay: str) -
 def test_the_payment_api_component_gives_the_receiver_its_own_credentials(overlay: str, tmp_path: Path) -> None:
     """An overlay with the optional component: the API enabled for the workers' project, and /run/secrets
     made of the webhook secrets and the API's own client credentials."""
-    overlays = DEPLOY / "kubernetes" / "overlays"
-    component = DEPLOY / "kubernetes" / "components" / "payment-api"
-    (tmp_path / "kustomization.yaml").write_text(  # kustomize takes relative paths only
-        f"resources: [{os.path.relpath(overlays / overlay, tmp_path)}]\ncomponents: [{os.path.relpath(component, tmp_path)}]\n"
-    )
-    built = subprocess.run(
-        [str(go_install(KUSTOMIZE)), "build", "--load-restrictor", "LoadRestrictionsNone", str(tmp_path)],
-        capture_output=True, text=True, check=True, timeout=120,
-    )  # fmt: skip
-    documents = [d for d in yaml.safe_load_all(built.stdout) if d]
+    documents = render_with(overlay, DEPLOY / "kubernetes" / "components" / "payment-api", tmp_path)
     for document in documents:
         if document["kind"] not in ("ScaledObject", "TriggerAuthentication"):
             kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
@@ -189,6 +180,19 @@ def test_the_compose_file_matches_the_compose_specification() -> None:
 def render(overlay: str) -> list[dict[str, Any]]:
     built = subprocess.run(
         [str(go_install(KUSTOMIZE)), "build", str(DEPLOY / "kubernetes" / "overlays" / overlay)],
+        capture_output=True, text=True, check=True, timeout=120,
+    )  # fmt: skip
+    return [d for d in yaml.safe_load_all(built.stdout) if d]
+
+
+def render_with(overlay: str, component: Path, folder: Path) -> list[dict[str, Any]]:
+    """An overlay with an optional component, rendered through a kustomization written in ``folder``."""
+    (folder / "kustomization.yaml").write_text(  # kustomize takes relative paths only
+        f"resources: [{os.path.relpath(DEPLOY / 'kubernetes' / 'overlays' / overlay, folder)}]\n"
+        f"components: [{os.path.relpath(component, folder)}]\n"
+    )
+    built = subprocess.run(
+        [str(go_install(KUSTOMIZE)), "build", "--load-restrictor", "LoadRestrictionsNone", str(folder)],
         capture_output=True, text=True, check=True, timeout=120,
     )  # fmt: skip
     return [d for d in yaml.safe_load_all(built.stdout) if d]

@@ -6,7 +6,6 @@ label the rules, their tests and the dashboard query is one a running worker or 
 import asyncio
 import dataclasses
 import json
-import os
 import re
 import subprocess
 from collections import defaultdict
@@ -28,14 +27,14 @@ from connector.commercetools.client import CommercetoolsClient
 from connector.metrics import Metrics
 from connector.models.payment import TransactionState
 from tests.debian import ensure_command
-from tests.go_tools import go_install, go_module_dir
+from tests.go_tools import go_module_dir
 from tests.localstripe_peer import LocalStripe
 from tests.monitoring import COMPONENT, DASHBOARD, PROMETHEUS_RULE, RULES, RULES_TESTS, prometheus_rule
 from tests.queues import KafkaQueue
 from tests.stack import free_port, messages
 from tests.stack.payments import as_json, payment_draft
 from tests.support import receiver_config_for, running_receiver, running_worker, sandbox_route, settings_for
-from tests.test_deploy import KUBERNETES_VERSION, KUSTOMIZE, OVERLAYS
+from tests.test_deploy import KUBERNETES_VERSION, OVERLAYS, render_with
 
 ROOT = Path(__file__).resolve().parent.parent
 OPERATIONS = ROOT / "docs" / "operations.md"
@@ -91,15 +90,7 @@ def test_the_prometheus_rule_holds_the_rules_file() -> None:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_an_overlay_with_the_monitoring_component_renders_and_validates(overlay: str, tmp_path: Path) -> None:
     """The rules, a PodMonitor that scrapes the workers and the receivers, and the dashboard for Grafana's sidecar."""
-    overlays = ROOT / "deploy" / "kubernetes" / "overlays"
-    (tmp_path / "kustomization.yaml").write_text(  # kustomize takes relative paths only
-        f"resources: [{_relative(overlays / overlay, tmp_path)}]\ncomponents: [{_relative(COMPONENT, tmp_path)}]\n"
-    )
-    built = subprocess.run(
-        [str(go_install(KUSTOMIZE)), "build", "--load-restrictor", "LoadRestrictionsNone", str(tmp_path)],
-        capture_output=True, text=True, check=True, timeout=120,
-    )  # fmt: skip
-    documents = [d for d in yaml.safe_load_all(built.stdout) if d]
+    documents = render_with(overlay, COMPONENT, tmp_path)
     for document in documents:
         if document["apiVersion"] == "monitoring.coreos.com/v1":
             prometheus_operator_validator(document["kind"]).validate(document)
@@ -280,10 +271,6 @@ def _as_sent(expression: str) -> str:
 def _anchor(heading: str) -> str:
     """The anchor GitHub gives a Markdown heading."""
     return re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
-
-
-def _relative(path: Path, start: Path) -> str:
-    return os.path.relpath(path, start)
 
 
 @cache
