@@ -74,13 +74,16 @@ def build_commercetools(
     )
 
 
-def build_source(settings: Settings) -> Source:
+def build_source(settings: Settings, metrics: Metrics | None = None) -> Source:
     if settings.pubsub is not None:
         # Imported here: google-cloud-pubsub and gRPC cost a Kafka worker a second of start-up CPU.
         from connector.sources.pubsub import PubSubSource
 
         return PubSubSource(_pubsub_config(settings.pubsub))
-    return KafkaSource(_kafka_config(settings.kafka))
+    if metrics is None:
+        return KafkaSource(_kafka_config(settings.kafka))
+    # Kafka commits run in the source's fetch loop, not through the worker: the source reports failures.
+    return KafkaSource(_kafka_config(settings.kafka), lambda: metrics.labelled(metrics.source_failures, "commit").inc())
 
 
 async def replay_dead_letters(settings: Settings, chosen: ReplayFilter, *, dry_run: bool) -> ReplayReport:
@@ -199,7 +202,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     worker_settings = settings.worker
     parts = build_parts(settings)
     try:
-        source = build_source(settings)
+        source = build_source(settings, parts.metrics)
         parts.metrics.watch_lag(source.lag)
         limits = WorkerLimits(
             max_in_flight=worker_settings.max_in_flight,

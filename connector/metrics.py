@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 M = TypeVar("M", Counter, Gauge, Histogram)
 
+# The interface label of a notification whose path names no route.
+UNKNOWN_INTERFACE = "unknown"
+
 # PSP round trips: tens of milliseconds to a few seconds.
 PSP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -89,7 +92,7 @@ class Metrics:
         self.source_failures = Counter(
             "connector_source_failures",
             "Source operations that failed and are tried again (the delivery stays unsettled meanwhile)",
-            ["operation"],  # ack, dead_letter, retry_later
+            ["operation"],  # ack, dead_letter, retry_later; commit (Kafka's, in the source's own loop)
             registry=self.registry,
         )
         self.sweeps = Counter(
@@ -157,7 +160,7 @@ class Metrics:
             self.labelled(self.notice_disagreements, interface.casefold())
         self._zero(self.retries, "commercetools", "psp", "delivery")
         self._zero(self.conflicts, "claim", "outcome", "notice")
-        self._zero(self.source_failures, "ack", "dead_letter", "retry_later")
+        self._zero(self.source_failures, "ack", "dead_letter", "retry_later", "commit")
         self._zero(self.sweeps, "swept", "not_its_turn", "paused", "failed")
         self._zero(self.reconciled, "still_pending", "no_lookup", "claimed_too_often", "failed")
 
@@ -166,6 +169,8 @@ class Metrics:
         for interface in interfaces:
             for result in ("accepted", "ignored", "refused", "unavailable", "busy"):
                 self.labelled(self.notifications, interface.casefold(), result)
+        for result in ("refused", "busy"):  # a path with no route: counted apart, so that alerts can leave it out
+            self.labelled(self.notifications, UNKNOWN_INTERFACE, result)
         for action in actions:
             for result in ("approved", "rejected", "received", "refused", "unavailable", "busy"):
                 self.labelled(self.payment_api_requests, action, result)

@@ -24,7 +24,7 @@ from aiohttp import web
 
 from connector.adapters.contract import BadNotification, notifier_of
 from connector.adapters.registry import AdapterRegistry, Route
-from connector.metrics import Metrics
+from connector.metrics import UNKNOWN_INTERFACE, Metrics
 from connector.models.notice import NoticeTrigger, notice_message
 
 log = structlog.get_logger("connector.receiver")
@@ -74,7 +74,7 @@ class Receiver:
         interface, account = request.match_info["interface"], request.match_info.get("account")
         route = self._registry.route(interface, account)
         notifier = notifier_of(route.adapter) if route is not None else None
-        label = route.interface.casefold() if route is not None else "unknown"
+        label = route.interface.casefold() if route is not None else UNKNOWN_INTERFACE
         if self._in_flight >= self._limits.max_in_flight:
             log.warning("notification.busy", interface=label, in_flight=self._in_flight)
             self._metrics.labelled(self._metrics.notifications, label, "busy").inc()

@@ -42,6 +42,10 @@ RUNBOOKS = "https://github.com/your-org/commercetools-payment-connector/blob/mai
 PROMETHEUS_OPERATOR = "github.com/prometheus-operator/prometheus-operator@v0.85.0"  # its CRDs, for the schemas
 # Labels Prometheus gives every series of a scrape target, not the connector's own.
 TARGET_LABELS = {"namespace", "job", "pod", "instance"}
+# What a scrape exports: sample name -> label name -> the values seen.
+Exported = dict[str, dict[str, set[str]]]
+# Series Prometheus makes of each scrape (with the target's labels only), beside the connector's own.
+PROMETHEUS_MADE: Exported = {"up": {}}
 # Labels whose values come from the world (HTTP statuses, partitions): the scrape shows only some.
 OPEN_VALUES = {"status", "partition", "le"}
 # Grafana's variables, as a query would be sent.
@@ -82,6 +86,25 @@ def test_each_alert_names_its_severity_and_a_runbook_section_that_exists() -> No
         assert url.startswith(RUNBOOKS) and url.removeprefix(RUNBOOKS) in anchors, f"{rule['alert']}: {url}"
 
 
+def test_each_value_the_rules_match_is_one_the_code_writes() -> None:
+    """The scrape below shows the label values the worker zeroes at start-up; this ties them to the
+    code that counts: a value renamed there would leave its alert silent forever."""
+    code = "\n".join(path.read_text() for path in (ROOT / "connector").rglob("*.py") if path.name != "metrics.py")
+    matched = {
+        word
+        for rule in alerts()
+        for selector in _selectors(promql_parser.parse(rule["expr"]))
+        for matcher in selector.matchers.matchers
+        if matcher.name not in TARGET_LABELS | OPEN_VALUES
+        and (
+            matcher.op is promql_parser.MatchOp.Equal
+            or (matcher.op is promql_parser.MatchOp.Re and re.fullmatch(r"[\w|]+", matcher.value))
+        )
+        for word in matcher.value.split("|")
+    }
+    assert matched and {word for word in matched if f'"{word}"' not in code} == set()
+
+
 def test_the_prometheus_rule_holds_the_rules_file() -> None:
     written = yaml.safe_load(PROMETHEUS_RULE.read_text())
     assert written == prometheus_rule(), f"{PROMETHEUS_RULE.name} differs from {RULES.name}: run make rules"
@@ -106,6 +129,9 @@ def test_an_overlay_with_the_monitoring_component_renders_and_validates(overlay:
         assert pod["metadata"]["labels"][monitor["jobLabel"]] == name  # the job the rules sum by
         ports = {port["name"] for port in pod["spec"]["containers"][0]["ports"]}
         assert {endpoint["port"] for endpoint in monitor["podMetricsEndpoints"]} <= ports, name
+    named = {m.value for rule in alerts() for sel in _selectors(promql_parser.parse(rule["expr"])) if sel.name == "up"
+             for m in sel.matchers.matchers if m.name == "job"}  # fmt: skip
+    assert {job for value in named for job in value.split("|")} == {"payment-connector", "payment-connector-receiver"}
     dashboard = by_kind[("ConfigMap", "payment-connector-dashboard")]
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(dashboard["data"][DASHBOARD.name]) == json.loads(DASHBOARD.read_text())
@@ -125,10 +151,6 @@ def test_the_dashboard_is_well_formed() -> None:
     for subject in ("deliveries", "transactions by state", "psp", "commercetools", "lag", "in flight", "dead letters",
                     "pauses", "notifications", "payments api"):  # fmt: skip
         assert subject in titles, subject
-
-
-# What a scrape exports: sample name -> label name -> the values seen.
-Exported = dict[str, dict[str, set[str]]]
 
 
 @pytest.mark.e2e
@@ -159,7 +181,7 @@ async def test_every_series_the_rules_their_tests_and_the_dashboard_query_is_exp
         async with asyncio.timeout(60):
             while (await ct.get_payment(payment.id)).transactions[0].state is not TransactionState.SUCCESS:
                 await asyncio.sleep(0.2)
-        exported = await _scrape(http, worker_port)
+        exported = {**PROMETHEUS_MADE, **(await _scrape(http, worker_port))}
         for name, labels in (await _scrape(http, receiver_port)).items():
             for label, values in labels.items():
                 exported.setdefault(name, {}).setdefault(label, set()).update(values)
@@ -216,12 +238,18 @@ def _unmatched(name: str, matcher: promql_parser.Matcher, values: set[str]) -> I
     if matcher.op in (promql_parser.MatchOp.Equal, promql_parser.MatchOp.NotEqual):
         if matcher.value not in values:
             yield f'{name}{{{matcher.name}="{matcher.value}"}} is never exported (seen: {sorted(values)})'
-    elif re.fullmatch(r"[\w|]+", matcher.value):  # alternatives of plain words: each must exist
+    elif matcher.op is promql_parser.MatchOp.Re and re.fullmatch(r"[\w|]+", matcher.value):  # plain words: each must exist
         for word in matcher.value.split("|"):
             if word not in values:
                 yield f'{name}{{{matcher.name}=~"...{word}..."}} is never exported (seen: {sorted(values)})'
-    elif not any(re.fullmatch(matcher.value, value) for value in values):
-        yield f'{name}{{{matcher.name}=~"{matcher.value}"}} matches none of {sorted(values)}'
+    elif matcher.op is promql_parser.MatchOp.Re:
+        if not any(re.fullmatch(matcher.value, value) for value in values):
+            yield f'{name}{{{matcher.name}=~"{matcher.value}"}} matches none of {sorted(values)}'
+    else:  # !~ must leave some series out, and some in
+        matched = {value for value in values if re.fullmatch(matcher.value, value)}
+        if not matched or matched == values:
+            left = "none" if matched == values else "all"
+            yield f'{name}{{{matcher.name}!~"{matcher.value}"}} leaves {left} of {sorted(values)}'
 
 
 def _unlike_a_scrape(series: str, exported: Exported) -> Iterator[str]:
@@ -317,7 +345,12 @@ def test_the_comparison_finds_what_a_scrape_lacks() -> None:
     [missing] = _unexported('connector_transactions_total{outcome=~"Failure|Pending"}', exported)
     assert "Pending" in missing
     [nothing] = _unexported('connector_transactions_total{operation!~"Re.*"}', exported)
-    assert "matches none" in nothing
+    assert "leaves all" in nothing
+    [everything] = _unexported('connector_transactions_total{outcome!~"S.*|F.*"}', exported)
+    assert "leaves none" in everything
+    assert list(_unexported('connector_transactions_total{outcome!~"S.*"}', exported)) == []
+    [no_match] = _unexported('connector_transactions_total{outcome=~"P.*"}', exported)
+    assert "matches none" in no_match
     assert list(_unexported("sum by (interface) (connector_transactions_total)", exported)) == [
         "groups by interface, which none of its series has"
     ]

@@ -889,6 +889,26 @@ async def test_a_refused_psp_key_pauses_the_route_until_the_key_works(
     assert metrics.registry.get_sample_value("connector_psp_credentials_rejected_total", {"interface": "sandbox"}) == 3
 
 
+async def test_a_key_refused_to_a_look_up_pauses_the_route_and_is_counted_too(
+    payments: InMemoryPayments, psp: Gate, clock: ManualClock
+) -> None:
+    """A takeover's lookup (find) meets a refused key: the route pauses as for a refused call, and the
+    refusal is counted, so the alert on refused keys does not hang on which call probed the PSP."""
+    payment = payments.create(payment_draft(1000, (), (("Charge", 1000),)))
+    await executed_then_crashed(payments, psp, clock, payment)
+    clock.advance(LEASE_S + 1)
+
+    async def refused(request: OperationRequest) -> Outcome | None:
+        raise PspCredentialsRejected("Stripe refused this account's API key (HTTP 401)")
+
+    psp.find = refused  # type: ignore[method-assign]
+    metrics = Metrics()
+    with pytest.raises(PspDown, match="PspCredentialsRejected"):
+        await processor(payments, psp, clock, metrics=metrics).reconcile(trigger(payment))
+    assert metrics.registry.get_sample_value("connector_psp_credentials_rejected_total", {"interface": "sandbox"}) == 1
+    assert payments.stored(payment.id).transactions[0].state.value == "Initial"
+
+
 async def test_without_a_look_up_a_claim_older_than_the_psps_keys_is_never_executed_again(
     payments: InMemoryPayments, ledger: Path, clock: ManualClock
 ) -> None:

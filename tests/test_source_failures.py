@@ -15,8 +15,11 @@ from typing import Any
 import pytest
 import structlog
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaConnectionError
+from aiokafka.structs import TopicPartition
 
 from connector.commercetools.client import CommercetoolsClient
+from connector.sources.kafka import KafkaConfig, KafkaSource, PartitionOffsets
 from tests.queues import EventQueue, KafkaQueue, PubSubQueue
 from tests.stack import messages
 from tests.stack.kafka import create_topics
@@ -113,3 +116,34 @@ async def test_a_delivery_of_another_project_is_dead_lettered_naming_both(
     assert "'staging-project'" in headers["reason"] and f"'{project_key}'" in headers["reason"]
     assert (await ct.get_payment(payment.id)).transactions[0].state.value == "Initial"
     assert settled.transactions[0].state.value == "Success"
+
+
+class _RefusingConsumer:
+    """A fake for the fault alone: a broker that refuses one commit on cue is not something a real one does."""
+
+    def __init__(self, end: int) -> None:
+        self.commits = 0
+        self._end = end
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.commits += 1
+        raise KafkaConnectionError()
+
+    def highwater(self, partition: TopicPartition) -> int:
+        return self._end
+
+
+async def test_a_failed_kafka_commit_is_counted_and_the_lag_counts_from_where_reading_began() -> None:
+    failed: list[int] = []
+    source = KafkaSource(KafkaConfig("127.0.0.1:9", "t", "g", "t.dlq"), on_commit_failed=lambda: failed.append(1))
+    partition = TopicPartition("t", 0)
+    consumer = _RefusingConsumer(end=5_000)
+    source._consumer = consumer  # type: ignore[assignment]
+    # Assigned with the group's commit at 4,990: ten behind, not the partition's whole 5,000.
+    source._partitions[partition] = offsets = PartitionOffsets(read_from=4_990)
+    assert source.lag() == {"0": 10}
+    offsets.started(4_990)
+    offsets.finished(4_990)
+    await source.commit()
+    assert (consumer.commits, failed, offsets.committed) == (1, [1], None)  # counted, and tried again next time
+    assert source.lag() == {"0": 10}

@@ -173,7 +173,7 @@ class Processor:
             except PspRequestInProgress:
                 continue  # the PSP is still at it
             except (PspUnavailable, PspCredentialsRejected) as exc:
-                raise _down(route, exc) from exc
+                raise self._down(route, exc) from exc
             if found is None or found.state.rank <= transaction.state.rank:
                 continue
             log.info("transaction.settled_at_psp", transaction_id=transaction.id, state=found.state.value)
@@ -205,7 +205,7 @@ class Processor:
         except PspRequestInProgress:
             raise
         except (PspUnavailable, PspCredentialsRejected) as exc:
-            raise _down(route, exc) from exc
+            raise self._down(route, exc) from exc
         self._psp_answered(route)
         progress.waiting_on = COMMERCETOOLS
         if state is None or (state.project_key is not None and state.project_key != self._settings.project_key):
@@ -334,7 +334,7 @@ class Processor:
             except PspRequestInProgress:
                 raise  # one key in flight, not an outage
             except (PspUnavailable, PspCredentialsRejected) as exc:
-                raise _down(route, exc) from exc
+                raise self._down(route, exc) from exc
             progress.waiting_on = COMMERCETOOLS
         log.info("transaction.outcome", state=outcome.state.value, code=outcome.code, psp_reference=outcome.psp_reference)
         self._metrics.labelled(self._metrics.transactions, work.transaction.type.value, outcome.state.value).inc()
@@ -382,6 +382,15 @@ class Processor:
             log.info("transaction.found_at_psp", psp_reference=found.psp_reference)
         return found
 
+    def _down(self, route: Route, error: PspUnavailable | PspCredentialsRejected) -> PspDown:
+        """The route's outage: a PSP that does not answer, or refuses our own key (an operator's fault,
+        never the customer's: the route pauses as for an outage, its transactions stay Initial)."""
+        if isinstance(error, PspCredentialsRejected):
+            log.error("psp.credentials_rejected", error=str(error))
+            self._metrics.labelled(self._metrics.psp_credentials_rejected, route.interface.casefold()).inc()
+        retry_after_s = error.retry_after_s if isinstance(error, PspUnavailable) else None
+        return PspDown(route.interface, route.account, f"{error.__class__.__name__}: {error}", retry_after_s)
+
     async def _call_psp(self, route: Route, operation: Operation, request: OperationRequest) -> Outcome:
         method = getattr(route.adapter, operation.value)  # each Operation names its PaymentAdapter method
         latency = self._metrics.labelled(self._metrics.psp_call_seconds, route.interface.casefold(), operation.value)
@@ -395,14 +404,8 @@ class Processor:
                 latency.observe(time.perf_counter() - started)
 
         retried = self._metrics.labelled(self._metrics.retries, "psp").inc
-        try:
-            # Every attempt carries the same idempotency key.
-            return await retry(timed_call, on=PspUnavailable, backoff=self._settings.psp_backoff, on_retry=retried)
-        except PspCredentialsRejected:
-            # An operator's fault: the delivery is retried, then dead-lettered; the transaction stays Initial.
-            log.error("psp.credentials_rejected", operation=operation.value)
-            self._metrics.labelled(self._metrics.psp_credentials_rejected, route.interface.casefold()).inc()
-            raise
+        # Every attempt carries the same idempotency key.
+        return await retry(timed_call, on=PspUnavailable, backoff=self._settings.psp_backoff, on_retry=retried)
 
     async def _store_outcome(self, payment: Payment, result: Result) -> Payment:
         """Writes one outcome; returns the payment as it now is, for the next transaction's money rules."""
@@ -438,11 +441,6 @@ class Processor:
             applied = decisions.apply_outcome(payment, result.work.transaction.id, result.outcome)
             return applied.model_copy(update={"version": version})
         raise RetryableError(f"outcome write kept conflicting after {self._settings.max_conflicts} attempts")
-
-
-def _down(route: Route, error: PspUnavailable | PspCredentialsRejected) -> PspDown:
-    retry_after_s = error.retry_after_s if isinstance(error, PspUnavailable) else None
-    return PspDown(route.interface, route.account, f"{error.__class__.__name__}: {error}", retry_after_s)
 
 
 def _request_timeout_s(route: Route | UnknownAccount) -> float:

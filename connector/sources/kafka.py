@@ -64,6 +64,7 @@ class PartitionOffsets:
     in_flight: set[int] = field(default_factory=set)
     next_offset: int | None = None  # one past the highest offset handed out
     committed: int | None = None
+    read_from: int = 0  # the first offset read since the assignment: where the group's commit stood
 
     def started(self, offset: int) -> None:
         self.in_flight.add(offset)
@@ -110,8 +111,9 @@ class KafkaDelivery:
 
 
 class KafkaSource:
-    def __init__(self, config: KafkaConfig) -> None:
+    def __init__(self, config: KafkaConfig, on_commit_failed: Callable[[], None] = lambda: None) -> None:
         self._config = config
+        self._on_commit_failed = on_commit_failed  # counted in the worker's metrics; the commit comes again
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._partitions: dict[TopicPartition, PartitionOffsets] = {}
@@ -201,7 +203,8 @@ class KafkaSource:
                 await asyncio.sleep(1.0)
                 continue
             for partition, records in batches.items():
-                self._partitions.setdefault(partition, PartitionOffsets())
+                if partition not in self._partitions:
+                    self._partitions[partition] = PartitionOffsets(read_from=records[0].offset if records else 0)
                 self._buffer.extend((partition, record) for record in records)
             if batches:
                 self._arrived.set()
@@ -220,19 +223,22 @@ class KafkaSource:
             await self._consumer.commit(offsets)
         except KafkaError as exc:
             log.warning("kafka.commit_failed", error=exc.__class__.__name__, partitions=len(offsets))
+            self._on_commit_failed()
             return
         for partition, offset in offsets.items():
             self._partitions[partition].committed = offset
 
     def lag(self) -> Mapping[str, int]:
-        """Per partition: the end of the partition, as of the last fetch, minus the committed offset."""
+        """Per partition: the end of the partition, as of the last fetch, minus the committed offset (before
+        this worker's first commit on it, the offset it started reading from)."""
         if self._consumer is None:
             return {}
         behind: dict[str, int] = {}
         for partition, tracker in list(self._partitions.items()):
             end = self._consumer.highwater(partition)
             if end is not None:
-                behind[str(partition.partition)] = max(0, end - (tracker.committed or 0))
+                committed = tracker.committed if tracker.committed is not None else tracker.read_from
+                behind[str(partition.partition)] = max(0, end - committed)
         return behind
 
     async def publish_dead_letter(self, record: ConsumerRecord[bytes, bytes], reason: str, attempts: int) -> None:
