@@ -44,7 +44,7 @@ class Metrics:
         )
         self.psp_call_seconds = Histogram(
             "connector_psp_call_seconds",
-            "One PSP call (one attempt), by interface and operation",
+            "One PSP call (one attempt), by interface and operation (find and look_up: lookups)",
             ["interface", "operation"],
             buckets=PSP_BUCKETS,
             registry=self.registry,

@@ -16,10 +16,10 @@ import pytest
 import structlog
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError
-from aiokafka.structs import TopicPartition
+from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from connector.commercetools.client import CommercetoolsClient
-from connector.sources.kafka import KafkaConfig, KafkaSource, PartitionOffsets
+from connector.sources.kafka import KafkaConfig, KafkaSource
 from tests.queues import EventQueue, KafkaQueue, PubSubQueue
 from tests.stack import messages
 from tests.stack.kafka import create_topics
@@ -119,31 +119,57 @@ async def test_a_delivery_of_another_project_is_dead_lettered_naming_both(
 
 
 class _RefusingConsumer:
-    """A fake for the fault alone: a broker that refuses one commit on cue is not something a real one does."""
+    """A fake for the fault alone: a broker that refuses commits on cue is not something a real one
+    does. It hands out five records of partition 0 from offset 4,990 (where the group's commit stood
+    when the partition was assigned), in a partition whose end is 5,000."""
 
-    def __init__(self, end: int) -> None:
+    def __init__(self) -> None:
         self.commits = 0
-        self._end = end
+        self._records = [ConsumerRecord("t", 0, offset, 0, 0, None, b"{}", None, 0, 2, []) for offset in range(4_990, 4_995)]
+
+    async def getmany(self, *, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+        records, self._records = self._records, []
+        if not records:
+            await asyncio.sleep(timeout_ms / 1000)
+        return {TopicPartition("t", 0): records} if records else {}
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
         self.commits += 1
         raise KafkaConnectionError()
 
     def highwater(self, partition: TopicPartition) -> int:
-        return self._end
+        return 5_000
+
+    def assignment(self) -> set[TopicPartition]:
+        return {TopicPartition("t", 0)}
+
+    def paused(self) -> set[TopicPartition]:
+        return set()
+
+    def pause(self, *partitions: TopicPartition) -> None: ...
+
+    def resume(self, *partitions: TopicPartition) -> None: ...
 
 
-async def test_a_failed_kafka_commit_is_counted_and_the_lag_counts_from_where_reading_began() -> None:
+async def test_the_lag_counts_from_where_reading_began_and_a_failed_commit_is_counted() -> None:
     failed: list[int] = []
-    source = KafkaSource(KafkaConfig("127.0.0.1:9", "t", "g", "t.dlq"), on_commit_failed=lambda: failed.append(1))
-    partition = TopicPartition("t", 0)
-    consumer = _RefusingConsumer(end=5_000)
+    config = KafkaConfig("127.0.0.1:9", "t", "g", "t.dlq", poll_timeout_s=0.01)
+    source = KafkaSource(config, on_commit_failed=lambda: failed.append(1))
+    consumer = _RefusingConsumer()
     source._consumer = consumer  # type: ignore[assignment]
-    # Assigned with the group's commit at 4,990: ten behind, not the partition's whole 5,000.
-    source._partitions[partition] = offsets = PartitionOffsets(read_from=4_990)
-    assert source.lag() == {"0": 10}
-    offsets.started(4_990)
-    offsets.finished(4_990)
-    await source.commit()
-    assert (consumer.commits, failed, offsets.committed) == (1, [1], None)  # counted, and tried again next time
-    assert source.lag() == {"0": 10}
+    fetching = asyncio.create_task(source._fetch(consumer))  # type: ignore[arg-type]
+    try:
+        async with asyncio.timeout(5):
+            while len(source._buffer) < 5:
+                await asyncio.sleep(0.01)
+        assert source.lag() == {"0": 10}  # ten behind, not the partition's whole 5,000
+        offsets = source._partitions[TopicPartition("t", 0)]
+        for offset in range(4_990, 4_995):
+            offsets.started(offset)
+            offsets.finished(offset)
+        await source.commit()
+        assert consumer.commits >= 1 and len(failed) == consumer.commits  # counted, and tried again
+        assert offsets.committed is None and source.lag() == {"0": 10}
+    finally:
+        fetching.cancel()
+        await asyncio.gather(fetching, return_exceptions=True)

@@ -8,10 +8,10 @@ import asyncio
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
@@ -49,6 +49,7 @@ from connector.processor.decisions import Plan, Result, Work, idempotency_key
 from connector.processor.money import Refusal
 from connector.retrying import Backoff, retry
 
+T = TypeVar("T")
 log = structlog.get_logger("connector.processor")
 
 
@@ -199,9 +200,8 @@ class Processor:
         progress.waiting_on = psp_dependency(route.interface, route.account)
         retried = self._metrics.labelled(self._metrics.retries, "psp").inc
         try:
-            state = await retry(
-                lambda: notifier.look_up(notice), on=PspUnavailable, backoff=self._settings.psp_backoff, on_retry=retried
-            )
+            look_up = self._timed(route, "look_up", lambda: notifier.look_up(notice))
+            state = await retry(look_up, on=PspUnavailable, backoff=self._settings.psp_backoff, on_retry=retried)
         except PspRequestInProgress:
             raise
         except (PspUnavailable, PspCredentialsRejected) as exc:
@@ -375,7 +375,8 @@ class Processor:
         if finder is None:
             return None  # the idempotency key alone guards it, within the PSP's retention of keys
         retried = self._metrics.labelled(self._metrics.retries, "psp").inc
-        found = await retry(lambda: finder.find(request), on=PspUnavailable, backoff=self._settings.psp_backoff, on_retry=retried)
+        find = self._timed(route, "find", lambda: finder.find(request))
+        found = await retry(find, on=PspUnavailable, backoff=self._settings.psp_backoff, on_retry=retried)
         self._psp_answered(route)
         self._metrics.labelled(self._metrics.psp_lookups, route.interface.casefold(), "found" if found else "nothing").inc()
         if found is not None:
@@ -391,18 +392,22 @@ class Processor:
         retry_after_s = error.retry_after_s if isinstance(error, PspUnavailable) else None
         return PspDown(route.interface, route.account, f"{error.__class__.__name__}: {error}", retry_after_s)
 
-    async def _call_psp(self, route: Route, operation: Operation, request: OperationRequest) -> Outcome:
-        method = getattr(route.adapter, operation.value)  # each Operation names its PaymentAdapter method
-        latency = self._metrics.labelled(self._metrics.psp_call_seconds, route.interface.casefold(), operation.value)
+    def _timed(self, route: Route, operation: str, call: Callable[[], Awaitable[T]]) -> Callable[[], Awaitable[T]]:
+        """``call``, each attempt timed in ``connector_psp_call_seconds`` (lookups too: retries count them)."""
+        latency = self._metrics.labelled(self._metrics.psp_call_seconds, route.interface.casefold(), operation)
 
-        async def timed_call() -> Outcome:
+        async def timed_call() -> T:
             started = time.perf_counter()
             try:
-                result: Outcome = await method(request)
-                return result
+                return await call()
             finally:
                 latency.observe(time.perf_counter() - started)
 
+        return timed_call
+
+    async def _call_psp(self, route: Route, operation: Operation, request: OperationRequest) -> Outcome:
+        method = getattr(route.adapter, operation.value)  # each Operation names its PaymentAdapter method
+        timed_call: Callable[[], Awaitable[Outcome]] = self._timed(route, operation.value, lambda: method(request))
         retried = self._metrics.labelled(self._metrics.retries, "psp").inc
         # Every attempt carries the same idempotency key.
         return await retry(timed_call, on=PspUnavailable, backoff=self._settings.psp_backoff, on_retry=retried)

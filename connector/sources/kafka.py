@@ -204,7 +204,7 @@ class KafkaSource:
                 continue
             for partition, records in batches.items():
                 if partition not in self._partitions:
-                    self._partitions[partition] = PartitionOffsets(read_from=records[0].offset if records else 0)
+                    self._partitions[partition] = PartitionOffsets(read_from=records[0].offset)
                 self._buffer.extend((partition, record) for record in records)
             if batches:
                 self._arrived.set()
