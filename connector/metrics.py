@@ -23,6 +23,9 @@ M = TypeVar("M", Counter, Gauge, Histogram)
 # The interface label of a notification whose path names no route.
 UNKNOWN_INTERFACE = "unknown"
 
+# commercetools round trips: milliseconds (in the same region) to seconds.
+COMMERCETOOLS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
 # PSP round trips: tens of milliseconds to a few seconds.
 PSP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -53,6 +56,13 @@ class Metrics:
             "connector_commercetools_requests",
             "Requests to the commercetools API, by method and HTTP status ('error': no answer)",
             ["method", "status"],
+            registry=self.registry,
+        )
+        self.commercetools_seconds = Histogram(
+            "connector_commercetools_request_seconds",
+            "One request to the commercetools API (one attempt, answered or not), by method",
+            ["method"],
+            buckets=COMMERCETOOLS_BUCKETS,
             registry=self.registry,
         )
         self.retries = Counter(

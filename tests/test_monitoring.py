@@ -158,8 +158,8 @@ def test_the_dashboard_is_well_formed() -> None:
         for target in panel["targets"]:
             promql_parser.parse(_as_sent(target["expr"]))  # raises on a query Prometheus would refuse
     titles = " ".join(panel["title"].lower() for panel in panels)
-    for subject in ("deliveries", "transactions by state", "psp", "commercetools", "lag", "in flight", "dead letters",
-                    "pauses", "notifications", "payments api"):  # fmt: skip
+    for subject in ("deliveries", "transactions by state", "psp call latency", "commercetools latency", "lag",
+                    "in flight", "dead letters", "pauses", "notifications", "payments api"):  # fmt: skip
         assert subject in titles, subject
 
 

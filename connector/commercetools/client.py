@@ -5,6 +5,7 @@ transport) cost more CPU than the requests themselves (docs/design.md, 'Decision
 parsed by pydantic straight from the response bytes.
 """
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -141,17 +142,21 @@ class CommercetoolsClient:
 
     async def _send(self, method: str, path: str, body: dict[str, Any] | None, params: list[tuple[str, str]] | None) -> bytes:
         """One request; after a 401 (a token revoked or expired early), one more with a fresh token."""
+        latency = self._metrics.labelled(self._metrics.commercetools_seconds, method)
         for _ in range(2):
             token = self._tokens.current() or await self._tokens.get()  # no coroutine on the hot path
+            started = time.perf_counter()
             try:
                 async with self._http.request(
                     method, self._base + path, json=body, params=params, headers={"Authorization": f"Bearer {token}"}
                 ) as response:
                     status, content, retry_after = response.status, await response.read(), response.headers.get("Retry-After")
             except (aiohttp.ClientError, TimeoutError) as exc:
+                latency.observe(time.perf_counter() - started)
                 self._metrics.labelled(self._metrics.commercetools_requests, method, "error").inc()
                 failure = "timed out" if isinstance(exc, TimeoutError) else f"failed: {exc.__class__.__name__}"
                 raise Unreachable(f"{method} {path} {failure}") from None
+            latency.observe(time.perf_counter() - started)
             self._metrics.labelled(self._metrics.commercetools_requests, method, str(status)).inc()
             if status < 500 and status != 429:
                 self._on_answer()
