@@ -80,10 +80,9 @@ def build_source(settings: Settings, metrics: Metrics | None = None) -> Source:
         from connector.sources.pubsub import PubSubSource
 
         return PubSubSource(_pubsub_config(settings.pubsub))
-    if metrics is None:
-        return KafkaSource(_kafka_config(settings.kafka))
     # Kafka commits run in the source's fetch loop, not through the worker: the source reports failures.
-    return KafkaSource(_kafka_config(settings.kafka), lambda: metrics.labelled(metrics.source_failures, "commit").inc())
+    failed_commit = metrics.labelled(metrics.source_failures, "commit").inc if metrics is not None else lambda: None
+    return KafkaSource(_kafka_config(settings.kafka), failed_commit)
 
 
 async def replay_dead_letters(settings: Settings, chosen: ReplayFilter, *, dry_run: bool) -> ReplayReport:
@@ -162,7 +161,7 @@ def build_parts(settings: Settings) -> Parts:
             " calls the PSP; only the notification receiver runs without them"
         )
     metrics = Metrics()
-    metrics.start_worker_series(sorted({interface for interface, _ in registry.routes()}))
+    metrics.start_worker_series(registry.interfaces())
     breakers = Breakers(
         [COMMERCETOOLS, *(psp_dependency(*route) for route in registry.routes())], PauseWaits(max_s=worker_settings.pause_max_s)
     )
@@ -265,7 +264,7 @@ async def run_receiver(config: ReceiverConfig, stop: asyncio.Event) -> None:
     readiness = {"queue_connected": connected.is_set}
     metrics.watch_readiness(readiness)
     actions = [*(action.value for action in ActionName), UNKNOWN_ACTION] if config.payment_api.enabled else []
-    metrics.start_receiver_series(sorted({interface for interface, _ in registry.routes()}), actions)
+    metrics.start_receiver_series(registry.interfaces(), actions)
     limits = ReceiverLimits(config.receiver.max_body_bytes, config.receiver.request_timeout_s, config.receiver.max_in_flight)
     receiver = Receiver(registry, queue, limits, metrics)
     parts: list[AddRoutes] = [receiver.add_routes]

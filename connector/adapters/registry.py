@@ -94,6 +94,10 @@ class AdapterRegistry:
         """Each route's interface and account, in lower case."""
         return sorted(self._routes, key=lambda route: (route[0], route[1] or ""))
 
+    def interfaces(self) -> list[str]:
+        """Each routed interface once, in lower case."""
+        return sorted({interface for interface, _ in self._routes})
+
     def keys_forgotten_after_s(self) -> dict[str, float]:
         """Per interface whose adapter cannot look a transaction up: how long its PSP keeps idempotency keys."""
         return {
